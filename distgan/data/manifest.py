@@ -1,0 +1,152 @@
+"""The shard format and its manifest, `dataset.json`.
+
+A distgan shard is a standard WebDataset tar. Each tar *sample* is a chunk of
+up to `chunk_size` images, stored as two members that share a key:
+
+    {key}.images.npy   uint8  [n, H, W, C]   (NumPy .npy, no pickle)
+    {key}.labels.npy   int64  [n]            (-1 where the dataset has no labels)
+
+Packing many images into one raw member is what makes the loader fast: one
+tar header and one `np.load` per chunk instead of a PNG decode per image.
+`dataset.json` beside the shards records shapes, classes, per-shard sample
+counts and sha256, so every rank can plan its share of an epoch up front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "distgan-shards"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "dataset.json"
+IMAGES_EXT = "images.npy"
+LABELS_EXT = "labels.npy"
+MEMBER_EXTS = (IMAGES_EXT, LABELS_EXT)
+
+
+class DataError(RuntimeError):
+    """Bad input data: a missing, corrupt or mismatched file, named in the message."""
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    num_samples: int
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class SplitInfo:
+    num_samples: int
+    shards: list[ShardInfo]
+
+
+@dataclass
+class Manifest:
+    name: str
+    height: int
+    width: int
+    channels: int
+    classes: list[str]
+    chunk_size: int
+    splits: dict[str, SplitInfo]
+    source: dict[str, Any] = field(default_factory=dict)
+    preprocessing: str = ""
+    distgan_version: str = ""
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    encoding: dict[str, str] = field(
+        default_factory=lambda: {
+            IMAGES_EXT: "NumPy .npy, uint8, shape [n, H, W, C], no pickle",
+            LABELS_EXT: "NumPy .npy, int64, shape [n], -1 = unlabeled",
+        }
+    )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C): the layout stored in the shards."""
+        return (self.height, self.width, self.channels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in self.splits:
+            raise DataError(
+                f"split {name!r} not in manifest {self.name!r}; it has {sorted(self.splits)}"
+            )
+        split = self.splits[name]
+        if not split.shards:
+            raise DataError(f"split {name!r} of {self.name!r} lists no shards")
+        return split
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> "Manifest":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc})") from exc
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+            raise DataError(f"{where}: not a distgan manifest (expected format={FORMAT_NAME!r})")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"{where}: format_version {raw.get('format_version')} is not supported "
+                f"(this distgan reads {FORMAT_VERSION}); re-run distgan-data prepare"
+            )
+        try:
+            raw["splits"] = {
+                name: SplitInfo(
+                    num_samples=int(s["num_samples"]),
+                    shards=[ShardInfo(**sh) for sh in s["shards"]],
+                )
+                for name, s in raw["splits"].items()
+            }
+            manifest = cls(**raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: malformed manifest ({exc!r})") from exc
+        for name, split in manifest.splits.items():
+            counted = sum(s.num_samples for s in split.shards)
+            if counted != split.num_samples:
+                raise DataError(
+                    f"{where}: split {name!r} says {split.num_samples} samples "
+                    f"but its shards add up to {counted}"
+                )
+        return manifest
+
+    def write(self, directory: Path) -> Path:
+        """Atomic write: readers never see a half-written manifest."""
+        path = Path(directory) / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+        return path
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_array(data: bytes, dtype: np.dtype, where: str) -> np.ndarray:
+    """Load a .npy member; never unpickles (object arrays are refused)."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{where}: not a valid .npy array ({exc})") from exc
+    if array.dtype != dtype:
+        raise DataError(f"{where}: dtype {array.dtype}, expected {np.dtype(dtype)}")
+    return array
