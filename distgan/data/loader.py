@@ -228,6 +228,7 @@ class ShardStream(IterableDataset):
     ):
         self.manifest, self.urls = manifest, urls
         self.counts = [s.num_samples for s in manifest.split(split).shards]
+        self.sha256 = [s.sha256 for s in manifest.split(split).shards]
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.drop_last, self.on_corrupt = drop_last, on_corrupt
@@ -304,6 +305,7 @@ class ShardStream(IterableDataset):
         on past `stop` (wrapping), so batch counts stay equal on every rank.
         """
         needed, position = stop - start, start
+        self._bad_shards: set[int] = set()  # read once, then stepped over by the make-up reads
         limit = start + 2 * plan.total  # reading twice round the epoch finds nothing new
         while needed > 0:
             if position >= limit:
@@ -323,20 +325,22 @@ class ShardStream(IterableDataset):
             shard = int(plan.shard_order[slot])
             offset = p - int(plan.starts[slot])
             take = min(end - position, self.counts[shard] - offset)
-            yield from self._read_shard(shard, offset, offset + take)
+            if shard not in self._bad_shards:
+                yield from self._read_shard(shard, offset, offset + take)
             position += take
 
     def _read_shard(self, shard: int, lo: int, hi: int):
         url, seen, delivered = self.urls[shard], 0, 0
+        whole = lo == 0 and hi == self.counts[shard]
         try:
-            for chunk in iter_shard_chunks(url, self.manifest):
+            for chunk in iter_shard_chunks(url, self.manifest, self.sha256[shard] if whole else None):
                 n = len(chunk.images)
                 a, b = max(lo - seen, 0), min(hi - seen, n)
                 if a < b:
                     yield chunk.images[a:b], chunk.labels[a:b], 0
                     delivered += b - a
                 seen += n
-                if seen >= hi:
+                if seen >= hi and not whole:
                     break
             if seen < hi:
                 raise DataError(
@@ -346,6 +350,7 @@ class ShardStream(IterableDataset):
             if self.on_corrupt == "raise":
                 raise
             lost = hi - lo - delivered
+            self._bad_shards.add(shard)
             log.warning("skipping %d samples of a bad shard: %s", lost, exc)
             yield np.empty((0, *self.manifest.image_shape), np.uint8), np.empty(0, np.int64), lost
 

@@ -21,7 +21,7 @@ from distgan.data.manifest import (
 )
 from distgan.data.sources import RawDataset
 
-REPRODUCIBLE_MTIME = 0.0  # fixed member times: the same data gives byte-identical shards
+REPRODUCIBLE_MTIME = 0  # fixed member times: the same data gives byte-identical shards
 
 
 def sha256_of(path: Path) -> str:
@@ -113,11 +113,29 @@ class Chunk:
     labels: np.ndarray  # int64 [n]
 
 
-def iter_shard_chunks(url: str, manifest: Manifest) -> Iterator[Chunk]:
+class _HashingReader:
+    """A read-through sha256, so a shard read from start to end is checked at no extra pass."""
+
+    def __init__(self, stream):
+        self.stream, self.digest = stream, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self.digest.hexdigest()
+
+
+def iter_shard_chunks(url: str, manifest: Manifest, sha256: str | None = None) -> Iterator[Chunk]:
     """Stream one shard (path or any webdataset URL) as validated chunks.
 
     Any member other than the two .npy arrays is refused, so a shard cannot
-    smuggle in a pickle; arrays are loaded with allow_pickle=False.
+    smuggle in a pickle; arrays are loaded with allow_pickle=False. With
+    `sha256`, a shard read to its end is checked against it.
     """
     expected = manifest.image_shape
     pending: dict[str, bytes] = {}
@@ -126,8 +144,9 @@ def iter_shard_chunks(url: str, manifest: Manifest) -> Iterator[Chunk]:
         stream = wds.gopen(url, "rb")
     except Exception as exc:
         raise DataError(f"{url}: cannot open ({exc})") from exc
+    reader = _HashingReader(stream) if sha256 else stream
     try:
-        for member in wds.tariterators.tar_file_iterator(stream):
+        for member in wds.tariterators.tar_file_iterator(reader):
             fname = member["fname"]
             key, _, ext = fname.partition(".")
             if ext not in MEMBER_EXTS:
@@ -149,6 +168,10 @@ def iter_shard_chunks(url: str, manifest: Manifest) -> Iterator[Chunk]:
                     raise DataError(f"{where}: {len(labels)} labels for {len(images)} images")
                 yield Chunk(key, images, labels)
                 pending, pending_key = {}, None
+        if pending:
+            raise DataError(f"{url}: chunk {pending_key!r} is incomplete at the end of the shard")
+        if sha256 and reader.drain() != sha256:
+            raise DataError(f"{url}: sha256 does not match the manifest (corrupt shard)")
     except DataError:
         raise
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
@@ -158,8 +181,6 @@ def iter_shard_chunks(url: str, manifest: Manifest) -> Iterator[Chunk]:
             stream.close()
         except Exception as exc:  # a failed curl/pipe reports its exit status here
             raise DataError(f"{url}: reading failed ({exc})") from exc
-    if pending:
-        raise DataError(f"{url}: chunk {pending_key!r} is incomplete at the end of the shard")
 
 
 def verify(directory: Path, deep: bool = True) -> list[str]:
