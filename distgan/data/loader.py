@@ -198,13 +198,13 @@ class ShuffleBuffer:
         self.labels[self.fill:self.fill + n] = labels
         self.fill += n
 
-    def pop(self, n: int, random: bool, gather: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    def pop(self, n: int, random: bool, out: tuple[np.ndarray, np.ndarray] | None) -> int:
+        """Move up to n images (random ones, or the oldest) into `out`; None only discards them."""
         n = min(n, self.fill)
-        if random:
-            chosen = self.rng.choice(self.fill, n, replace=False)
-        else:
-            chosen = np.arange(n)
-        out = (self.images[chosen], self.labels[chosen]) if gather else None
+        chosen = self.rng.choice(self.fill, n, replace=False) if random else np.arange(n)
+        if out is not None:
+            np.take(self.images, chosen, axis=0, out=out[0][:n])
+            np.take(self.labels, chosen, axis=0, out=out[1][:n])
         # Move the survivors among the last n slots into the holes left below them.
         tail = self.fill - n
         holes = chosen[chosen < tail]
@@ -214,7 +214,7 @@ class ShuffleBuffer:
         self.images[holes] = self.images[movers]
         self.labels[holes] = self.labels[movers]
         self.fill = tail
-        return out
+        return n
 
 
 # --- the per-rank stream ---------------------------------------------------------------
@@ -266,20 +266,26 @@ class ShardStream(IterableDataset):
         chunk = self.manifest.chunk_size
         buffer = ShuffleBuffer(max(self.shuffle_buffer, B), self.manifest.image_shape, rng, incoming=chunk)
         random = self.shuffle_buffer > 0
-        produced, skipped, pending = 0, 0, []
+        produced, skipped, filled, message = 0, 0, 0, None
 
         def draw():
-            nonlocal produced, skipped, pending
-            batch = buffer.pop(B, random, gather=produced >= skip)
-            produced += 1
-            if batch is None:
+            """Draw one batch into the current message; return the message once it is full."""
+            nonlocal produced, skipped, filled, message
+            if produced < skip:
+                buffer.pop(B, random, None)
+                produced += 1
                 return None
-            pending.append(batch)
+            if message is None:  # allocated in shared memory: handing it over costs no copy
+                batches = min(group - produced % group, n_batches - produced)
+                message = (torch.empty((batches * B, *buffer.images.shape[1:]), dtype=torch.uint8).share_memory_(),
+                           torch.empty(batches * B, dtype=torch.int64).share_memory_())
+                filled = 0
+            filled += buffer.pop(B, random, (message[0].numpy()[filled:], message[1].numpy()[filled:]))
+            produced += 1
             if produced % group == 0 or produced == n_batches:
-                message = (torch.from_numpy(np.concatenate([p[0] for p in pending])),
-                           torch.from_numpy(np.concatenate([p[1] for p in pending])), skipped)
-                pending, skipped = [], 0
-                return message
+                done = (message[0][:filled], message[1][:filled], skipped)
+                message, skipped = None, 0
+                return done
             return None
 
         for images, labels, lost in self._read_positions(plan, start, stop):
@@ -287,11 +293,11 @@ class ShardStream(IterableDataset):
             for i in range(0, len(images), chunk):
                 buffer.add(images[i:i + chunk], labels[i:i + chunk])
                 while buffer.fill >= buffer.capacity and produced < n_batches:
-                    if (message := draw()) is not None:
-                        yield message
+                    if (ready := draw()) is not None:
+                        yield ready
         while buffer.fill and produced < n_batches:
-            if (message := draw()) is not None:
-                yield message
+            if (ready := draw()) is not None:
+                yield ready
         if produced != n_batches:
             raise DataError(
                 f"rank {self.rank}: stream gave {produced} batches, planned {n_batches} "

@@ -142,11 +142,22 @@ def encode_array(array: np.ndarray) -> bytes:
 
 
 def decode_array(data: bytes, dtype: np.dtype, where: str) -> np.ndarray:
-    """Load a .npy member; never unpickles (object arrays are refused)."""
+    """A read-only view of a .npy member's data: no copy, and never an unpickle.
+
+    Only the header is parsed; an object dtype (the one that would need pickle)
+    is refused like any other wrong dtype.
+    """
+    stream = io.BytesIO(data)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        major, _ = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran_order, found = read_header(stream)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise DataError(f"{where}: not a valid .npy array ({exc})") from exc
-    if array.dtype != dtype:
-        raise DataError(f"{where}: dtype {array.dtype}, expected {np.dtype(dtype)}")
-    return array
+    if found != np.dtype(dtype) or fortran_order:
+        raise DataError(f"{where}: dtype {found}{' (Fortran order)' if fortran_order else ''}, "
+                        f"expected {np.dtype(dtype)}")
+    count = int(np.prod(shape))
+    if len(data) - stream.tell() != count * found.itemsize:
+        raise DataError(f"{where}: .npy data size does not match its shape {shape}")
+    return np.frombuffer(data, found, count, stream.tell()).reshape(shape)
