@@ -1,0 +1,98 @@
+"""GAN losses on discriminator logits, and the WGAN-GP gradient penalty.
+
+Every loss is written on raw logits with stable primitives (softplus,
+binary_cross_entropy_with_logits, relu) and computed in float32, so logits
+that come out of a bf16/fp16 autocast region are safe to pass in.
+
+| kind      | D loss                                        | G loss                 |
+|-----------|-----------------------------------------------|------------------------|
+| "bce"     | BCE(D(x), real_label) + BCE(D(G(z)), 0)       | BCE(D(G(z)), 1)        |
+| "hinge"   | relu(1 - D(x)) + relu(1 + D(G(z)))            | -D(G(z))               |
+| "wgan-gp" | D(G(z)) - D(x)  (+ weight * gradient_penalty) | -D(G(z))               |
+| "lsgan"   | (D(x) - real_label)^2 / 2 + D(G(z))^2 / 2     | (D(G(z)) - 1)^2 / 2    |
+
+All terms are means over the batch. The bce G loss is the non-saturating one
+(Goodfellow et al. 2014); real_label < 1 is one-sided label smoothing
+(Salimans et al. 2016): only the real target is softened, never the fake one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LOSS_KINDS = ("bce", "hinge", "wgan-gp", "lsgan")
+
+# Losses with a regression target for real images; the others have no target to smooth.
+_KINDS_WITH_REAL_TARGET = ("bce", "lsgan")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"unknown loss kind {kind!r}; valid: {', '.join(LOSS_KINDS)}")
+
+
+def discriminator_loss(
+    kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0
+) -> torch.Tensor:
+    """Scalar D loss; `real_label` (e.g. 0.9) is the real target of bce and lsgan."""
+    _check_kind(kind)
+    if not 0.0 < real_label <= 1.0:
+        raise ValueError(f"real_label must be in (0, 1], got {real_label}")
+    if real_label != 1.0 and kind not in _KINDS_WITH_REAL_TARGET:
+        raise ValueError(
+            f"real_label={real_label} has no effect on {kind!r} (no target to smooth); "
+            f"it applies to {', '.join(_KINDS_WITH_REAL_TARGET)}"
+        )
+    real, fake = real_logits.float(), fake_logits.float()
+    if kind == "bce":
+        real_loss = F.binary_cross_entropy_with_logits(real, torch.full_like(real, real_label))
+        return real_loss + F.softplus(fake).mean()  # softplus(l) = BCE(l, target 0)
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    if kind == "wgan-gp":
+        return fake.mean() - real.mean()
+    return 0.5 * (real - real_label).square().mean() + 0.5 * fake.square().mean()
+
+
+def generator_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Scalar G loss on D's logits for generated images."""
+    _check_kind(kind)
+    fake = fake_logits.float()
+    if kind == "bce":
+        return F.softplus(-fake).mean()  # BCE(l, target 1): non-saturating, strong gradient when D wins
+    if kind in ("hinge", "wgan-gp"):
+        return -fake.mean()
+    return 0.5 * (fake - 1.0).square().mean()
+
+
+def gradient_penalty(
+    discriminator: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): mean (||grad_x D(x_hat)|| - 1)^2 on random interpolates x_hat.
+
+    Runs D in float32 with autocast off: the penalty differentiates through a
+    gradient, which bf16 rounds too coarsely. The graph is kept
+    (create_graph=True) so the penalty trains D; multiply by a weight (10 in
+    the paper) and add it to the D loss. D sees the interpolates as one batch,
+    so a D with BatchNorm breaks the per-sample penalty: use d_batchnorm=False
+    or spectral norm with wgan-gp.
+
+    Caveat: `accelerate.prepare` with mixed precision wraps D's forward in its
+    own autocast, which re-enables it inside this function; such a D computes
+    the penalty in the autocast dtype.
+    """
+    real, fake = real.detach().float(), fake.detach().float()
+    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device)
+    interpolates = (alpha * real + (1.0 - alpha) * fake).requires_grad_(True)
+    with torch.autocast(device_type=real.device.type, enabled=False):
+        logits = discriminator(interpolates, labels)
+        (grad,) = torch.autograd.grad(logits.float().sum(), interpolates, create_graph=True)
+        # The epsilon keeps the norm differentiable where the gradient is exactly 0.
+        grad_norm = torch.sqrt(grad.flatten(1).square().sum(dim=1) + 1e-12)
+        return (grad_norm - 1.0).square().mean()

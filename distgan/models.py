@@ -1,0 +1,337 @@
+"""Generators and discriminators: an MLP GAN and two DCGANs (28x28 and 64x64).
+
+- `mlp`: fully connected, any image shape; the baseline of Goodfellow et al. 2014.
+- `dcgan28`: MNIST / Fashion-MNIST; z -> 7x7 -> 14x14 -> 28x28.
+- `dcgan64`: CelebA; the stack of Radford et al. 2015, z -> 4x4 -> ... -> 64x64.
+
+Conditional models feed the label to G as an embedding concatenated to z (for
+the DCGANs that is the same as projecting it onto the first feature map, since
+the first layer is linear in its input), and D is a projection discriminator
+(Miyato & Koyama 2018): logit = psi(phi(x)) + <embed(y), phi(x)>, with phi(x)
+the flattened last feature map.
+
+The generator is what gets shipped: `Generator.spec` is a small JSON-able dict
+from which `generator_from_spec` rebuilds the same architecture, so a
+safetensors file plus its spec is a complete model, and the forward pass has no
+data-dependent control flow so it exports to ONNX with a dynamic batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.parametrizations import spectral_norm as add_spectral_norm
+
+ARCHS = ("mlp", "dcgan28", "dcgan64")
+
+# Image shape (height, width) each convolutional architecture is built for.
+_ARCH_SHAPES = {"dcgan28": (28, 28), "dcgan64": (64, 64)}
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "dcgan28"  # "mlp" | "dcgan28" | "dcgan64"
+    nz: int = 100  # latent size
+    ngf: int = 64  # G width
+    ndf: int = 64  # D width
+    mlp_hidden: int = 256  # hidden width of the MLP GAN (G: h-2h-4h, D: 2h-h)
+    conditional: bool = False  # class-conditional G and D
+    spectral_norm: bool = False  # spectral norm on D layers
+    d_batchnorm: bool = True  # BatchNorm in D's inner layers; off when spectral_norm
+    d_dropout: float = 0.0  # dropout after each activation of D
+
+
+# --- validation ---------------------------------------------------------------------
+
+
+def _check_model_inputs(cfg: ModelConfig, channels: int, height: int, width: int, num_classes: int) -> None:
+    """Fail at build time, with the fix in the message, rather than with a shape error mid-forward."""
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown arch {cfg.arch!r}; valid: {', '.join(ARCHS)}")
+    for name in ("nz", "ngf", "ndf", "mlp_hidden"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if min(channels, height, width) < 1:
+        raise ValueError(f"image shape must be positive, got {channels}x{height}x{width}")
+    if cfg.arch in _ARCH_SHAPES and (height, width) != _ARCH_SHAPES[cfg.arch]:
+        fits = [a for a, shape in _ARCH_SHAPES.items() if shape == (height, width)] or ["mlp"]
+        want_h, want_w = _ARCH_SHAPES[cfg.arch]
+        raise ValueError(
+            f"arch {cfg.arch!r} needs {want_h}x{want_w} images but the data is {height}x{width} "
+            f"({channels} channels); use arch {fits[0]!r} for {height}x{width}"
+        )
+    if cfg.conditional and num_classes < 2:
+        raise ValueError(f"a conditional model needs num_classes >= 2, got {num_classes}")
+    if not 0.0 <= cfg.d_dropout < 1.0:
+        raise ValueError(f"d_dropout must be in [0, 1), got {cfg.d_dropout}")
+
+
+# --- initialisation ---------------------------------------------------------------
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN init (Radford et al. 2015): weights N(0, 0.02), BatchNorm scale N(1, 0.02), biases 0.
+
+    Use with `model.apply(init_weights)` before adding spectral norm, so the
+    power iteration starts from the weights the model will train with.
+    """
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+# --- generator --------------------------------------------------------------------
+
+
+def _mlp_generator(latent_dim: int, hidden: int, channels: int, height: int, width: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(latent_dim, hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden, 2 * hidden, bias=False),  # biases are redundant before BatchNorm
+        nn.BatchNorm1d(2 * hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(2 * hidden, 4 * hidden, bias=False),
+        nn.BatchNorm1d(4 * hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(4 * hidden, channels * height * width),
+        nn.Tanh(),
+        nn.Unflatten(1, (channels, height, width)),
+    )
+
+
+def _up_block(in_ch: int, out_ch: int) -> list[nn.Module]:
+    """Double the resolution: ConvTranspose(4, stride 2, pad 1) + BatchNorm + ReLU."""
+    return [nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU()]
+
+
+def _dcgan28_generator(latent_dim: int, ngf: int, channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(latent_dim, ngf * 4 * 7 * 7, bias=False),
+        nn.Unflatten(1, (ngf * 4, 7, 7)),
+        nn.BatchNorm2d(ngf * 4),
+        nn.ReLU(),
+        *_up_block(ngf * 4, ngf * 2),  # 7 -> 14
+        *_up_block(ngf * 2, ngf),  # 14 -> 28
+        nn.Conv2d(ngf, channels, 3, 1, 1),
+        nn.Tanh(),
+    )
+
+
+def _dcgan64_generator(latent_dim: int, ngf: int, channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Unflatten(1, (latent_dim, 1, 1)),
+        nn.ConvTranspose2d(latent_dim, ngf * 8, 4, 1, 0, bias=False),  # 1 -> 4
+        nn.BatchNorm2d(ngf * 8),
+        nn.ReLU(),
+        *_up_block(ngf * 8, ngf * 4),  # 4 -> 8
+        *_up_block(ngf * 4, ngf * 2),  # 8 -> 16
+        *_up_block(ngf * 2, ngf),  # 16 -> 32
+        nn.ConvTranspose2d(ngf, channels, 4, 2, 1),  # 32 -> 64
+        nn.Tanh(),
+    )
+
+
+class Generator(nn.Module):
+    """z [B, nz] (+ labels [B] int64 when conditional) -> images [B, C, H, W] in [-1, 1]."""
+
+    def __init__(
+        self,
+        *,
+        arch: str,
+        nz: int,
+        ngf: int,
+        mlp_hidden: int,
+        channels: int,
+        height: int,
+        width: int,
+        num_classes: int,
+        conditional: bool,
+    ):
+        super().__init__()
+        self._spec = dict(
+            arch=arch, nz=nz, ngf=ngf, mlp_hidden=mlp_hidden, channels=channels,
+            height=height, width=width, num_classes=num_classes, conditional=conditional,
+        )
+        # The label code is as wide as z and, with nn.Embedding's N(0, 1) init,
+        # on the same scale, so neither dominates the first layer at the start.
+        self.label_embed = nn.Embedding(num_classes, nz) if conditional else None
+        latent_dim = 2 * nz if conditional else nz
+        if arch == "mlp":
+            self.net = _mlp_generator(latent_dim, mlp_hidden, channels, height, width)
+        elif arch == "dcgan28":
+            self.net = _dcgan28_generator(latent_dim, ngf, channels)
+        elif arch == "dcgan64":
+            self.net = _dcgan64_generator(latent_dim, ngf, channels)
+        else:
+            raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What `generator_from_spec` needs to rebuild this architecture (JSON-serialisable)."""
+        return dict(self._spec)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        # Checks on None are resolved at trace time, so they cost nothing in ONNX.
+        if self.label_embed is None:
+            if labels is not None:
+                raise ValueError("labels given to an unconditional generator")
+            return self.net(z)
+        if labels is None:
+            raise ValueError("this generator is conditional: pass labels (int64 class ids, shape [B])")
+        return self.net(torch.cat([z, self.label_embed(labels)], dim=1))
+
+
+_SPEC_TYPES: dict[str, type] = {
+    "arch": str, "nz": int, "ngf": int, "mlp_hidden": int, "channels": int,
+    "height": int, "width": int, "num_classes": int, "conditional": bool,
+}
+
+
+def build_generator(cfg: ModelConfig, channels: int, height: int, width: int, num_classes: int) -> Generator:
+    """A DCGAN-initialised generator for images of shape [channels, height, width]."""
+    _check_model_inputs(cfg, channels, height, width, num_classes)
+    generator = Generator(
+        arch=cfg.arch, nz=cfg.nz, ngf=cfg.ngf, mlp_hidden=cfg.mlp_hidden, channels=channels,
+        height=height, width=width, num_classes=num_classes, conditional=cfg.conditional,
+    )
+    generator.apply(init_weights)
+    return generator
+
+
+def generator_from_spec(spec: dict[str, Any]) -> Generator:
+    """Rebuild the architecture described by `Generator.spec`, ready for `load_state_dict`."""
+    for key in spec:
+        if key not in _SPEC_TYPES:
+            raise ValueError(f"generator spec has unknown key {key!r}; expected keys: {', '.join(_SPEC_TYPES)}")
+    for key, kind in _SPEC_TYPES.items():
+        if key not in spec:
+            raise ValueError(f"generator spec is missing key {key!r}")
+        value = spec[key]
+        # bool is an int subclass; a spec from JSON never mixes them up, a hand-made one might.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"generator spec key {key!r} must be {kind.__name__}, got {value!r}")
+    cfg = ModelConfig(
+        arch=spec["arch"], nz=spec["nz"], ngf=spec["ngf"], mlp_hidden=spec["mlp_hidden"],
+        conditional=spec["conditional"],
+    )
+    return build_generator(cfg, spec["channels"], spec["height"], spec["width"], spec["num_classes"])
+
+
+# --- discriminator ----------------------------------------------------------------
+
+
+def _down_block(in_ch: int, out_ch: int, *, batchnorm: bool, dropout: float) -> list[nn.Module]:
+    """Halve the resolution: Conv(4, stride 2, pad 1) [+ BatchNorm] + LeakyReLU(0.2) [+ Dropout]."""
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not batchnorm)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(out_ch))
+    layers.append(nn.LeakyReLU(0.2))
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return layers
+
+
+def _mlp_discriminator(
+    channels: int, height: int, width: int, hidden: int, dropout: float
+) -> tuple[nn.Sequential, nn.Module, int]:
+    layers: list[nn.Module] = [nn.Flatten()]
+    for in_dim, out_dim in ((channels * height * width, 2 * hidden), (2 * hidden, hidden)):
+        layers += [nn.Linear(in_dim, out_dim), nn.LeakyReLU(0.2)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers), nn.Linear(hidden, 1), hidden
+
+
+def _dcgan28_discriminator(
+    channels: int, ndf: int, batchnorm: bool, dropout: float
+) -> tuple[nn.Sequential, nn.Module, int]:
+    features = nn.Sequential(
+        *_down_block(channels, ndf, batchnorm=False, dropout=dropout),  # 28 -> 14
+        *_down_block(ndf, ndf * 2, batchnorm=batchnorm, dropout=dropout),  # 14 -> 7
+    )
+    feature_dim = ndf * 2 * 7 * 7
+    return features, nn.Sequential(nn.Flatten(), nn.Linear(feature_dim, 1)), feature_dim
+
+
+def _dcgan64_discriminator(
+    channels: int, ndf: int, batchnorm: bool, dropout: float
+) -> tuple[nn.Sequential, nn.Module, int]:
+    features = nn.Sequential(
+        *_down_block(channels, ndf, batchnorm=False, dropout=dropout),  # 64 -> 32
+        *_down_block(ndf, ndf * 2, batchnorm=batchnorm, dropout=dropout),  # 32 -> 16
+        *_down_block(ndf * 2, ndf * 4, batchnorm=batchnorm, dropout=dropout),  # 16 -> 8
+        *_down_block(ndf * 4, ndf * 8, batchnorm=batchnorm, dropout=dropout),  # 8 -> 4
+    )
+    return features, nn.Conv2d(ndf * 8, 1, 4, 1, 0), ndf * 8 * 4 * 4
+
+
+class Discriminator(nn.Module):
+    """images [B, C, H, W] (+ labels [B] when conditional) -> logits [B]."""
+
+    def __init__(
+        self,
+        *,
+        arch: str,
+        ndf: int,
+        mlp_hidden: int,
+        channels: int,
+        height: int,
+        width: int,
+        num_classes: int,
+        conditional: bool,
+        batchnorm: bool,
+        dropout: float,
+    ):
+        super().__init__()
+        if arch == "mlp":
+            self.features, self.head, feature_dim = _mlp_discriminator(
+                channels, height, width, mlp_hidden, dropout
+            )
+        elif arch == "dcgan28":
+            self.features, self.head, feature_dim = _dcgan28_discriminator(channels, ndf, batchnorm, dropout)
+        elif arch == "dcgan64":
+            self.features, self.head, feature_dim = _dcgan64_discriminator(channels, ndf, batchnorm, dropout)
+        else:
+            raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+        self.projection = nn.Embedding(num_classes, feature_dim) if conditional else None
+        if self.projection is not None:
+            # On the scale of the linear head, so neither term dominates the logit at the start.
+            nn.init.normal_(self.projection.weight, 0.0, 0.02)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.projection is None and labels is not None:
+            raise ValueError("labels given to an unconditional discriminator")
+        if self.projection is not None and labels is None:
+            raise ValueError("this discriminator is conditional: pass labels (int64 class ids, shape [B])")
+        h = self.features(x)
+        # float32 whatever the autocast dtype: B numbers cost nothing and the losses want the precision.
+        logits = self.head(h).flatten().float()
+        if self.projection is None:
+            return logits
+        return logits + (self.projection(labels) * h.flatten(1).float()).sum(dim=1)
+
+
+def build_discriminator(
+    cfg: ModelConfig, channels: int, height: int, width: int, num_classes: int
+) -> Discriminator:
+    """A DCGAN-initialised discriminator, with spectral norm on every conv/linear/embedding if asked."""
+    _check_model_inputs(cfg, channels, height, width, num_classes)
+    discriminator = Discriminator(
+        arch=cfg.arch, ndf=cfg.ndf, mlp_hidden=cfg.mlp_hidden, channels=channels, height=height,
+        width=width, num_classes=num_classes, conditional=cfg.conditional,
+        batchnorm=cfg.d_batchnorm and not cfg.spectral_norm,  # SN already bounds D; BN would fight it
+        dropout=cfg.d_dropout,
+    )
+    discriminator.apply(init_weights)
+    if cfg.spectral_norm:
+        for module in list(discriminator.modules()):
+            if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
+                add_spectral_norm(module)
+    return discriminator
