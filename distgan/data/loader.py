@@ -38,6 +38,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from distgan.data.manifest import MANIFEST_NAME, DataError, Manifest
+from distgan.ddp import control_group
 from distgan.data.shards import iter_shard_chunks
 
 log = logging.getLogger(__name__)
@@ -379,7 +380,7 @@ class ShardLoader:
         if on_corrupt not in ("raise", "skip"):
             raise ValueError(f"on_corrupt must be 'raise' or 'skip', not {on_corrupt!r}")
         self.rank, self.world_size = rank, world_size
-        self._group = _error_group(world_size)
+        self._group = control_group(world_size)
         self.skipped = 0
         manifest, error = None, None
         try:
@@ -456,18 +457,3 @@ class ShardLoader:
         dist.all_gather_object(fingerprints, fingerprint, group=self._group)
         if len(set(fingerprints)) != 1:
             raise DataError("ranks read different manifests or batch sizes; every rank must see the same data")
-
-
-_GLOO_GROUP = None
-
-
-def _error_group(world_size: int):
-    """The gloo group for error flags: the default group if it is gloo, else one made once."""
-    global _GLOO_GROUP
-    if world_size <= 1 or not dist.is_available() or not dist.is_initialized():
-        return False
-    if dist.get_backend() == "gloo":
-        return None
-    if _GLOO_GROUP is None:
-        _GLOO_GROUP = dist.new_group(backend="gloo")
-    return _GLOO_GROUP

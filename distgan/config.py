@@ -1,0 +1,177 @@
+"""The training config: typed dataclasses, loaded from YAML plus `key=value` overrides.
+
+OmegaConf checks every key and type against the dataclasses before any work
+starts; errors name the key and the nearest valid one. The resolved config is
+saved with the run (`runs/NAME/config.yaml`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from distgan.losses import LOSS_KINDS
+from distgan.models import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # directory or URL holding dataset.json and the shards
+    shards: str | None = None  # explicit shard URLs (brace ranges, pipe:, http); default: beside dataset.json
+    split: str = "train"
+    batch_size: int = 128  # per rank; the global batch is batch_size x world size
+    num_workers: int = 2
+    shuffle_buffer: int = 10_000
+    on_corrupt: str = "raise"  # raise | skip (skipped samples are counted and logged)
+
+
+@dataclass
+class LossConfig:
+    kind: str = "bce"  # bce (non-saturating) | hinge | wgan-gp | lsgan
+    real_label: float = 1.0  # 0.9 = one-sided label smoothing (bce, lsgan)
+    gp_weight: float = 10.0  # wgan-gp only
+    d_steps: int = 1  # D updates per G update, each on a fresh real batch
+
+
+@dataclass
+class OptimConfig:
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    g_betas: tuple[float, float] = (0.5, 0.999)
+    d_betas: tuple[float, float] = (0.5, 0.999)
+    grad_clip: float = 0.0  # max grad norm per network; 0 = off
+    ema_decay: float = 0.999  # EMA of G's weights, used for samples and export
+    lr_scaling: str = "none"  # none | linear (lr x world size) | sqrt
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5_000  # G updates
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    compile: bool = False  # torch.compile G and D
+    channels_last: bool = True
+    tf32: bool = True
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 1_000
+    keep_checkpoints: int = 3
+    resume: str = "auto"  # auto (newest complete checkpoint) | none | a checkpoint path
+
+
+@dataclass
+class LogConfig:
+    log_with: str = "none"  # none | wandb | tensorboard
+    project: str = "distgan"
+    sample_grid: int = 64  # fixed-noise images per grid
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    run_dir: str = "runs"  # the run lives in run_dir/name
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) / self.name
+
+
+CHOICES = {
+    "data.on_corrupt": ("raise", "skip"),
+    "loss.kind": LOSS_KINDS,
+    "optim.lr_scaling": ("none", "linear", "sqrt"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "log.log_with": ("none", "wandb", "tensorboard"),
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _all_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        value = node[key] if not OmegaConf.is_missing(node, key) else None
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if OmegaConf.is_dict(value):
+            keys.extend(_all_keys(value, full + "."))
+    return keys
+
+
+def _explain(exc: OmegaConfBaseException, schema) -> str:
+    key = getattr(exc, "full_key", None) or ""
+    message = str(exc).splitlines()[0]
+    if isinstance(exc, ConfigKeyError) and key:
+        near = difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.5)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        return f"unknown config key {key!r}{hint}"
+    return f"config key {key!r}: {message}" if key else message
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """YAML file + `a.b=value` overrides -> a validated Config."""
+    schema = OmegaConf.structured(Config)
+    try:
+        merged = schema
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file {path} not found")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_explain(exc, schema)) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Value checks the types alone cannot express."""
+    for key, valid in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in valid:
+            near = difflib.get_close_matches(str(value), valid, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(valid)}{hint}")
+    positive = {"data.batch_size": cfg.data.batch_size, "train.steps": cfg.train.steps,
+                "loss.d_steps": cfg.loss.d_steps, "train.log_every": cfg.train.log_every,
+                "train.sample_every": cfg.train.sample_every,
+                "train.checkpoint_every": cfg.train.checkpoint_every,
+                "train.keep_checkpoints": cfg.train.keep_checkpoints,
+                "train.max_bad_steps": cfg.train.max_bad_steps}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {value}")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise ConfigError(f"config key 'optim.ema_decay' must be in [0, 1), got {cfg.optim.ema_decay}")
+    if cfg.loss.kind in ("hinge", "wgan-gp") and cfg.loss.real_label != 1.0:
+        raise ConfigError(f"config key 'loss.real_label': label smoothing does not apply to {cfg.loss.kind}")
+    if cfg.data.path in ("", "???"):
+        raise ConfigError("config key 'data.path' is required (the directory with dataset.json)")
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_hash(cfg: Config) -> str:
+    """Identifies a training setup in exported models and evaluation results."""
+    return hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16]

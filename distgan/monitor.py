@@ -1,0 +1,114 @@
+"""What people see, from rank 0 only: progress bar, metrics.jsonl, trackers, sample grids, plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from PIL import Image
+from tqdm import tqdm
+
+from distgan.config import Config
+from distgan.data.cli import image_grid
+
+log = logging.getLogger("distgan")
+
+
+def tracker_init_kwargs(cfg: Config, run_path: Path) -> dict[str, Any]:
+    """The W&B run id lives in the run directory, so a resumed run continues the same W&B run."""
+    if cfg.log.log_with != "wandb":
+        return {}
+    id_file = run_path / "wandb_id.txt"
+    if not id_file.exists():
+        id_file.write_text(uuid.uuid4().hex[:12])
+    return {"wandb": {"id": id_file.read_text().strip(), "resume": "allow", "name": cfg.name,
+                      "dir": str(run_path)}}
+
+
+class RunMonitor:
+    def __init__(self, accelerator: Accelerator, cfg: Config, run_path: Path, start_step: int):
+        self.accelerator, self.cfg, self.run_path = accelerator, cfg, run_path
+        self.active = accelerator.is_main_process
+        self.bar = None
+        if self.active:
+            (run_path / "samples").mkdir(parents=True, exist_ok=True)
+            self.bar = tqdm(total=cfg.train.steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            desc=cfg.name)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """One line in metrics.jsonl, the trackers, and the progress bar."""
+        if not self.active:
+            return
+        record = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
+        with open(self.run_path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.accelerator.log(values, step=step)
+        self.bar.set_postfix(d=f"{values['loss/d']:.3f}", g=f"{values['loss/g']:.3f}",
+                             img_s=f"{values['perf/images_per_s']:.0f}", refresh=False)
+
+    def advance(self, steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def samples(self, step: int, images: torch.Tensor) -> Path | None:
+        """Save a fixed-noise grid (float [-1, 1] NCHW) as PNG and send it to the trackers."""
+        if not self.active:
+            return None
+        array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        grid = image_grid(array.permute(0, 2, 3, 1).cpu().numpy())
+        path = self.run_path / "samples" / f"step-{step:07d}.png"
+        grid.save(path)
+        for tracker in self.accelerator.trackers:
+            if tracker.name in ("wandb", "tensorboard"):
+                picture = np.asarray(grid.convert("RGB"))
+                if tracker.name == "tensorboard":
+                    tracker.log_images({"samples": picture}, step=step, dataformats="HWC")
+                else:
+                    tracker.log_images({"samples": picture}, step=step)
+        return path
+
+    def finish(self) -> None:
+        """Loss curves and an animated GIF of the fixed-noise grids over training."""
+        if not self.active:
+            return
+        self.bar.close()
+        write_loss_plot(self.run_path / "metrics.jsonl", self.run_path / "losses.png")
+        grids = sorted((self.run_path / "samples").glob("step-*.png"))
+        if grids:
+            frames = [Image.open(p).convert("P") for p in grids]
+            frames[0].save(self.run_path / "progress.gif", save_all=True, append_images=frames[1:],
+                           duration=300, loop=0)
+
+
+def write_loss_plot(metrics: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not metrics.exists():
+        return
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, (ax_loss, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("loss/d", "D loss"), ("loss/g", "G loss")):
+        ax_loss.plot(steps, [r[key] for r in rows], label=label)
+    ax_loss.set_xlabel("step")
+    ax_loss.legend()
+    ax_loss.set_title("losses")
+    for key, label in (("d/real", "D(x)"), ("d/fake", "D(G(z))"), ("d/fooled", "fooled")):
+        ax_d.plot(steps, [r[key] for r in rows], label=label)
+    ax_d.set_xlabel("step")
+    ax_d.legend()
+    ax_d.set_title("discriminator")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

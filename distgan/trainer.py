@@ -1,0 +1,285 @@
+"""The GAN training loop: Accelerate DDP, one code path for CPU (gloo) and GPUs (NCCL).
+
+One step = `d_steps` discriminator updates (each on a fresh real batch) and one
+generator update. The GAN-specific DDP points:
+- D sees real and fake in ONE forward (`D(cat(real, fake))`): a second forward
+  of a BatchNorm D under DDP before its backward fails in-place;
+- the G update calls D's *unwrapped* module with its weights frozen, so no D
+  gradient is computed or all-reduced during the G step;
+- each rank streams its own shards (`ShardLoader`), never through
+  `accelerator.prepare`.
+Loss scaling: one GradScaler for both optimisers; per-optimiser unscale and
+clip. In bf16/fp32 the same scaler (scale fixed at 1) is the guard that skips
+a step with non-finite gradients on the device, without a host sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+import distgan
+from distgan import ddp
+from distgan.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_generator
+from distgan.config import Config, config_hash, to_yaml
+from distgan.data import DataError, ShardLoader, to_device
+from distgan.losses import discriminator_loss, generator_loss, gradient_penalty
+from distgan.models import build_discriminator, build_generator
+from distgan.monitor import RunMonitor, tracker_init_kwargs
+
+log = logging.getLogger("distgan")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_stop_requested = False
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (for example: too many non-finite steps in a row)."""
+
+
+def _request_stop(signum, frame) -> None:
+    global _stop_requested
+    _stop_requested = True
+    log.warning("received %s: checkpoint at the next step boundary, then exit", signal.Signals(signum).name)
+
+
+def endless_batches(loader: ShardLoader, epoch: int, batch: int):
+    """Yield (epoch, next batch index, Batch) forever; the pair is the resume position."""
+    while True:
+        for item in loader.epoch(epoch, batch):
+            batch += 1
+            yield epoch, batch, item
+        epoch, batch = epoch + 1, 0
+
+
+def d_confidence(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """Mean D output on the scale people read: a probability for bce, the raw score otherwise."""
+    return torch.sigmoid(logits.float()).mean() if kind == "bce" else logits.float().mean()
+
+
+def fooled_rate(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """How often D takes a fake for real (its decision threshold depends on the loss)."""
+    threshold = {"bce": 0.0, "hinge": 0.0, "lsgan": 0.5}.get(kind)
+    if threshold is None:  # wgan-gp: no absolute threshold; compare with the real scores
+        threshold = real_logits.float().mean()
+    return (fake_logits.float() > threshold).float().mean()
+
+
+def resolve_resume(cfg: Config, run_path: Path) -> Path | None:
+    existing = list_checkpoints(run_path)
+    if cfg.train.resume == "auto":
+        return existing[-1] if existing else None
+    if cfg.train.resume == "none":
+        if existing:
+            raise TrainingError(f"{run_path} already has checkpoints; use train.resume=auto or another name")
+        return None
+    path = Path(cfg.train.resume)
+    if not (path / "state.json").is_file():
+        raise TrainingError(f"train.resume={path}: not a complete checkpoint directory")
+    return path
+
+
+def train(cfg: Config) -> str:
+    """Run (or resume) training; returns 'completed' or 'stopped' (checkpoint written on a signal)."""
+    global _stop_requested
+    _stop_requested = False
+    run_path = cfg.run_path
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
+                              log_with=None if cfg.log.log_with == "none" else cfg.log.log_with,
+                              project_dir=str(run_path))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s",
+                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _request_stop)
+    set_seed(cfg.seed, device_specific=True)  # each rank draws its own noise
+    if device.type == "cuda" and cfg.train.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    loader = ShardLoader(cfg.data.path, cfg.data.split, cfg.data.batch_size, rank=rank, world_size=world,
+                         seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                         num_workers=cfg.data.num_workers, on_corrupt=cfg.data.on_corrupt,
+                         shards=cfg.data.shards, pin_memory=device.type == "cuda")
+    manifest = loader.manifest
+    if cfg.model.conditional and manifest.num_classes < 2:
+        raise TrainingError(f"model.conditional needs class labels; {cfg.data.path} has none")
+    num_classes = manifest.num_classes if cfg.model.conditional else 0
+    shape = (manifest.channels, manifest.height, manifest.width)
+    G = build_generator(cfg.model, *shape, num_classes)
+    D = build_discriminator(cfg.model, *shape, num_classes)
+    if cfg.train.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    lr_scale = {"none": 1.0, "linear": float(world), "sqrt": math.sqrt(world)}[cfg.optim.lr_scaling]
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr * lr_scale, betas=tuple(cfg.optim.g_betas), **fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr * lr_scale, betas=tuple(cfg.optim.d_betas), **fused)
+    G, D = accelerator.prepare(G, D)
+    g_module, d_module = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
+    ema = AveragedModel(g_module, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    if cfg.train.compile:
+        G, D = torch.compile(G), torch.compile(D)
+    fp16 = cfg.train.mixed_precision == "fp16"
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0)
+
+    step, epoch, batch_index, resumed_from = 0, 0, 0, None
+    checkpoint = resolve_resume(cfg, run_path)
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint, {"g": opt_g, "d": opt_d}, scaler, ema)
+        step, epoch, batch_index = state["step"], state["epoch"], state["batch"]
+        resumed_from = checkpoint
+    if accelerator.is_main_process:
+        run_path.mkdir(parents=True, exist_ok=True)
+        (run_path / "config.yaml").write_text(to_yaml(cfg))
+        (run_path / "COMPLETED").unlink(missing_ok=True)
+        if resumed_from is not None:
+            _truncate_metrics(run_path / "metrics.jsonl", step)
+    accelerator.init_trackers(cfg.log.project, config=_flat_config(cfg),
+                              init_kwargs=tracker_init_kwargs(cfg, run_path))
+    log.info("run %s: %d rank(s) on %s, %s, global batch %d, %d batches/epoch/rank%s", run_path, world,
+             device.type, cfg.train.mixed_precision, cfg.data.batch_size * world, len(loader),
+             f", resumed from {resumed_from}" if resumed_from else "")
+    monitor = RunMonitor(accelerator, cfg, run_path, step)
+    fixed = torch.Generator().manual_seed(cfg.seed)
+    fixed_z = torch.randn(cfg.log.sample_grid, cfg.model.nz, generator=fixed).to(device)
+    fixed_labels = (torch.arange(cfg.log.sample_grid) % max(num_classes, 1)).to(device) if num_classes else None
+    generator_info = {"dataset": manifest.name, "classes": manifest.classes if num_classes else [],
+                      "image_shape": list(shape), "config_hash": config_hash(cfg),
+                      "distgan_version": distgan.__version__}
+
+    last_saved = step
+
+    def snapshot(at: int) -> None:
+        nonlocal last_saved
+        last_saved = at
+        ddp.check_consistent({"G": g_module, "D": d_module}, world)
+        state = {"step": at, "epoch": epoch, "batch": batch_index, "world_size": world,
+                 "config_hash": config_hash(cfg), "skipped_samples": loader.skipped}
+        save_checkpoint(accelerator, run_path, at, {"g": opt_g, "d": opt_d}, scaler, ema, state,
+                        cfg.train.keep_checkpoints)
+        if accelerator.is_main_process:
+            save_generator(ema.module, run_path / "generator", {"step": at, **generator_info})
+
+    def sample(at: int) -> None:
+        with torch.no_grad(), accelerator.autocast():
+            monitor.samples(at, ema.module.eval()(fixed_z, fixed_labels))
+
+    def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # per optimiser: clip sees true gradients
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        scaler.step(optimizer)  # skipped on the device when a gradient is not finite
+        scaler.update(None if fp16 else 1.0)
+        optimizer.zero_grad(set_to_none=True)
+
+    B, kind = cfg.data.batch_size, cfg.loss.kind
+    batches = endless_batches(loader, epoch, batch_index)
+    zero = lambda: torch.zeros((), device=device)
+    sums = {k: zero() for k in ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled")}
+    bad_total, bad_run, since_log, t_log = zero(), zero(), 0, time.perf_counter()
+    status = "completed"
+    try:
+        while step < cfg.train.steps:
+            if ddp.any_rank(_stop_requested or (run_path / "STOP").exists(), world):
+                status = "stopped"
+                break
+            for d_iter in range(cfg.loss.d_steps):
+                epoch, batch_index, batch = next(batches)
+                real = to_device(batch.images, device)
+                labels = batch.labels.to(device, non_blocking=True) if num_classes else None
+                z = torch.randn(B, cfg.model.nz, device=device)
+                fake_labels = torch.randint(0, num_classes, (B,), device=device) if num_classes else None
+                last = d_iter == cfg.loss.d_steps - 1
+                with torch.set_grad_enabled(last), accelerator.autocast():
+                    fake = G(z, fake_labels)  # kept with its graph for the G step on the last D step
+                with accelerator.autocast():
+                    both = torch.cat([real, fake.detach()]).contiguous(memory_format=torch.channels_last)
+                    both_labels = torch.cat([labels, fake_labels]) if num_classes else None
+                    real_logits, fake_logits = D(both, both_labels).split(B)
+                    loss_d = discriminator_loss(kind, real_logits, fake_logits, cfg.loss.real_label)
+                    if kind == "wgan-gp":
+                        loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(d_module, real, fake.detach(), labels)
+                optimizer_step(opt_d, loss_d, d_module.parameters())
+            d_module.requires_grad_(False)
+            with accelerator.autocast():
+                loss_g = generator_loss(kind, d_module(fake, fake_labels))
+            optimizer_step(opt_g, loss_g, g_module.parameters())
+            d_module.requires_grad_(True)
+            ema.update_parameters(g_module)
+            step += 1
+            since_log += 1
+
+            bad = (~torch.isfinite(loss_d) | ~torch.isfinite(loss_g)).float()
+            bad_total += bad
+            bad_run = (bad_run + bad) * bad
+            with torch.no_grad():
+                for key, value in (("loss/d", loss_d), ("loss/g", loss_g),
+                                   ("d/real", d_confidence(kind, real_logits)),
+                                   ("d/fake", d_confidence(kind, fake_logits)),
+                                   ("d/fooled", fooled_rate(kind, real_logits, fake_logits))):
+                    sums[key] += torch.nan_to_num(value.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                values = {k: v.item() / since_log for k, v in accelerator.reduce(sums, "mean").items()}
+                elapsed = time.perf_counter() - t_log
+                values.update({
+                    "epoch": epoch, "perf/images_per_s": since_log * cfg.loss.d_steps * B * world / elapsed,
+                    "lr/g": opt_g.param_groups[0]["lr"], "lr/d": opt_d.param_groups[0]["lr"],
+                    "train/bad_steps": int(bad_total.item()), "data/skipped": loader.skipped,
+                })
+                if device.type == "cuda":
+                    values["mem/gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                monitor.log(step, values)
+                if bad_run.item() >= cfg.train.max_bad_steps:
+                    raise TrainingError(
+                        f"{int(bad_run.item())} non-finite steps in a row at step {step} (all skipped); "
+                        f"stopping. The last good checkpoint is intact in {run_path / 'checkpoints'}; "
+                        f"try a lower learning rate or mixed_precision=bf16"
+                    )
+                sums = {k: zero() for k in sums}
+                since_log, t_log = 0, time.perf_counter()
+            monitor.advance(1)
+            if step % cfg.train.sample_every == 0:
+                sample(step)
+            if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
+                snapshot(step)
+        if step != last_saved:
+            snapshot(step)
+        if status == "completed":
+            sample(step)
+            monitor.finish()
+            if accelerator.is_main_process:
+                (run_path / "COMPLETED").write_text(f"{step}\n")
+        log.info("%s at step %d; checkpoints in %s", status, step, run_path / "checkpoints")
+    finally:
+        accelerator.end_training()
+    return status
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """After a resume, drop the log lines of steps that will be run again: one unbroken counter."""
+    if not path.exists():
+        return
+    import json
+
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _flat_config(cfg: Config) -> dict:
+    from omegaconf import OmegaConf
+
+    flat = {}
+    for section, values in OmegaConf.to_container(OmegaConf.structured(cfg)).items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{k}": (str(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items()})
+        else:
+            flat[section] = values
+    return flat
