@@ -68,9 +68,9 @@ class RunMonitor:
             if tracker.name in ("wandb", "tensorboard"):
                 picture = np.asarray(grid.convert("RGB"))
                 if tracker.name == "tensorboard":
-                    tracker.log_images({"samples": picture}, step=step, dataformats="HWC")
+                    tracker.log_images({"samples": picture[None]}, step=step, dataformats="NHWC")
                 else:
-                    tracker.log_images({"samples": picture}, step=step)
+                    tracker.log_images({"samples": [picture]}, step=step)
         return path
 
     def finish(self) -> None:

@@ -253,7 +253,8 @@ def train(cfg: Config) -> str:
         if step != last_saved:
             snapshot(step)
         if status == "completed":
-            sample(step)
+            if step % cfg.train.sample_every:
+                sample(step)
             monitor.finish()
             if accelerator.is_main_process:
                 (run_path / "COMPLETED").write_text(f"{step}\n")

@@ -414,7 +414,10 @@ class ShardLoader:
         if not 0 <= start_batch <= len(self):
             raise ValueError(f"start_batch {start_batch} outside 0..{len(self)}")
         self.stream.set_position(epoch, start_batch)
-        messages = iter(DataLoader(self.stream, **self._loader_kwargs))
+        # Its own generator: creating the iterator must not draw from the global torch RNG,
+        # or a resumed run would draw different noise than an uninterrupted one.
+        messages = iter(DataLoader(self.stream, generator=torch.Generator().manual_seed(epoch),
+                                   **self._loader_kwargs))
         pending: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
         B = self.stream.batch_size
         for _ in range(len(self) - start_batch):

@@ -1,0 +1,211 @@
+"""The trainer, for real: in-process runs on tiny shards, and subprocess runs for kill/resume, signals and DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import REPO, run_env
+from distgan import trainer
+from distgan.checkpoint import load_generator
+from distgan.config import ConfigError, load_config
+
+TINY = ["model.ngf=8", "model.ndf=8", "data.batch_size=16", "data.num_workers=0", "data.shuffle_buffer=64",
+        "log.sample_grid=16", "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one global state per process; in-process runs each start a new one."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def tiny(data: Path, run_dir: Path, *extra: str, config: str = "configs/fashion_dcgan.yaml"):
+    return load_config(REPO / config, [f"data.path={data}", f"run_dir={run_dir}", "name=t", *TINY, *extra])
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="unknown config key 'train.stepz'; did you mean 'train.steps'"):
+        load_config(REPO / "configs/fashion_dcgan.yaml", ["train.stepz=3"])
+    with pytest.raises(ConfigError, match="'loss.kind'.*did you mean 'hinge'"):
+        load_config(REPO / "configs/fashion_dcgan.yaml", ["loss.kind=hing"])
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(REPO / "configs/fashion_dcgan.yaml", ["train.steps=many"])
+
+
+def test_run_leaves_everything_people_look_at(shards, tmp_path):
+    data, _ = shards
+    cfg = tiny(data, tmp_path, "train.steps=8")
+    assert trainer.train(cfg) == "completed"
+    run = tmp_path / "t"
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    for key in ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled", "perf/images_per_s", "lr/g"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    for png in sorted((run / "samples").glob("*.png")):
+        assert np.asarray(Image.open(png)).std() > 1, f"{png} is a constant image"
+    assert (run / "losses.png").stat().st_size > 1000 and (run / "progress.gif").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000004", "step-0000008"]
+    assert (run / "config.yaml").read_text().count("batch_size: 16") == 1
+    generator, info = load_generator(run)
+    assert info["step"] == 8 and info["image_shape"] == [1, 28, 28]
+    assert generator(torch.randn(3, 100)).shape == (3, 1, 28, 28)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_config_trains_a_few_steps(config, shards, tmp_path):
+    data, _ = shards
+    if "celeba" in config:
+        from distgan.data.shards import write_shards
+        from distgan.data.sources import read_folder_dataset
+
+        images = tmp_path / "rgb"
+        images.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        write_shards(read_folder_dataset(images, 64, 3, False, 0.0, 0), tmp_path / "rgb-shards")
+        data = tmp_path / "rgb-shards"
+    cfg = tiny(data, tmp_path, "train.steps=2", "data.batch_size=8", config=f"configs/{config}")
+    assert trainer.train(cfg) == "completed"
+
+
+def test_bf16_autocast_runs_on_cpu(shards, tmp_path):
+    data, _ = shards
+    assert trainer.train(tiny(data, tmp_path, "train.steps=3", "train.mixed_precision=bf16")) == "completed"
+    assert all(np.isfinite(r["loss/g"]) for r in metrics(tmp_path / "t"))
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(shards, tmp_path, monkeypatch):
+    data, _ = shards
+    real_loss, calls = trainer.generator_loss, {"n": 0}
+
+    def sometimes_inf(kind, logits):
+        calls["n"] += 1
+        loss = real_loss(kind, logits)
+        return loss * float("inf") if calls["n"] in (3, 4) else loss
+
+    monkeypatch.setattr(trainer, "generator_loss", sometimes_inf)
+    assert trainer.train(tiny(data, tmp_path, "train.steps=6")) == "completed"
+    assert metrics(tmp_path / "t")[-1]["train/bad_steps"] == 2
+    weights = load_file(str(tmp_path / "t" / "generator" / "generator.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+    monkeypatch.setattr(trainer, "generator_loss", lambda kind, logits: real_loss(kind, logits) * float("inf"))
+    with pytest.raises(trainer.TrainingError, match="non-finite steps in a row"):
+        trainer.train(tiny(data, tmp_path / "b",
+                           "train.steps=8", "train.max_bad_steps=3"))
+
+
+def test_wandb_offline_run_holds_the_logged_keys(shards, tmp_path, monkeypatch):
+    data, _ = shards
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert trainer.train(tiny(data, tmp_path, "train.steps=6", "log.log_with=wandb")) == "completed"
+    run = tmp_path / "t"
+    run_id = (run / "wandb_id.txt").read_text().strip()
+    offline = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert offline, list((run / "wandb").iterdir())
+    # The offline record log is protobuf: the logged keys appear in it verbatim.
+    records = (offline[0] / f"run-{run_id}.wandb").read_bytes()
+    for key in ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled", "perf/images_per_s", "train/bad_steps"):
+        assert key.encode() in records, key
+    assert len(list((offline[0] / "files" / "media" / "images").glob("samples_*.png"))) == 2
+
+
+def train_cmd(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "distgan" / "train.py"), "--config", str(REPO / "configs/fashion_dcgan.yaml"),
+            f"data.path={data}", f"run_dir={run_dir}", "name=t", *TINY, "data.num_workers=1", *extra]
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    end = time.time() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        if time.time() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.1)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    last = sorted((run / "checkpoints").iterdir())[-1]
+    out = {}
+    for name in ("model.safetensors", "model_1.safetensors", "ema.safetensors"):
+        out.update({f"{name}:{k}": v for k, v in load_file(str(last / name)).items()})
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bitwise_equal(shards, tmp_path):
+    data, _ = shards
+    env = run_env(OMP_NUM_THREADS="1")
+    steps = ["train.steps=12"]
+    subprocess.run(train_cmd(data, tmp_path / "straight", *steps), env=env, check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(train_cmd(data, tmp_path / "killed", *steps), env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    wait_for(lambda: (tmp_path / "killed/t/checkpoints/step-0000008/state.json").exists(), 240, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed/t/COMPLETED").exists()
+    subprocess.run(train_cmd(data, tmp_path / "killed", *steps), env=env, check=True, capture_output=True, timeout=300)
+    a, b = final_weights(tmp_path / "straight" / "t"), final_weights(tmp_path / "killed" / "t")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["step"] for r in metrics(tmp_path / "killed" / "t")] == list(range(2, 13, 2))
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_at_the_next_step_and_exits_cleanly(shards, tmp_path):
+    data, _ = shards
+    env = run_env(OMP_NUM_THREADS="1")
+    cmd = train_cmd(data, tmp_path, "train.steps=400", "train.checkpoint_every=1000")
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (tmp_path / "t" / "metrics.jsonl").exists(), 240, proc)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=120) == 0
+    saved = [p.name for p in (tmp_path / "t" / "checkpoints").iterdir()]
+    assert len(saved) == 1 and not (tmp_path / "t" / "COMPLETED").exists()
+    stopped_at = json.loads((tmp_path / "t" / "checkpoints" / saved[0] / "state.json").read_text())["step"]
+    assert 2 <= stopped_at < 400
+    subprocess.run(cmd[:-2] + ["train.steps=" + str(stopped_at + 4), "train.checkpoint_every=1000"], env=env,
+                   check=True, capture_output=True, timeout=300)
+    assert (tmp_path / "t" / "COMPLETED").read_text().strip() == str(stopped_at + 4)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_then_resume_on_one(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    proc = subprocess.run(launch + train_cmd(data, tmp_path, "train.steps=6")[1:], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = metrics(tmp_path / "t")
+    assert rows[-1]["step"] == 6
+    assert "2 rank(s)" in proc.stderr and proc.stderr.count("completed at step 6") == 1  # rank 0 logs alone
+    state = json.loads((tmp_path / "t" / "checkpoints" / "step-0000006" / "state.json").read_text())
+    assert state["world_size"] == 2
+    # The same run continued on one process (not bitwise: another world size).
+    subprocess.run(train_cmd(data, tmp_path, "train.steps=8"), env=env, check=True, capture_output=True, timeout=300)
+    assert (tmp_path / "t" / "COMPLETED").read_text().strip() == "8"
