@@ -1,0 +1,30 @@
+"""`python -m distgan.metrics train-domain`: train and save the domain classifier of a shard directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from distgan.metrics.domain import save_domain_classifier, train_domain_classifier
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distgan.metrics")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train-domain", help="train the domain-FID classifier and save it")
+    train.add_argument("--data", required=True, help="shard directory made by distgan-data prepare")
+    train.add_argument("--out", required=True, type=Path, help="directory for model.safetensors + classifier.json")
+    train.add_argument("--epochs", type=int, default=4)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    model = train_domain_classifier(args.data, epochs=args.epochs, batch_size=args.batch_size,
+                                    seed=args.seed, log=True)
+    save_domain_classifier(model, args.out)
+    print(json.dumps(model.spec.record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""What every feature extractor agrees on: the input convention, the cache, the extraction loop.
+
+Input convention: extractors take **uint8 images [N, H, W, C]** (C = 1 or 3) on
+any device, exactly what `ShardLoader` yields. Generated images (float NCHW in
+[-1, 1]) go through `to_uint8` first, so real and fake images are quantised the
+same way, as the reference FID protocols do when they read PNGs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import torch
+
+
+class FeatureExtractor(Protocol):
+    """uint8 NHWC images -> float32 [N, dim] features on the CPU."""
+
+    #: Identity of the weights and layer (includes a digest); keys cached reference statistics.
+    name: str
+    dim: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def user_cache() -> Path:
+    """Where distgan keeps fetched weights and reference statistics: ~/.cache/distgan."""
+    return Path("~/.cache/distgan").expanduser()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float NCHW in [-1, 1] -> uint8 NHWC; the exact inverse of `distgan.data.to_device`.
+
+    Same rounding as NVlabs' evaluation code (x * 127.5 + 128, clamp, truncate).
+    """
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"expected float images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    return (images.detach() * 127.5 + 128).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Refuse anything but uint8 NHWC with 1 or 3 channels (a float NCHW batch is the usual mistake)."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"expected uint8 images [N, H, W, C] with C in (1, 3), got {images.dtype} "
+            f"{tuple(images.shape)}; convert generator output with distgan.metrics.to_uint8"
+        )
+
+
+def extract_features(
+    extractor: FeatureExtractor, batches: Iterable[torch.Tensor], max_images: int | None = None,
+) -> torch.Tensor:
+    """Features of a stream of uint8 NHWC batches, stopping after `max_images`."""
+    parts, seen = [], 0
+    for images in batches:
+        if max_images is not None:
+            images = images[: max_images - seen]
+        if len(images):
+            parts.append(extractor(images))
+            seen += len(images)
+        if max_images is not None and seen >= max_images:
+            break
+    if not parts:
+        raise ValueError("no images to extract features from")
+    return torch.cat(parts)
