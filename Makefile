@@ -24,13 +24,30 @@ $(DATA)/dataset.json: | $(VENV)/.installed
 
 data: $(DATA)/dataset.json
 
+# Every GPU when there are some; else 2 gloo processes on the CPU.
+NGPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+ifeq ($(NGPUS),0)
+LAUNCH := ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(VENV)/bin/accelerate launch --multi_gpu --num_processes 2
+else ifeq ($(NGPUS),1)
+LAUNCH := $(VENV)/bin/accelerate launch --num_processes 1
+else
+LAUNCH := $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NGPUS)
+endif
+LAUNCH += --num_machines 1 --mixed_precision no --dynamo_backend no
+DEMO_CONFIG ?= configs/fashion_house.yaml
+
 demo: $(DATA)/dataset.json
 	$(VENV)/bin/distgan-data verify $(DATA)
 	mkdir -p $(RUN)
 	$(VENV)/bin/distgan-data show $(DATA) --n 64 --out $(RUN)/real_grid.png
+	$(LAUNCH) distgan/train.py --config $(DEMO_CONFIG) name=$(notdir $(RUN)) run_dir=$(dir $(RUN)) data.path=$(DATA) $(DEMO_ARGS)
 	@echo
-	@echo "shards:        $(DATA)/ (manifest: $(DATA)/dataset.json)"
-	@echo "real samples:  $(RUN)/real_grid.png"
+	@echo "shards:         $(DATA)/ (manifest: $(DATA)/dataset.json)"
+	@echo "real samples:   $(RUN)/real_grid.png"
+	@echo "fake samples:   $(RUN)/samples/ (last: $$(ls $(RUN)/samples | tail -1)), progress: $(RUN)/progress.gif"
+	@echo "losses:         $(RUN)/losses.png, $(RUN)/metrics.jsonl"
+	@echo "generator:      $(RUN)/generator/ (EMA weights + architecture)"
+	@echo "checkpoints:    $(RUN)/checkpoints/ (make demo again resumes; rm -r $(RUN) to start over)"
 
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
 test: $(VENV)/.installed-dev

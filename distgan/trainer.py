@@ -5,7 +5,9 @@ generator update. The GAN-specific DDP points:
 - D sees real and fake in ONE forward (`D(cat(real, fake))`): a second forward
   of a BatchNorm D under DDP before its backward fails in-place;
 - the G update calls D's *unwrapped* module with its weights frozen, so no D
-  gradient is computed or all-reduced during the G step;
+  gradient is computed or all-reduced during the G step; a BatchNorm D sees the
+  same real+fake batch there too (fake alone would give other batch statistics,
+  which G learns to game);
 - each rank streams its own shards (`ShardLoader`), never through
   `accelerator.prepare`.
 Loss scaling: one GradScaler for both optimisers; per-optimiser unscale and
@@ -181,6 +183,7 @@ def train(cfg: Config) -> str:
         optimizer.zero_grad(set_to_none=True)
 
     B, kind = cfg.data.batch_size, cfg.loss.kind
+    d_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in d_module.modules())
     batches = endless_batches(loader, epoch, batch_index)
     zero = lambda: torch.zeros((), device=device)
     sums = {k: zero() for k in ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled")}
@@ -210,7 +213,12 @@ def train(cfg: Config) -> str:
                 optimizer_step(opt_d, loss_d, d_module.parameters())
             d_module.requires_grad_(False)
             with accelerator.autocast():
-                loss_g = generator_loss(kind, d_module(fake, fake_labels))
+                if d_batchnorm:  # same real+fake batch statistics as in the D step, or G games them
+                    both = torch.cat([real, fake]).contiguous(memory_format=torch.channels_last)
+                    fake_scores = d_module(both, both_labels)[B:]
+                else:
+                    fake_scores = d_module(fake, fake_labels)
+                loss_g = generator_loss(kind, fake_scores)
             optimizer_step(opt_g, loss_g, g_module.parameters())
             d_module.requires_grad_(True)
             ema.update_parameters(g_module)
