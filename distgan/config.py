@@ -144,6 +144,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 def validate(cfg: Config) -> None:
     """Value checks the types alone cannot express."""
+    if cfg.train.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false
+        cfg.train.mixed_precision = "no"
     for key, valid in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

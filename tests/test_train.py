@@ -51,6 +51,11 @@ def test_config_errors_name_the_key():
         load_config(REPO / "configs/fashion_dcgan.yaml", ["train.steps=many"])
 
 
+def test_bare_no_is_a_precision_not_a_boolean():
+    cfg = load_config(REPO / "configs/celeba64_dcgan.yaml", ["train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"
+
+
 def test_run_leaves_everything_people_look_at(shards, tmp_path):
     data, _ = shards
     cfg = tiny(data, tmp_path, "train.steps=8")
@@ -192,13 +197,38 @@ def test_sigusr1_checkpoints_at_the_next_step_and_exits_cleanly(shards, tmp_path
     assert (tmp_path / "t" / "COMPLETED").read_text().strip() == str(stopped_at + 4)
 
 
+LAUNCH_2_CPU = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+
+
+@pytest.mark.slow
+def test_two_ranks_hold_equal_weights_after_training_on_different_data(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    probe = [str(REPO / "tests" / "ddp_train_probe.py"), str(tmp_path), str(REPO / "configs/fashion_house.yaml"),
+             f"data.path={data}", f"run_dir={tmp_path}", "name=t", *TINY, "data.num_workers=1", "train.steps=5"]
+    proc = subprocess.run(LAUNCH_2_CPU + probe, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["status"] for r in ranks] == ["completed", "completed"]
+    ids = [set(r["ids"]) for r in ranks]
+    assert len(ranks[0]["ids"]) == len(ranks[1]["ids"]) == 5 * 16  # 5 steps x batch 16 each
+    assert not ids[0] & ids[1]  # each rank trained on its own images
+    # Snapshots at steps 4 and 5 (checkpoint_every=4): equal across ranks at both, and step 5 moved the weights.
+    snaps = {(r, k): load_file(str(tmp_path / f"rank{r}-snap{k}.safetensors")) for r in (0, 1) for k in (1, 2)}
+    for k in (1, 2):
+        a, b = snaps[0, k], snaps[1, k]
+        assert a.keys() == b.keys() and {key.split(".")[0] for key in a} == {"G", "D"}
+        for key in a:
+            assert torch.equal(a[key], b[key]), (k, key)
+    assert all(not torch.equal(snaps[0, 1][key], snaps[0, 2][key]) for key in snaps[0, 1] if key.endswith("weight"))
+
+
 @pytest.mark.slow
 def test_two_process_ddp_then_resume_on_one(shards, tmp_path):
     data, _ = shards
     env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    proc = subprocess.run(launch + train_cmd(data, tmp_path, "train.steps=6")[1:], env=env,
+    proc = subprocess.run(LAUNCH_2_CPU + train_cmd(data, tmp_path, "train.steps=6")[1:], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = metrics(tmp_path / "t")

@@ -1,0 +1,170 @@
+"""Training-step throughput: distgan's trainer beside a minimal plain-PyTorch DCGAN loop.
+
+Both train the same G and D (built from the same config) at the same batch size
+in one run on this machine. The plain loop is the pytorch/examples DCGAN recipe
+(D on real, D on fake, G through D, default Adam, fp32, NCHW) given its best
+case: pre-made float batches already on the device and no per-step `.item()`.
+The trainer runs as users run it (`distgan/train.py --config ...` in a
+subprocess): streaming shards, EMA, logging, its fast defaults. Its images/s
+come from its own metrics.jsonl, skipping the first (warm-up) log interval.
+
+    python bench/train.py                      # CPU: fp32 trainer vs fp32 plain loop
+    python bench/train.py --device cuda --precisions no,bf16 [--compile]
+
+Prints a table, then one JSON line: `<arch>_ratio_<device>[_<precision>]` =
+trainer images/s / plain fp32 images/s, and the absolute figures behind them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from distgan.config import load_config  # noqa: E402
+from distgan.data.shards import write_shards  # noqa: E402
+from distgan.data.sources import RawDataset, RawSplit  # noqa: E402
+from distgan.models import build_discriminator, build_generator  # noqa: E402
+
+CONFIGS = {"dcgan28": "configs/mnist_dcgan.yaml", "dcgan64": "configs/celeba64_dcgan.yaml"}
+SHAPES = {"dcgan28": (1, 28, 28), "dcgan64": (3, 64, 64)}
+
+
+def synthetic_shards(arch: str, out: Path, n: int) -> Path:
+    """Random images of the arch's shape: speed does not depend on the pixels."""
+    c, h, w = SHAPES[arch]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    raw = RawDataset(f"synthetic-{arch}", h, w, c, [], {"train": RawSplit(np.full(n, -1), lambda i: images[i])})
+    write_shards(raw, out, samples_per_shard=max(n // 4, 1))
+    return out
+
+
+def plain_loop(arch: str, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+    """The pytorch/examples DCGAN step, fp32; images/s over `steps` after `warmup`."""
+    cfg = load_config(REPO / CONFIGS[arch])
+    c, h, w = SHAPES[arch]
+    G = build_generator(cfg.model, c, h, w, 0).to(device)
+    D = build_discriminator(cfg.model, c, h, w, 0).to(device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr, betas=tuple(cfg.optim.g_betas))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas))
+    criterion = torch.nn.BCEWithLogitsLoss()
+    data = torch.rand(8, batch, c, h, w, device=device) * 2 - 1
+    ones = torch.ones(batch, device=device)
+    zeros = torch.zeros(batch, device=device)
+
+    def step(i: int) -> None:
+        real = data[i % len(data)]
+        D.zero_grad()
+        criterion(D(real).view(-1), ones).backward()
+        fake = G(torch.randn(batch, cfg.model.nz, device=device))
+        criterion(D(fake.detach()).view(-1), zeros).backward()
+        opt_d.step()
+        G.zero_grad()
+        criterion(D(fake).view(-1), ones).backward()
+        opt_g.step()
+
+    for i in range(warmup):
+        step(i)
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def trainer_run(arch: str, data: Path, batch: int, steps: int, warmup: int, precision: str, compile_: bool,
+                workers: int, run_dir: Path) -> float:
+    """distgan's trainer as users run it; median images/s of the log intervals after the first."""
+    name = f"{arch}-{precision}{'-compiled' if compile_ else ''}"
+    interval = max(steps // 5, 1)
+    total = warmup + 5 * interval
+    cmd = [sys.executable, str(REPO / "distgan" / "train.py"), "--config", str(REPO / CONFIGS[arch]),
+           f"name={name}", f"run_dir={run_dir}", f"data.path={data}", f"data.batch_size={batch}",
+           f"data.num_workers={workers}", f"train.steps={total}", f"train.log_every={interval}",
+           f"train.sample_every={10**9}", f"train.checkpoint_every={10**9}", f"train.mixed_precision={precision}",
+           f"train.compile={str(compile_).lower()}", "log.log_with=none", "train.resume=none"]
+    if warmup % interval:
+        raise SystemExit(f"--warmup {warmup} must be a multiple of the log interval {interval}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    lines = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
+    timed = [line["perf/images_per_s"] for line in lines if line["step"] > warmup]
+    return statistics.median(timed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--archs", default="dcgan28,dcgan64")
+    parser.add_argument("--precisions", default="no", help="trainer mixed_precision values, e.g. no,bf16")
+    parser.add_argument("--compile", action="store_true", help="also time the trainer with train.compile=true")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 40 on CPU, 400 on CUDA)")
+    parser.add_argument("--workers", type=int, default=1, help="loader workers for the trainer")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    steps = args.steps or (400 if device.type == "cuda" else 40)
+    warmup = max(steps // 5, 1)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    hardware = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
+    print(f"{date.today()}  {hardware}  torch {torch.__version__}  batch {args.batch}  "
+          f"{steps} timed steps after {warmup} warm-up", flush=True)
+
+    results: dict[str, object] = {"date": str(date.today()), "hardware": hardware, "torch": torch.__version__,
+                                  "batch": args.batch, "device": device.type}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for arch in args.archs.split(","):
+            n = args.batch * 40 if device.type == "cuda" else args.batch * 10
+            data = synthetic_shards(arch, tmp / f"data-{arch}", n)
+            plain = plain_loop(arch, args.batch, steps, warmup, device)
+            results[f"{arch}_plain_fp32_img_s"] = round(plain, 1)
+            print(f"{arch:8s} plain fp32 loop        {plain:10.1f} img/s", flush=True)
+            variants = [(p, False) for p in args.precisions.split(",")]
+            variants += [(p, True) for p in args.precisions.split(",")] if args.compile else []
+            for precision, compile_ in variants:
+                speed = trainer_run(arch, data, args.batch, steps, warmup, precision, compile_, args.workers,
+                                    tmp / "runs")
+                tag = ("fp32" if precision == "no" else precision) + ("_compiled" if compile_ else "")
+                ratio = speed / plain
+                results[f"{arch}_trainer_{tag}_img_s"] = round(speed, 1)
+                key = f"{arch}_ratio_{device.type}" + ("" if tag == "fp32" else f"_{tag}")
+                results[key] = round(ratio, 3)
+                print(f"{arch:8s} distgan {tag:14s} {speed:10.1f} img/s  {ratio:5.2f}x plain fp32", flush=True)
+    print(json.dumps(results))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+if __name__ == "__main__":
+    main()
