@@ -20,10 +20,11 @@
 #                           requeued and concurrent jobs do not collide)
 #
 # Preemption and time limits: the job scripts ask for `--signal=B:USR1@120` (USR1 to this batch shell
-# only, 120 s before the end) and `--requeue`. On USR1 the shell touches $RUN/STOP; every rank of every
-# node polls that file (shared filesystem) at each step boundary, the trainer all-reduces the decision,
-# writes a checkpoint and exits 0. The shell then requeues the job; the next start resumes from that
-# checkpoint (train.resume=auto) and continues the same W&B run (runs/NAME/wandb_id.txt).
+# only, 120 s before the end) and `--requeue`. On USR1 the shell touches $RUN/STOP; every rank polls
+# that file at each step boundary and the trainer all-reduces the decision, so it is enough that the
+# ranks on this node see it at once (those on other nodes may see a shared filesystem's cached view),
+# and all of them write one checkpoint and exit 0. The shell then requeues the job; the next start
+# resumes from that checkpoint (train.resume=auto) and continues the same W&B run (NAME/wandb_id.txt).
 # The signal is NOT forwarded to the launcher: torchrun's agent has no USR1 handler, so USR1 would kill
 # it (and with it the workers) before they could checkpoint.
 
@@ -54,7 +55,7 @@ distgan_setup() {
     for o in "${overrides[@]}"; do
         case $o in name=* | run_dir=*) die "set the run with DISTGAN_NAME / DISTGAN_RUN_DIR, not '$o'" ;; esac
     done
-    TRAIN=(distgan/train.py --config "$config" "${overrides[@]}" "run_dir=${DISTGAN_RUN_DIR:-runs}" "name=$NAME")
+    TRAIN=(distgan/train.py --config "$config" "${overrides[@]}" "run_dir=${RUN%/*}" "name=$NAME")
     # A requeued start continues its own newest checkpoint, whatever train.resume said at first.
     if (( ${SLURM_RESTART_COUNT:-0} > 0 )); then TRAIN+=(train.resume=auto); fi
 
@@ -78,7 +79,7 @@ distgan_setup() {
         local port=${DISTGAN_MAIN_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}
         LAUNCH+=(--num_machines "$nodes" --main_process_ip "$addr" --main_process_port "$port")
         log "rendezvous at $addr:$port"
-        if [[ ${DISTGAN_CPU:-0} == 1 ]]; then LAUNCH+=(--mixed_precision no); fi
+        if [[ ${DISTGAN_CPU:-0} == 1 ]]; then LAUNCH+=(--mixed_precision no); fi  # the template says bf16
     elif [[ ${DISTGAN_CPU:-0} == 1 ]]; then
         launch_config=launch/cpu.yaml
     elif (( per_node == 1 )); then
@@ -110,11 +111,11 @@ gpus_on_node() {
 # failed (a crash is never requeued), 0 if the run completed, and requeue the job if it stopped
 # because of USR1.
 distgan_run() {
-    PREEMPTED=0
+    PREEMPTED=0 TERMINATED=0
     trap 'PREEMPTED=1; log "USR1: checkpoint at the next step boundary, then requeue"; touch "$RUN/STOP"' USR1
     # scancel / PreemptMode=REQUEUE send TERM to every process: the trainer checkpoints on its own (KillWait
     # permitting); the shell keeps waiting for it and does not requeue (SLURM requeues a preempted job itself).
-    trap 'log "TERM: stopping at the next step boundary, no requeue"; touch "$RUN/STOP"' TERM
+    trap 'TERMINATED=1; log "TERM: stopping at the next step boundary, no requeue"; touch "$RUN/STOP"' TERM
     "$@" &
     local child=$! rc
     while :; do
@@ -124,7 +125,7 @@ distgan_run() {
     done
     trap - USR1 TERM
     if (( rc != 0 )); then
-        log "training failed (exit $rc); not requeued"
+        if (( TERMINATED )); then log "terminated (exit $rc); not requeued"; else log "training failed (exit $rc); not requeued"; fi
         exit "$rc"
     fi
     if [[ -e $RUN/COMPLETED ]]; then

@@ -47,14 +47,15 @@ def test_launch_configs_load_with_accelerates_own_loader(name, distributed, proc
 @pytest.mark.timeout(120)
 def test_cpu_launch_config_starts_two_gloo_ranks(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("import torch.distributed as dist\nfrom accelerate import Accelerator\n"
-                     "a = Accelerator()\nprint('rank', a.process_index, a.num_processes, dist.get_backend(), flush=True)\n")
+    # One file per rank: two ranks printing to one pipe can interleave their words (PYTHONUNBUFFERED).
+    probe.write_text("import sys, torch.distributed as dist\nfrom accelerate import Accelerator\na = Accelerator()\n"
+                     "open(f'{sys.argv[1]}/rank-{a.process_index}', 'w').write(f'{a.num_processes} {dist.get_backend()}')\n")
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(REPO / "launch/cpu.yaml"), str(probe)],
+                           str(REPO / "launch/cpu.yaml"), str(probe), str(tmp_path)],
                           env=run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"), capture_output=True, text=True,
                           timeout=110)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(re.findall(r"rank \d \d \w+", proc.stdout)) == ["rank 0 2 gloo", "rank 1 2 gloo"]
+    assert {p.name: p.read_text() for p in tmp_path.glob("rank-*")} == {"rank-0": "2 gloo", "rank-1": "2 gloo"}
 
 
 # -- distgan-submit --dry-run --------------------------------------------------------------------
