@@ -86,7 +86,9 @@ def load_checkpoint(
     for key, optimizer in optimizers.items():
         optimizer.load_state_dict(saved[key])
     scaler.load_state_dict(saved["scaler"])
-    ema.load_state_dict(load_file(str(path / "ema.safetensors"), device=str(accelerator.device)))
+    # Loaded on the host, copied into the EMA's tensors wherever they live (safetensors refuses
+    # a device like "cpu:0", which a multi-process CPU run has).
+    ema.load_state_dict(load_file(str(path / "ema.safetensors")))
     return json.loads((path / "state.json").read_text())
 
 

@@ -17,8 +17,10 @@ a step with non-finite gradients on the device, without a host sync.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -89,17 +91,33 @@ def resolve_resume(cfg: Config, run_path: Path) -> Path | None:
     return path
 
 
+def mixed_precision(cfg: Config) -> str:
+    """The run's own train.mixed_precision; where it is "no", the launcher's (launch/*.yaml, --mixed_precision)."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if cfg.train.mixed_precision == "no":
+        return launcher
+    if launcher not in ("no", cfg.train.mixed_precision):
+        log.warning("train.mixed_precision=%s overrides the launcher's %s", cfg.train.mixed_precision, launcher)
+    return cfg.train.mixed_precision
+
+
 def train(cfg: Config) -> str:
     """Run (or resume) training; returns 'completed' or 'stopped' (checkpoint written on a signal)."""
     global _stop_requested
     _stop_requested = False
     run_path = cfg.run_path
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision=mixed_precision(cfg)))
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
                               log_with=None if cfg.log.log_with == "none" else cfg.log.log_with,
                               project_dir=str(run_path))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != world:  # e.g. a multi-process launch on a CPU-only machine without ACCELERATE_USE_CPU=1
+        raise TrainingError(f"the launcher started {launched} processes, but this one sees a world of {world}: "
+                            f"each would train alone into the same run directory. Without GPUs, set "
+                            f"ACCELERATE_USE_CPU=1 (see launch/cpu.yaml)")
     for signum in STOP_SIGNALS:
         signal.signal(signum, _request_stop)
     set_seed(cfg.seed, device_specific=True)  # each rank draws its own noise

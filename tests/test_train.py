@@ -99,6 +99,23 @@ def test_bf16_autocast_runs_on_cpu(shards, tmp_path):
     assert all(np.isfinite(r["loss/g"]) for r in metrics(tmp_path / "t"))
 
 
+def test_launcher_precision_applies_unless_the_run_sets_one(shards, tmp_path, monkeypatch):
+    data, _ = shards
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what launch/multi_gpu.yaml makes accelerate set
+    assert trainer.train(tiny(data, tmp_path, "train.steps=1")) == "completed"
+    assert "mixed_precision: bf16" in (tmp_path / "t" / "config.yaml").read_text()
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert trainer.mixed_precision(tiny(data, tmp_path, "train.mixed_precision=bf16")) == "bf16"
+
+
+def test_processes_that_did_not_join_one_group_refuse_to_train(shards, tmp_path, monkeypatch):
+    data, _ = shards
+    monkeypatch.setenv("WORLD_SIZE", "2")  # launched as 2 processes, but this one is alone (no ACCELERATE_USE_CPU)
+    with pytest.raises(trainer.TrainingError, match="ACCELERATE_USE_CPU=1"):
+        trainer.train(tiny(data, tmp_path, "train.steps=1"))
+    assert not (tmp_path / "t").exists()
+
+
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(shards, tmp_path, monkeypatch):
     data, _ = shards
     real_loss, calls = trainer.generator_loss, {"n": 0}
@@ -225,7 +242,7 @@ def test_two_ranks_hold_equal_weights_after_training_on_different_data(shards, t
 
 
 @pytest.mark.slow
-def test_two_process_ddp_then_resume_on_one(shards, tmp_path):
+def test_two_process_ddp_resume_on_two_then_on_one(shards, tmp_path):
     data, _ = shards
     env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(LAUNCH_2_CPU + train_cmd(data, tmp_path, "train.steps=6")[1:], env=env,
@@ -236,6 +253,11 @@ def test_two_process_ddp_then_resume_on_one(shards, tmp_path):
     assert "2 rank(s)" in proc.stderr and proc.stderr.count("completed at step 6") == 1  # rank 0 logs alone
     state = json.loads((tmp_path / "t" / "checkpoints" / "step-0000006" / "state.json").read_text())
     assert state["world_size"] == 2
-    # The same run continued on one process (not bitwise: another world size).
-    subprocess.run(train_cmd(data, tmp_path, "train.steps=8"), env=env, check=True, capture_output=True, timeout=300)
-    assert (tmp_path / "t" / "COMPLETED").read_text().strip() == "8"
+    # Resumed on 2 processes (each rank loads the checkpoint onto its own device)...
+    proc = subprocess.run(launch + train_cmd(data, tmp_path, "train.steps=8")[1:], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and (tmp_path / "t" / "COMPLETED").read_text().strip() == "8"
+    # ...and continued on one (not bitwise: another world size).
+    subprocess.run(train_cmd(data, tmp_path, "train.steps=10"), env=env, check=True, capture_output=True, timeout=300)
+    assert (tmp_path / "t" / "COMPLETED").read_text().strip() == "10"
