@@ -140,8 +140,11 @@ def _max_diff(path: Path, reference: nn.Module, spec: dict[str, Any]) -> dict[in
 def _export_dynamo(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int,
                    names: list[str]) -> None:
     batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(module, args, str(path), input_names=names, output_names=["images"], opset_version=opset,
-                      dynamo=True, external_data=False, dynamic_shapes={n: {0: batch} for n in names})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "axis name batch will not be used": z and labels share it
+        torch.onnx.export(module, args, str(path), input_names=names, output_names=["images"], opset_version=opset,
+                          dynamo=True, external_data=False, verbose=False,
+                          dynamic_shapes={n: {0: batch} for n in names})
 
 
 def _export_torchscript(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int,
@@ -185,7 +188,7 @@ def _export_checked(module: nn.Module, reference: nn.Module, spec: dict[str, Any
 
 
 def build_metadata(info: dict[str, Any], *, uint8_output: bool, quantization: str, exporter: str,
-                   opset: int, parity: float) -> dict[str, str]:
+                   parity: float) -> dict[str, str]:
     """Everything a client needs, as `distgan.*` string pairs (keys: distgan.runtime.REQUIRED_KEYS + extras)."""
     spec = info["spec"]
     classes = list(info["classes"]) if spec["conditional"] else []
@@ -200,7 +203,7 @@ def build_metadata(info: dict[str, Any], *, uint8_output: bool, quantization: st
         "config_hash": info["config_hash"], "quantization": quantization,
         # Extras: how to draw z, how the model was made, the full architecture.
         "latent": "standard_normal", "inputs": "z,labels" if classes else "z",
-        "exporter": exporter, "opset": opset, "fp32_parity_max_abs": f"{parity:.3g}",
+        "exporter": exporter, "fp32_parity_max_abs": f"{parity:.3g}",
         "export_version": distgan.__version__, "spec": json.dumps(spec, sort_keys=True),
     }
     assert set(REQUIRED_KEYS) <= set(values)
@@ -208,8 +211,11 @@ def build_metadata(info: dict[str, Any], *, uint8_output: bool, quantization: st
 
 
 def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Set `metadata` (plus distgan.opset, read from the file) on the model at `path`, checked."""
     model = onnx.load(str(path))
     del model.metadata_props[:]
+    # The opset the file really has: the dynamo exporter builds at 18 and converts down.
+    metadata[PREFIX + "opset"] = str(next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
     onnx.helper.set_model_props(model, metadata)
     model.doc_string = (f"distgan {metadata[PREFIX + 'family']} generator: z ~ N(0, 1) [batch, "
                         f"{metadata[PREFIX + 'nz']}] -> images; see metadata_props distgan.*")
@@ -300,7 +306,7 @@ def export_onnx(source: Path, out: Path | None = None, *, opset: int = DEFAULT_O
             report = _quantization_report(fp32_model, model, Uint8Output(generator) if uint8_output else generator,
                                           spec)
         metadata = build_metadata(info, uint8_output=uint8_output, quantization=quantize or "none",
-                                  exporter=exporter, opset=opset, parity=max(parity.values()))
+                                  exporter=exporter, parity=max(parity.values()))
         _write_metadata(model, metadata)
         optimized = tmp / "optimized.onnx"
         _save_optimized(model, optimized, metadata)
