@@ -186,8 +186,9 @@ def test_int8_model_runs_with_bounded_error(tmp_path, capsys):
     z = model.latents(16, seed=2)
     reference = torch_images(source, z)
     error = np.abs(model.run(z) - reference)
-    # 8 bits over [-1, 1] is a step of 1/128: a few steps at most, well under one on average.
-    assert error.max() < 0.1 and error.mean() < 0.01, (error.max(), error.mean())
+    # 8 bits over the output's range: a few steps at most, well under one on average.
+    spread = reference.max() - reference.min()
+    assert error.max() < 0.05 * spread and error.mean() < 0.005 * spread, (error.max(), error.mean(), spread)
 
 
 def test_a_wrong_exporter_result_is_caught_and_the_other_exporter_used(tmp_path, monkeypatch):

@@ -59,9 +59,9 @@ class SubPixelConvTranspose(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The activation is elementwise, so it goes before the interleave, where it fuses with the Conv.
-        y = self.activation(self.conv(x)).unflatten(1, (self.out_channels, 4))
+        y = self.activation(self.conv(x))
         window = (slice(None, -1), slice(1, None))  # phase 0 starts at 0, phase 1 at 1; static, no Shape ops
-        phases = [y[:, :, 2 * ry + rx, window[ry], window[rx]] for ry in (0, 1) for rx in (0, 1)]
+        phases = [y[:, 2 * ry + rx::4, window[ry], window[rx]] for ry in (0, 1) for rx in (0, 1)]
         return F.pixel_shuffle(torch.stack(phases, 2).flatten(1, 2), 2)
 
 
