@@ -217,6 +217,12 @@ def test_a_wrong_exporter_result_is_caught_and_the_other_exporter_used(tmp_path,
 def test_bad_sources_give_clear_errors(runs, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="not a run or generator directory"):
         export_onnx(tmp_path)
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(runs["uncond"] / "generator" / "generator.json", no_weights)
+    with pytest.raises(FileNotFoundError, match=r"no-weights: not a run or generator directory \(needs generator.json "
+                                                 r"and generator.safetensors\)"):
+        export_onnx(no_weights)
     spec_dir, weights_dir, arch_dir = (tmp_path / n for n in ("garbage", "foreign", "arch"))
     for d in (spec_dir, weights_dir, arch_dir):
         shutil.copytree(runs["uncond"] / "generator", d)

@@ -13,8 +13,8 @@ original generator):
   interleaved by DepthToSpace. onnxruntime's ConvTranspose is a GEMM plus a single-threaded
   col2im and has no int8 kernel (a quantised one runs in fp32 between Q/DQ nodes); a Conv
   gets onnxruntime's blocked NCHWc kernels in fp32 and QLinearConv in int8. The cost is
-  (H+1)^2/H^2 more multiply-adds (1.56x at 4x4, 1.06x at 32x32): measured, it is 2.5x
-  faster on DCGAN-64 at batch 64 (BENCHMARKS.md).
+  (H+1)^2/H^2 more multiply-adds (1.56x at 4x4, 1.06x at 32x32; 1.31x over DCGAN-64):
+  measured, DCGAN-64 at batch 64 still runs 1.9x faster in fp32 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
