@@ -41,12 +41,16 @@ demo: $(DATA)/dataset.json
 	mkdir -p $(RUN)
 	$(VENV)/bin/distgan-data show $(DATA) --n 64 --out $(RUN)/real_grid.png
 	$(LAUNCH) distgan/train.py --config $(DEMO_CONFIG) name=$(notdir $(RUN)) run_dir=$(dir $(RUN)) data.path=$(DATA) $(DEMO_ARGS)
+	$(VENV)/bin/distgan-export --onnx $(RUN) --out $(RUN)/generator.onnx
+	$(VENV)/bin/distgan-sample --onnx $(RUN)/generator.onnx --n 64 --seed 0 --grid $(RUN)/onnx_grid.png
 	@echo
 	@echo "shards:         $(DATA)/ (manifest: $(DATA)/dataset.json)"
 	@echo "real samples:   $(RUN)/real_grid.png"
 	@echo "fake samples:   $(RUN)/samples/ (last: $$(ls $(RUN)/samples | tail -1)), progress: $(RUN)/progress.gif"
 	@echo "losses:         $(RUN)/losses.png, $(RUN)/metrics.jsonl"
 	@echo "generator:      $(RUN)/generator/ (EMA weights + architecture)"
+	@echo "ONNX:           $(RUN)/generator.onnx (+ generator.opt.onnx), parity-checked against torch"
+	@echo "ONNX samples:   $(RUN)/onnx_grid.png (onnxruntime only: distgan-sample, or export/generate.py)"
 	@echo "checkpoints:    $(RUN)/checkpoints/ (make demo again resumes; rm -r $(RUN) to start over)"
 
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
@@ -56,6 +60,7 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed
 	$(PY) bench/loader.py
+	$(PY) bench/infer.py
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from distgan.models import Generator, generator_from_spec
@@ -112,10 +113,22 @@ def load_generator(directory: Path) -> tuple[Generator, dict[str, Any]]:
         raise FileNotFoundError(
             f"{directory}: not a run or generator directory (needs {GENERATOR_SPEC} and {GENERATOR_WEIGHTS})"
         )
-    info = json.loads(spec_path.read_text())
-    generator = generator_from_spec(info["spec"])
     try:
-        generator.load_state_dict(load_file(str(weights_path)))
+        info = json.loads(spec_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{spec_path}: not valid JSON: {exc}") from exc
+    if not isinstance(info, dict) or not isinstance(info.get("spec"), dict):
+        raise ValueError(f"{spec_path}: no 'spec' object (the architecture); not a distgan generator.json")
+    try:
+        generator = generator_from_spec(info["spec"])
+    except ValueError as exc:
+        raise ValueError(f"{spec_path}: {exc}") from exc
+    try:
+        weights = load_file(str(weights_path))
+    except SafetensorError as exc:
+        raise ValueError(f"{weights_path}: not a safetensors file: {exc}") from exc
+    try:
+        generator.load_state_dict(weights)
     except RuntimeError as exc:
         raise ValueError(f"{weights_path}: weights do not fit the architecture in {spec_path}: {exc}") from exc
     return generator.eval(), info

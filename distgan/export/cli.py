@@ -1,0 +1,56 @@
+"""`distgan-export --onnx RUN_DIR_OR_GENERATOR_DIR [--out FILE] [--opset N] [--quantize int8] [--uint8-output]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from distgan.export.onnx import (DEFAULT_OPSET, FP32_TOLERANCE, QUANTIZATIONS, UINT8_TOLERANCE, ExportError,
+                                 export_onnx)
+from distgan.runtime import PREFIX
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="distgan-export",
+        description="Export a run's EMA generator to ONNX, checked against torch (batch 1 and 37).")
+    parser.add_argument("--onnx", type=Path, required=True, metavar="RUN_DIR_OR_GENERATOR_DIR",
+                        help="a run directory (runs/NAME) or its generator/ directory")
+    parser.add_argument("--out", type=Path, help="the .onnx file (default: generator.onnx in that directory)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, help="static int8 (QDQ) quantisation; fp32 by default")
+    parser.add_argument("--uint8-output", action="store_true",
+                        help="output uint8 [batch, H, W, C] in 0..255 instead of float [batch, C, H, W] in [-1, 1]")
+    args = parser.parse_args(argv)
+    try:
+        result = export_onnx(args.onnx, args.out, opset=args.opset, uint8_output=args.uint8_output,
+                             quantize=args.quantize)
+    except (FileNotFoundError, ValueError, ExportError) as exc:
+        parser.exit(2, f"distgan-export: error: {exc}\n")
+    meta = result.metadata
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"exporter: {result.exporter}, opset {meta[PREFIX + 'opset']}")
+    parity = ", ".join(f"batch {b}: {d:.2e}" for b, d in result.parity.items())
+    print(f"parity fp32 max |onnxruntime - torch|: {parity} (limit {FP32_TOLERANCE:g})")
+    if result.uint8_parity is not None:
+        grey = ", ".join(f"batch {b}: {d:.0f}" for b, d in result.uint8_parity.items())
+        print(f"parity uint8 output, max grey-level difference: {grey} (limit {UINT8_TOLERANCE})")
+    if result.quantization is not None:
+        q = result.quantization
+        unit = " grey levels" if args.uint8_output else ""
+        print(f"int8 vs torch fp32: max |diff| {q.max_abs:.3g}{unit}, mean {q.mean_abs:.3g}{unit}")
+        print(f"int8 speed: {q.int8_images_per_s:,.0f} images/s vs fp32 {q.fp32_images_per_s:,.0f} "
+              f"({q.speedup:.2f}x, batch 64, this machine)")
+    classes = meta[PREFIX + "class_names"] if meta[PREFIX + "num_classes"] != "0" else "unconditional"
+    print(f"model: {meta[PREFIX + 'family']}, z [batch, {meta[PREFIX + 'nz']}] -> {meta[PREFIX + 'output_dtype']} "
+          f"{meta[PREFIX + 'output_layout']} {meta[PREFIX + 'channels']}x{meta[PREFIX + 'height']}x"
+          f"{meta[PREFIX + 'width']}, step {meta[PREFIX + 'step']}, classes: {classes}")
+    print(f"wrote {result.path}")
+    print(f"wrote {result.optimized_path} (onnxruntime basic optimisations: portable)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
