@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 
 import torch  # noqa: E402
 
-from distgan.metrics.domain import find_domain_model, default_domain_dir  # noqa: E402
+from distgan.metrics.domain import default_domain_dir, find_domain_model  # noqa: E402
 from distgan.metrics.evaluate import evaluate, hardware  # noqa: E402
 from distgan.metrics.generated import OnnxSource, TorchSource  # noqa: E402
 

@@ -21,7 +21,6 @@ from distgan.data.shards import write_shards
 from distgan.data.sources import read_idx_dataset
 from distgan.export import export_onnx
 from distgan.metrics import inception_logits, save_domain_classifier, train_domain_classifier
-from distgan.metrics.domain import default_domain_dir
 from distgan.metrics.evaluate import evaluate, make_extractors
 from distgan.metrics.fool import FoolRate
 from distgan.metrics.generated import OnnxSource, TorchSource, latents
