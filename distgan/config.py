@@ -72,6 +72,20 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation during training (distgan/metrics/during_training.py); off unless `every` > 0."""
+
+    every: int = 0  # evaluate every N steps; 0 = off
+    n: int = 2000  # generated images per evaluation, split evenly over the ranks
+    features: str = "domain"  # domain (the dataset's classifier: fast, fine on CPUs) | inception
+    domain_model: str = "auto"  # classifier directory; auto = ~/.cache/distgan/domain/DATASET
+    split: str = "test"  # the real images compared with
+    metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid, kid
+    batch_size: int = 500  # generated images per forward pass
+    keep_best: bool = True  # keep runs/NAME/generator_best/ at the lowest FID
+
+
+@dataclass
 class Config:
     name: str = "run"
     run_dir: str = "runs"  # the run lives in run_dir/name
@@ -82,6 +96,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def run_path(self) -> Path:
@@ -94,6 +109,7 @@ CHOICES = {
     "optim.lr_scaling": ("none", "linear", "sqrt"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "log.log_with": ("none", "wandb", "tensorboard"),
+    "eval.features": ("domain", "inception"),
 }
 
 
@@ -166,6 +182,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'optim.ema_decay' must be in [0, 1), got {cfg.optim.ema_decay}")
     if cfg.loss.kind in ("hinge", "wgan-gp") and cfg.loss.real_label != 1.0:
         raise ConfigError(f"config key 'loss.real_label': label smoothing does not apply to {cfg.loss.kind}")
+    if cfg.eval.every < 0 or cfg.eval.n < 2 or cfg.eval.batch_size < 1:
+        raise ConfigError(f"config keys 'eval.every' >= 0, 'eval.n' >= 2, 'eval.batch_size' >= 1; got "
+                          f"{cfg.eval.every}, {cfg.eval.n}, {cfg.eval.batch_size}")
+    if "fid" not in cfg.eval.metrics or not set(cfg.eval.metrics) <= {"fid", "kid"}:
+        raise ConfigError(f"config key 'eval.metrics': {cfg.eval.metrics} must hold 'fid' and may add 'kid'")
     if cfg.data.path in ("", "???"):
         raise ConfigError("config key 'data.path' is required (the directory with dataset.json)")
 

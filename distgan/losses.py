@@ -96,3 +96,14 @@ def gradient_penalty(
         # The epsilon keeps the norm differentiable where the gradient is exactly 0.
         grad_norm = torch.sqrt(grad.flatten(1).square().sum(dim=1) + 1e-12)
         return (grad_norm - 1.0).square().mean()
+
+
+def decision_threshold(kind: str, real_logits: torch.Tensor) -> torch.Tensor:
+    """The score above which D calls an image real: 0 for bce/hinge logits, 0.5 for lsgan.
+
+    wgan-gp has no absolute threshold; the mean score of the real images stands in.
+    """
+    fixed = {"bce": 0.0, "hinge": 0.0, "lsgan": 0.5}.get(kind)
+    if fixed is None:
+        return real_logits.float().mean()
+    return torch.tensor(fixed, device=real_logits.device)

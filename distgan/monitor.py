@@ -36,6 +36,7 @@ class RunMonitor:
         self.accelerator, self.cfg, self.run_path = accelerator, cfg, run_path
         self.active = accelerator.is_main_process
         self.bar = None
+        self.postfix: dict[str, str] = {}
         if self.active:
             (run_path / "samples").mkdir(parents=True, exist_ok=True)
             self.bar = tqdm(total=cfg.train.steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -49,8 +50,12 @@ class RunMonitor:
         with open(self.run_path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         self.accelerator.log(values, step=step)
-        self.bar.set_postfix(d=f"{values['loss/d']:.3f}", g=f"{values['loss/g']:.3f}",
-                             img_s=f"{values['perf/images_per_s']:.0f}", refresh=False)
+        if "loss/d" in values:  # a training line, not an evaluation line
+            self.postfix.update(d=f"{values['loss/d']:.3f}", g=f"{values['loss/g']:.3f}",
+                                img_s=f"{values['perf/images_per_s']:.0f}")
+        if "eval/fid" in values:
+            self.postfix["fid"] = f"{values['eval/fid']:.2f}"
+        self.bar.set_postfix(self.postfix, refresh=False)
 
     def advance(self, steps: int) -> None:
         if self.bar is not None:
@@ -95,6 +100,7 @@ def write_loss_plot(metrics: Path, out: Path) -> None:
     if not metrics.exists():
         return
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss/d" in r]  # evaluation lines have their own keys
     if not rows:
         return
     steps = [r["step"] for r in rows]

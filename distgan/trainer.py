@@ -35,7 +35,8 @@ from distgan import ddp
 from distgan.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_generator
 from distgan.config import Config, config_hash, to_yaml
 from distgan.data import DataError, ShardLoader, to_device
-from distgan.losses import discriminator_loss, generator_loss, gradient_penalty
+from distgan.losses import decision_threshold, discriminator_loss, generator_loss, gradient_penalty
+from distgan.metrics.during_training import TrainingEvaluator
 from distgan.models import build_discriminator, build_generator
 from distgan.monitor import RunMonitor, tracker_init_kwargs
 
@@ -71,10 +72,7 @@ def d_confidence(kind: str, logits: torch.Tensor) -> torch.Tensor:
 
 def fooled_rate(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """How often D takes a fake for real (its decision threshold depends on the loss)."""
-    threshold = {"bce": 0.0, "hinge": 0.0, "lsgan": 0.5}.get(kind)
-    if threshold is None:  # wgan-gp: no absolute threshold; compare with the real scores
-        threshold = real_logits.float().mean()
-    return (fake_logits.float() > threshold).float().mean()
+    return (fake_logits.float() > decision_threshold(kind, real_logits)).float().mean()
 
 
 def resolve_resume(cfg: Config, run_path: Path) -> Path | None:
@@ -132,6 +130,7 @@ def train(cfg: Config) -> str:
     if cfg.model.conditional and manifest.num_classes < 2:
         raise TrainingError(f"model.conditional needs class labels; {cfg.data.path} has none")
     num_classes = manifest.num_classes if cfg.model.conditional else 0
+    evaluator = TrainingEvaluator(cfg, accelerator, manifest, run_path, num_classes)  # fails here, not later
     shape = (manifest.channels, manifest.height, manifest.width)
     G = build_generator(cfg.model, *shape, num_classes)
     D = build_discriminator(cfg.model, *shape, num_classes)
@@ -274,6 +273,8 @@ def train(cfg: Config) -> str:
             monitor.advance(1)
             if step % cfg.train.sample_every == 0:
                 sample(step)
+            if evaluator.due(step):
+                evaluator.run(step, ema.module, monitor, generator_info)
             if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
                 snapshot(step)
         if step != last_saved:

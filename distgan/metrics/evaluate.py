@@ -1,0 +1,189 @@
+"""One evaluation of a generator against a dataset split: FID, KID, IS, precision/recall, fool rate.
+
+The generated images are made once, batch by batch, and every requested
+metric takes what it needs from the same batches (features, IS logits, D's
+scores). The real side comes from the cache (`reference.py`): statistics for
+FID, features for KID and precision/recall, over the whole split unless
+`n_real` caps it. The result is a plain dict, written as JSON by the CLI and
+the quality benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from tqdm import tqdm
+
+from distgan.data import ShardLoader
+from distgan.data.loader import read_manifest
+from distgan.metrics.domain import domain_features, find_domain_model
+from distgan.metrics.features import FeatureExtractor
+from distgan.metrics.fool import FoolRate, load_discriminator
+from distgan.metrics.generated import OnnxSource, TorchSource
+from distgan.metrics.inception import InceptionFeatures
+from distgan.metrics.reference import reference_features, reference_stats
+from distgan.metrics.scores import FeatureStats, fid, inception_score, kid, precision_recall
+
+log = logging.getLogger("distgan")
+
+METRICS = ("fid", "kid", "is", "pr", "fool")
+FEATURES = ("inception", "domain")
+
+
+def parse_metrics(text: str | Iterable[str]) -> list[str]:
+    """'fid,kid' -> ['fid', 'kid'], refusing unknown names."""
+    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise ValueError(f"unknown metric(s) {unknown or names}; choose from {', '.join(METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def make_extractors(features: str, dataset: str, *, device: str | torch.device = "cpu",
+                    domain_model: str | Path | None = None, inception: str | Path | None = None,
+                    is_weights: str | Path | None = None, download: bool = False,
+                    need_logits: bool = False) -> tuple[FeatureExtractor, FeatureExtractor | None]:
+    """(features for FID/KID/PR, logits for IS or None): the standard Inception pair or the domain classifier."""
+    if features == "domain":
+        directory = find_domain_model(dataset, domain_model)
+        extractor = domain_features(directory, "features", device)
+        spec = extractor.model.spec
+        if spec.dataset != dataset:
+            log.warning("domain classifier %s was trained on %r, evaluating %r", directory, spec.dataset, dataset)
+        return extractor, domain_features(directory, "logits", device) if need_logits else None
+    if features == "inception":
+        extractor = InceptionFeatures(inception, device=device, download=download)
+        if not need_logits:
+            return extractor, None
+        from distgan.metrics.inception_logits import InceptionLogits
+
+        return extractor, InceptionLogits(is_weights, device=device, download=download)
+    raise ValueError(f"features must be one of {FEATURES}, not {features!r}")
+
+
+def hardware() -> dict[str, Any]:
+    """Where a figure was measured: accelerator, CPU count, library versions."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info.update(gpu=torch.cuda.get_device_name(), gpus=torch.cuda.device_count(), cuda=torch.version.cuda)
+    else:
+        info["gpu"] = None
+    for package in ("torch_fidelity", "onnxruntime"):
+        try:
+            info[package] = __import__(package).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def evaluate(
+    source: TorchSource | OnnxSource, data: str | Path, *, split: str = "test", n: int = 10_000,
+    metrics: Iterable[str] = ("fid",), features: str = "inception", device: str | torch.device = "cpu",
+    domain_model: str | Path | None = None, inception: str | Path | None = None,
+    is_weights: str | Path | None = None, download: bool = False, run: str | Path | None = None,
+    n_real: int | None = None, batch_size: int = 250, seed: int = 0, cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score `n` images of `source` against `split` of `data`; `run` (with a checkpoint) enables "fool"."""
+    metrics = parse_metrics(metrics)
+    start = time.perf_counter()
+    manifest = read_manifest(str(data))
+    c, h, w = source.info.image_shape
+    if (h, w, c) != manifest.image_shape:
+        raise ValueError(f"generator makes {c}x{h}x{w} images, {data} holds "
+                         f"{manifest.channels}x{manifest.height}x{manifest.width}")
+    if source.info.dataset and source.info.dataset != manifest.name:
+        log.warning("generator was trained on %r, evaluated against %r", source.info.dataset, manifest.name)
+    extractor, logits = make_extractors(features, manifest.name, device=device, domain_model=domain_model,
+                                        inception=inception, is_weights=is_weights, download=download,
+                                        need_logits="is" in metrics)
+    fool = None
+    if "fool" in metrics:
+        if run is None:
+            raise ValueError("the fool rate needs the run directory (its trained discriminator): use --run")
+        D, kind, checkpoint = load_discriminator(run, device)
+        fool = FoolRate(D, kind, device)
+    timings: dict[str, float] = {"setup_s": time.perf_counter() - start}
+
+    t = time.perf_counter()
+    fake_features, fake_logits = [], []
+    bar = _bar(n, f"generated ({features})", progress)
+    for batch in source.batches(n, batch_size, seed):
+        if {"fid", "kid", "pr"} & set(metrics):
+            fake_features.append(extractor(batch.images))
+        if logits is not None:
+            fake_logits.append(logits(batch.images))
+        if fool is not None:
+            fool.add_fake(batch.images, batch.labels)
+        bar.update(len(batch.images))
+    bar.close()
+    timings["generated_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cache = dict(max_images=n_real, cache_dir=cache_dir)
+    real_features = reference_features(extractor, data, split, **cache) if {"kid", "pr"} & set(metrics) else None
+    stats = reference_stats(extractor, data, split, **cache) if "fid" in metrics else None
+    if fool is not None:
+        loader = ShardLoader(str(data), split, batch_size, num_workers=0, shuffle_buffer=0, drop_last=False)
+        seen = 0
+        for batch in loader.epoch(0):
+            fool.add_real(batch.images[: n - seen], batch.labels[: n - seen])
+            seen += len(batch.images[: n - seen])
+            if seen >= n:
+                break
+    timings["real_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    values: dict[str, float] = {}
+    generated = torch.cat(fake_features) if fake_features else None
+    if stats is not None:
+        values["fid"] = fid(FeatureStats.of(generated), stats)
+    if real_features is not None and "kid" in metrics:
+        values["kid"], values["kid_std"] = kid(generated, real_features)
+    if real_features is not None and "pr" in metrics:
+        values["precision"], values["recall"] = precision_recall(generated, real_features)
+    if logits is not None:
+        values["is"], values["is_std"] = inception_score(torch.cat(fake_logits))
+    if fool is not None:
+        values.update(fool.result())
+    timings["metrics_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - start
+    info = source.info
+    return {
+        "metrics": values, "features": extractor.name, "features_kind": features,
+        "is_features": logits.name if logits is not None else None,
+        "n": n, "n_real": stats.count if stats is not None else (len(real_features) if real_features is not None
+                                                                 else None),
+        "split": split, "dataset": manifest.name, "data": str(data),
+        "source": {"kind": info.kind, "path": info.path, "dataset": info.dataset, **info.extra},
+        "step": info.step, "config_hash": info.config_hash, "seed": seed,
+        "discriminator_checkpoint": str(checkpoint) if fool is not None else None,
+        "timings": {k: round(v, 2) for k, v in timings.items()}, "hardware": hardware(),
+    }
+
+
+def _bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The figures as a fixed-width table, one metric a line."""
+    rows = [("metric", "value", "features", "n", "time")]
+    elapsed = f"{result['timings']['total_s']:.1f} s"
+    for key, value in result["metrics"].items():
+        kind = "D" if key.startswith("fool/") else (result["is_features"] if key.startswith("is") else
+                                                     result["features"])
+        rows.append((key, f"{value:.6g}" if isinstance(value, float) else str(value), kind.split(":")[0],
+                     str(result["n"]), elapsed))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
