@@ -10,6 +10,8 @@ check, the domain classifier). With --onnx the house model is also exported
 (fp32 and int8, when distgan.export is there) and scored the same way.
 
     python bench/quality.py --data data/fashion-mnist --minutes 5 [--features inception] [--n 10000]
+    python bench/quality.py --data D --minutes 5 --parallel --phase train   # then, later or elsewhere:
+    python bench/quality.py --data D --phase score --features inception --onnx
 
 Prints a table, then one JSON line: fid_<config>, kid_<config>, steps_<config>,
 train_seconds_<config>, fid_house_default, hardware, date.
@@ -57,7 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--onnx", action="store_true", help="also score the house model's fp32 and int8 ONNX exports")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/quality"), help="run directories go here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train every config at once (small models leave one GPU mostly idle)")
+    parser.add_argument("--phase", choices=("all", "train", "score"), default="all",
+                        help="train only, score the runs already in --out-dir only, or both")
     args = parser.parse_args(argv)
+    if args.phase == "score":
+        return args
     if args.steps is None and args.minutes is None:
         parser.error("give --steps and/or --minutes: the benchmark reports figures for a stated budget")
     return args
@@ -76,8 +84,11 @@ def overrides_for(stem: str, sets: list[str]) -> list[str]:
     return chosen
 
 
+TRAINED = "bench_train.json"  # in each run directory: what the budget bought, for --phase score
+
+
 def train(config: Path, args: argparse.Namespace) -> dict:
-    """One fresh training run under the budget; returns its steps, seconds and throughput."""
+    """One fresh training run under the budget; returns (and saves) its steps, seconds and throughput."""
     stem = config.stem
     run = args.out_dir / stem
     shutil.rmtree(run, ignore_errors=True)  # a stated budget means a fresh run, not a resumed one
@@ -85,7 +96,7 @@ def train(config: Path, args: argparse.Namespace) -> dict:
     cmd = ["distgan/train.py", "--config", str(config), f"data.path={args.data}", f"run_dir={args.out_dir}",
            f"name={stem}", f"train.steps={steps}", "log.log_with=none", "train.checkpoint_every=100000000",
            *overrides_for(stem, args.set)]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     if args.processes > 1:
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                   str(args.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -113,8 +124,34 @@ def train(config: Path, args: argparse.Namespace) -> dict:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     speeds = [r["perf/images_per_s"] for r in rows if "perf/images_per_s" in r][1:] or \
         [r["perf/images_per_s"] for r in rows if "perf/images_per_s" in r]  # the first interval holds start-up
-    return {"steps": info["step"], "train_seconds": round(seconds, 1),
-            "images_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None}
+    trained = {"steps": info["step"], "train_seconds": round(seconds, 1),
+               "images_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None,
+               "budget_steps": args.steps, "budget_minutes": args.minutes, "parallel": args.parallel}
+    (run / TRAINED).write_text(json.dumps(trained))
+    return trained
+
+
+def train_all(configs: list[Path], args: argparse.Namespace) -> dict[str, dict | Exception]:
+    """Each config's training result (or the exception that stopped it), one after another or all at once."""
+    def attempt(config: Path) -> dict | Exception:
+        try:
+            return train(config, args)
+        except Exception as exc:  # one failed config must not cost the others' figures
+            return exc
+
+    if not args.parallel:
+        return {config.stem: attempt(config) for config in configs}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(configs)) as pool:
+        return dict(zip((c.stem for c in configs), pool.map(attempt, configs)))
+
+
+def trained_before(run: Path) -> dict | Exception:
+    path = run / TRAINED
+    if not path.is_file():
+        return FileNotFoundError(f"{path}: no finished training run here (run --phase train first)")
+    return json.loads(path.read_text())
 
 
 def score(source, args: argparse.Namespace, domain_model: str | None) -> dict:
@@ -161,14 +198,25 @@ def main(argv: list[str] | None = None) -> int:
     args.data = str(Path(args.data).resolve())
     args.out_dir = args.out_dir.resolve()
     configs = [Path(c) if Path(c).is_absolute() else REPO / c for c in args.configs.split(",") if c]
+    if args.phase == "score":
+        results = {c.stem: trained_before(args.out_dir / c.stem) for c in configs}
+    else:
+        results = train_all(configs, args)
+    if args.phase == "train":
+        print(json.dumps({stem: r if isinstance(r, dict) else f"FAILED: {r}" for stem, r in results.items()}))
+        return 0 if all(isinstance(r, dict) for r in results.values()) else 1
     domain_model, summary = ensure_domain_model(args)
-    summary.update({"features": args.features, "n": args.n, "split": "test", "processes": args.processes,
-                    "budget_steps": args.steps, "budget_minutes": args.minutes})
+    summary.update({"features": args.features, "n": args.n, "split": "test", "processes": args.processes})
+    budgets = {(r["budget_steps"], r["budget_minutes"], r["parallel"]) for r in results.values() if isinstance(r, dict)}
+    for steps, minutes, parallel in budgets:
+        summary.update({"budget_steps": steps, "budget_minutes": minutes, "parallel": parallel})
     rows, failed = [], False
     for config in configs:
         stem = config.stem
         try:
-            trained = train(config, args)
+            trained = results[stem]
+            if isinstance(trained, Exception):
+                raise trained
             figures = score(TorchSource.from_dir(args.out_dir / stem, args.device), args, domain_model)
         except Exception as exc:  # one failed config must not cost the others' figures
             print(f"[{stem}] FAILED: {exc}", file=sys.stderr, flush=True)

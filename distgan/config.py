@@ -56,6 +56,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile G and D
     channels_last: bool = True
     tf32: bool = True
+    cudnn_benchmark: bool = True  # every batch has the same shape: let cuDNN time its algorithms once
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     log_every: int = 50
     sample_every: int = 500

@@ -119,8 +119,10 @@ def train(cfg: Config) -> str:
     for signum in STOP_SIGNALS:
         signal.signal(signum, _request_stop)
     set_seed(cfg.seed, device_specific=True)  # each rank draws its own noise
-    if device.type == "cuda" and cfg.train.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":
+        if cfg.train.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
 
     loader = ShardLoader(cfg.data.path, cfg.data.split, cfg.data.batch_size, rank=rank, world_size=world,
                          seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
