@@ -24,10 +24,12 @@ $(DATA)/dataset.json: | $(VENV)/.installed
 
 data: $(DATA)/dataset.json
 
-# Every GPU when there are some; else 2 gloo processes on the CPU.
+# Every GPU when there are some (the house config's full schedule: minutes on one H100); else
+# 2 gloo processes on the CPU with the same global batch (2 x 32) and a short schedule.
 NGPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 ifeq ($(NGPUS),0)
 LAUNCH := ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(VENV)/bin/accelerate launch --multi_gpu --num_processes 2
+DEMO_SCHEDULE ?= data.batch_size=32 train.steps=1600 train.log_every=50 train.sample_every=200 train.checkpoint_every=400
 else ifeq ($(NGPUS),1)
 LAUNCH := $(VENV)/bin/accelerate launch --num_processes 1
 else
@@ -40,7 +42,7 @@ demo: $(DATA)/dataset.json
 	$(VENV)/bin/distgan-data verify $(DATA)
 	mkdir -p $(RUN)
 	$(VENV)/bin/distgan-data show $(DATA) --n 64 --out $(RUN)/real_grid.png
-	$(LAUNCH) distgan/train.py --config $(DEMO_CONFIG) name=$(notdir $(RUN)) run_dir=$(dir $(RUN)) data.path=$(DATA) $(DEMO_ARGS)
+	$(LAUNCH) distgan/train.py --config $(DEMO_CONFIG) name=$(notdir $(RUN)) run_dir=$(dir $(RUN)) data.path=$(DATA) $(DEMO_SCHEDULE) $(DEMO_ARGS)
 	$(VENV)/bin/distgan-export --onnx $(RUN) --out $(RUN)/generator.onnx
 	$(VENV)/bin/distgan-sample --onnx $(RUN)/generator.onnx --n 64 --seed 0 --grid $(RUN)/onnx_grid.png
 	@echo
@@ -61,6 +63,7 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed
 	$(PY) bench/loader.py
 	$(PY) bench/infer.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache
