@@ -186,9 +186,34 @@ def test_int8_model_runs_with_bounded_error(tmp_path, capsys):
     z = model.latents(16, seed=2)
     reference = torch_images(source, z)
     error = np.abs(model.run(z) - reference)
-    # 8 bits over the output's range: a few steps at most, well under one on average.
+    # 8 bits over the output's range: a few steps at most, well under one on average. Measured: max
+    # 0.3-1.2% and mean 0.04% of the spread; quantising the last layer too (the old scheme) gave a mean of 0.26%.
     spread = reference.max() - reference.min()
-    assert error.max() < 0.05 * spread and error.mean() < 0.005 * spread, (error.max(), error.mean(), spread)
+    assert error.max() < 0.03 * spread and error.mean() < 0.001 * spread, (error.max(), error.mean(), spread)
+
+
+def test_int8_keeps_the_first_and_last_layers_in_fp32(tmp_path):
+    """z and the pre-tanh tensor are never quantised: a trained generator's pre-tanh values span hundreds
+    (background deep in tanh's flat region), and 8 bits over that range ruined its images (quantize.py)."""
+    source = generator_dir(tmp_path, "dcgan28", (1, 28, 28))
+    result = export_onnx(source, quantize="int8")
+    graph = onnx.load(str(result.path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    layers = [node for node in graph.node if node.op_type in ("Gemm", "MatMul", "Conv")]
+    first, last = layers[0], layers[-1]
+    assert producer.get(first.input[0]) is None and first.input[0] == "z"  # z straight in, fp32
+    assert first.input[1] not in producer  # fp32 weights (an initializer, no DequantizeLinear)
+    assert all(producer[i].op_type == "DequantizeLinear" for i in middle_inputs(layers[1:-1], producer))
+    assert last.input[1] not in producer  # fp32 weights
+    consumers = [node.op_type for node in graph.node if last.output[0] in node.input]
+    assert consumers == ["Tanh"], consumers  # no QuantizeLinear between the last layer and tanh
+    assert not any(node.op_type == "QuantizeLinear" and node.input[0] == "images" for node in graph.node)
+
+
+def middle_inputs(layers: list[onnx.NodeProto], producer: dict[str, onnx.NodeProto]) -> list[str]:
+    """Data and weight inputs of the layers between the first and last: all int8 (behind a DequantizeLinear)."""
+    assert layers, "the test generator has int8 layers between the first and last"
+    return [name for node in layers for name in node.input[:2]]
 
 
 def test_a_wrong_exporter_result_is_caught_and_the_other_exporter_used(tmp_path, monkeypatch):
