@@ -254,7 +254,7 @@ def test_two_process_ddp_resume_on_two_then_on_one(shards, tmp_path):
     state = json.loads((tmp_path / "t" / "checkpoints" / "step-0000006" / "state.json").read_text())
     assert state["world_size"] == 2
     # Resumed on 2 processes (each rank loads the checkpoint onto its own device)...
-    proc = subprocess.run(launch + train_cmd(data, tmp_path, "train.steps=8")[1:], env=env,
+    proc = subprocess.run(LAUNCH_2_CPU + train_cmd(data, tmp_path, "train.steps=8")[1:], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr and (tmp_path / "t" / "COMPLETED").read_text().strip() == "8"
