@@ -147,6 +147,46 @@ def test_conditional_generator_follows_the_label(arch: str) -> None:
     assert distances.min() > 0
 
 
+class _ShuffleSpace(nn.Module):
+    """Wraps D's feature stack and permutes the H*W positions of its output (same permutation every call)."""
+
+    def __init__(self, features: nn.Module, perm: torch.Tensor):
+        super().__init__()
+        self.features, self.perm = features, perm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return h.flatten(2)[:, :, self.perm].reshape(h.shape)
+
+
+@pytest.mark.parametrize("arch,spectral_norm", [(a, sn) for a in ("dcgan28", "dcgan64") for sn in (False, True)])
+def test_projection_sees_pooled_channels_not_positions(arch: str, spectral_norm: bool) -> None:
+    # Miyato & Koyama 2018: the class term is <embed(y), phi(x)> with phi(x) the
+    # features summed over H, W. A per-position embedding (over the flattened map)
+    # is a per-class spatial template that G satisfies with one prototype per class.
+    cfg = small_config(arch, conditional=True, spectral_norm=spectral_norm)
+    _, D = build_pair(cfg)
+    randomize(D)
+    D.eval()
+    x = torch.rand(4, *SHAPES[arch], generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        channels = D.features(x).shape[1]
+    assert D.projection.weight.shape == (NUM_CLASSES, channels)
+
+    def class_margins() -> torch.Tensor:
+        # logit(x, y) - logit(x, 0): the unconditional head cancels, the class term remains.
+        with torch.no_grad():
+            logits = torch.stack([D(x, torch.full((4,), y)) for y in range(NUM_CLASSES)])
+        return logits[1:] - logits[0]
+
+    margins = class_margins()
+    assert margins.abs().mean() > 0.1  # the class term is not negligible, so the comparison means something
+    height = width = 7 if arch == "dcgan28" else 4
+    perm = torch.randperm(height * width, generator=torch.Generator().manual_seed(2))
+    D.features = _ShuffleSpace(D.features, perm)
+    torch.testing.assert_close(class_margins(), margins, atol=1e-4, rtol=1e-4)
+
+
 def test_label_mismatches_are_errors() -> None:
     cond = small_config("dcgan28", conditional=True)
     G, D = build_pair(cond)
