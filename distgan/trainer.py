@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import distgan
 from distgan import ddp
 from distgan.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_generator
 from distgan.config import Config, config_hash, to_yaml
 from distgan.data import DataError, ShardLoader, to_device
+from distgan.ema import EMA
 from distgan.losses import decision_threshold, discriminator_loss, generator_loss, gradient_penalty
 from distgan.metrics.during_training import TrainingEvaluator
 from distgan.models import build_discriminator, build_generator
@@ -144,7 +144,7 @@ def train(cfg: Config) -> str:
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr * lr_scale, betas=tuple(cfg.optim.d_betas), **fused)
     G, D = accelerator.prepare(G, D)
     g_module, d_module = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
-    ema = AveragedModel(g_module, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    ema = EMA(g_module, cfg.optim.ema_decay)
     if cfg.train.compile:
         G, D = torch.compile(G), torch.compile(D)
     fp16 = cfg.train.mixed_precision == "fp16"
@@ -240,7 +240,7 @@ def train(cfg: Config) -> str:
                 loss_g = generator_loss(kind, fake_scores)
             optimizer_step(opt_g, loss_g, g_module.parameters())
             d_module.requires_grad_(True)
-            ema.update_parameters(g_module)
+            ema.update(g_module)
             step += 1
             since_log += 1
 

@@ -1,0 +1,35 @@
+"""The EMA of the generator's weights: what samples, evaluation and export use.
+
+torch's `AveragedModel.update_parameters` reads its step counter on the host
+(`bool(self.n_averaged == 0)`, `if self.n_averaged > 0`) at every update: on a
+GPU that is a device synchronisation per training step, which stalls the
+queue of kernels the CPU launches ahead. This one is the same
+exponential average in two foreach kernels, with no host sync.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA(nn.Module):
+    """`module` holds the average; `update(model)` moves it `1 - decay` of the way to `model`."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema = list(self.module.parameters()) + list(self.module.buffers())
+        live = [t.detach() for t in list(model.parameters()) + list(model.buffers())]
+        floats = [(e, m) for e, m in zip(ema, live) if e.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1.0 - self.decay)
+        for e, m in zip(ema, live):  # integer buffers (BatchNorm's batch counter) are copied
+            if not e.is_floating_point():
+                e.copy_(m)
