@@ -68,3 +68,17 @@ def run_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO)
     env.update(extra)
     return env
+
+
+# Small, fast trainer settings for in-process and subprocess runs on the `shards` fixture.
+TINY = ["model.ngf=8", "model.ndf=8", "data.batch_size=16", "data.num_workers=0", "data.shuffle_buffer=64",
+        "log.sample_grid=16", "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4"]
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one global state per process; in-process runs each start a new one."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

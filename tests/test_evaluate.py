@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, make_idx_dataset, run_env
+from conftest import REPO, TINY, make_idx_dataset, run_env
 from distgan import trainer
 from distgan.checkpoint import load_generator, save_generator
 from distgan.config import ConfigError, load_config
@@ -27,16 +27,7 @@ from distgan.metrics.generated import OnnxSource, TorchSource, latents
 from distgan.metrics.inception import InceptionWeightsError
 from distgan.models import ModelConfig, build_generator
 
-TINY = ["model.ngf=8", "model.ndf=8", "data.batch_size=16", "data.num_workers=0", "data.shuffle_buffer=64",
-        "log.sample_grid=16", "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import REPO, run_env
+from conftest import REPO, TINY, run_env
 from distgan import trainer
 from distgan.checkpoint import load_generator
 from distgan.config import ConfigError, load_config
 
-TINY = ["model.ngf=8", "model.ndf=8", "data.batch_size=16", "data.num_workers=0", "data.shuffle_buffer=64",
-        "log.sample_grid=16", "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps one global state per process; in-process runs each start a new one."""
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def tiny(data: Path, run_dir: Path, *extra: str, config: str = "configs/fashion_dcgan.yaml"):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from distgan.data.shards import file_digest
 from distgan.metrics.features import check_images, user_cache
-from distgan.metrics.weights import download_checked
+from distgan.metrics.weights import download_checked, locate_weights
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_FILE = "default_1.pt"
@@ -52,17 +52,10 @@ def find_inception_weights(path: str | os.PathLike | None = None, download: bool
     A path given explicitly (argument or environment) must exist: falling back
     past it would silently score with other weights than the user named.
     """
-    if path is None and os.environ.get(ENV_VAR):
-        path = os.environ[ENV_VAR]
-    if path is not None:
-        path = Path(path).expanduser()
-        if path.is_file():
-            return path
-        raise InceptionWeightsError(f"Inception weights {path}: no such file (given explicitly or by ${ENV_VAR})")
     looked = [user_cache() / INCEPTION_FILE, fid_helper_weights()]
-    for candidate in looked:
-        if candidate is not None and candidate.is_file():
-            return candidate
+    found = locate_weights(path, ENV_VAR, "Inception weights", looked, InceptionWeightsError)
+    if found is not None:
+        return found
     if download:
         return download_checked(INCEPTION_URL, looked[0], "sha1", INCEPTION_SHA1)
     places = [

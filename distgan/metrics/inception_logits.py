@@ -26,7 +26,7 @@ import torch
 from distgan.data.shards import file_digest
 from distgan.metrics.features import check_images, user_cache
 from distgan.metrics.inception import InceptionWeightsError
-from distgan.metrics.weights import download_checked
+from distgan.metrics.weights import download_checked, locate_weights
 
 IS_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 IS_WEIGHTS_SHA256_PREFIX = "6726825d"
@@ -40,17 +40,10 @@ def torch_hub_weights() -> Path:
 
 def find_is_weights(path: str | os.PathLike | None = None, download: bool = False) -> Path:
     """The IS weights file; an explicit path (argument or $DISTGAN_INCEPTION_IS) must exist."""
-    if path is None and os.environ.get(IS_ENV_VAR):
-        path = os.environ[IS_ENV_VAR]
-    if path is not None:
-        path = Path(path).expanduser()
-        if path.is_file():
-            return path
-        raise InceptionWeightsError(f"Inception Score weights {path}: no such file (given explicitly or by ${IS_ENV_VAR})")
     looked = [user_cache() / IS_WEIGHTS_FILE, torch_hub_weights()]
-    for candidate in looked:
-        if candidate.is_file():
-            return candidate
+    found = locate_weights(path, IS_ENV_VAR, "Inception Score weights", looked, InceptionWeightsError)
+    if found is not None:
+        return found
     if download:
         return download_checked(IS_WEIGHTS_URL, looked[0], "sha256", IS_WEIGHTS_SHA256_PREFIX)
     raise InceptionWeightsError(

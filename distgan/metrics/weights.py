@@ -14,6 +14,23 @@ from pathlib import Path
 from tqdm import tqdm
 
 
+def locate_weights(path: str | os.PathLike | None, env_var: str, what: str,
+                   candidates: list[Path | None], error: type[Exception]) -> Path | None:
+    """`path`, else $env_var, which must exist; else the first candidate that does; else None.
+
+    A path given explicitly (argument or environment) must exist: falling back
+    past it would silently score with other weights than the user named.
+    """
+    if path is None and os.environ.get(env_var):
+        path = os.environ[env_var]
+    if path is not None:
+        path = Path(path).expanduser()
+        if path.is_file():
+            return path
+        raise error(f"{what} {path}: no such file (given explicitly or by ${env_var})")
+    return next((c for c in candidates if c is not None and c.is_file()), None)
+
+
 class WeightsDownloadError(OSError):
     """The download failed or gave a file with another digest (nothing is left in place)."""
 
