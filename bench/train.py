@@ -9,7 +9,8 @@ subprocess): streaming shards, EMA, logging, its fast defaults. Its images/s
 come from its own metrics.jsonl, skipping the first (warm-up) log interval.
 
     python bench/train.py                      # CPU: fp32 trainer vs fp32 plain loop
-    python bench/train.py --device cuda --precisions no,bf16 [--compile]
+    python bench/train.py --device cuda --precisions no,bf16 [--compile [--compile-mode reduce-overhead]]
+    python bench/train.py --variant nchw:train.channels_last=false   # any trainer overrides
 
 Prints a table, then one JSON line: `<arch>_ratio_<device>[_<precision>]` =
 trainer images/s / plain fp32 images/s, and the absolute figures behind them.
@@ -93,21 +94,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def trainer_run(arch: str, data: Path, batch: int, steps: int, warmup: int, precision: str, compile_: bool,
+def trainer_run(arch: str, tag: str, overrides: list[str], data: Path, batch: int, steps: int, warmup: int,
                 workers: int, run_dir: Path) -> float:
     """distgan's trainer as users run it; median images/s of the log intervals after the first."""
-    name = f"{arch}-{precision}{'-compiled' if compile_ else ''}"
+    name = f"{arch}-{tag}"
     interval = max(steps // 5, 1)
     total = warmup + 5 * interval
     cmd = [sys.executable, str(REPO / "distgan" / "train.py"), "--config", str(REPO / CONFIGS[arch]),
            f"name={name}", f"run_dir={run_dir}", f"data.path={data}", f"data.batch_size={batch}",
            f"data.num_workers={workers}", f"train.steps={total}", f"train.log_every={interval}",
-           f"train.sample_every={10**9}", f"train.checkpoint_every={10**9}", f"train.mixed_precision={precision}",
-           f"train.compile={str(compile_).lower()}", "log.log_with=none", "train.resume=none"]
+           f"train.sample_every={10**9}", f"train.checkpoint_every={10**9}",
+           "log.log_with=none", "train.resume=none", *overrides]
     if warmup % interval:
         raise SystemExit(f"--warmup {warmup} must be a multiple of the log interval {interval}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
     timed = [line["perf/images_per_s"] for line in lines if line["step"] > warmup]
     return statistics.median(timed)
@@ -119,13 +120,25 @@ def main() -> None:
     parser.add_argument("--archs", default="dcgan28,dcgan64")
     parser.add_argument("--precisions", default="no", help="trainer mixed_precision values, e.g. no,bf16")
     parser.add_argument("--compile", action="store_true", help="also time the trainer with train.compile=true")
+    parser.add_argument("--compile-mode", default="default", help="train.compile_mode for --compile")
+    parser.add_argument("--variant", action="append", default=[], metavar="TAG:KEY=VALUE,...",
+                        help="one more trainer variant, e.g. nchw:train.channels_last=false (repeatable)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 40 on CPU, 400 on CUDA)")
-    parser.add_argument("--workers", type=int, default=1, help="loader workers for the trainer")
+    parser.add_argument("--workers", type=int, default=0, help="loader workers for the trainer (default: 1 on "
+                        "CPU, whose cores the step needs; 4 on CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     steps = args.steps or (400 if device.type == "cuda" else 40)
     warmup = max(steps // 5, 1)
+    workers = args.workers or (4 if device.type == "cuda" else 1)
+    variants = [("fp32" if p == "no" else p, [f"train.mixed_precision={p}"]) for p in args.precisions.split(",")]
+    if args.compile:
+        compiled = [f"train.compile=true", f"train.compile_mode={args.compile_mode}"]
+        variants += [(f"{tag}_compiled", [*o, *compiled]) for tag, o in variants]
+    for spec in args.variant:
+        tag, _, overrides = spec.partition(":")
+        variants.append((tag, [o for o in overrides.split(",") if o]))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     hardware = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
@@ -133,7 +146,7 @@ def main() -> None:
           f"{steps} timed steps after {warmup} warm-up", flush=True)
 
     results: dict[str, object] = {"date": str(date.today()), "hardware": hardware, "torch": torch.__version__,
-                                  "batch": args.batch, "device": device.type}
+                                  "batch": args.batch, "device": device.type, "loader_workers": workers}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for arch in args.archs.split(","):
@@ -142,12 +155,15 @@ def main() -> None:
             plain = plain_loop(arch, args.batch, steps, warmup, device)
             results[f"{arch}_plain_fp32_img_s"] = round(plain, 1)
             print(f"{arch:8s} plain fp32 loop        {plain:10.1f} img/s", flush=True)
-            variants = [(p, False) for p in args.precisions.split(",")]
-            variants += [(p, True) for p in args.precisions.split(",")] if args.compile else []
-            for precision, compile_ in variants:
-                speed = trainer_run(arch, data, args.batch, steps, warmup, precision, compile_, args.workers,
-                                    tmp / "runs")
-                tag = ("fp32" if precision == "no" else precision) + ("_compiled" if compile_ else "")
+            for tag, overrides in variants:
+                try:
+                    speed = trainer_run(arch, tag, overrides, data, args.batch, steps, warmup, workers,
+                                        tmp / "runs")
+                except subprocess.CalledProcessError as exc:  # one broken variant must not hide the others
+                    print(f"{arch:8s} distgan {tag:14s} FAILED (exit {exc.returncode}):\n"
+                          + "\n".join(exc.stderr.splitlines()[-15:]), flush=True)
+                    results[f"{arch}_trainer_{tag}_failed"] = True
+                    continue
                 ratio = speed / plain
                 results[f"{arch}_trainer_{tag}_img_s"] = round(speed, 1)
                 key = f"{arch}_ratio_{device.type}" + ("" if tag == "fp32" else f"_{tag}")

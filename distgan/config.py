@@ -45,7 +45,7 @@ class OptimConfig:
     g_betas: tuple[float, float] = (0.5, 0.999)
     d_betas: tuple[float, float] = (0.5, 0.999)
     grad_clip: float = 0.0  # max grad norm per network; 0 = off
-    ema_decay: float = 0.999  # EMA of G's weights, used for samples and export
+    ema_decay: float = 0.999  # EMA of G's weights for samples and export; warmed up: min(decay, (1+t)/(10+t))
     lr_scaling: str = "none"  # none | linear (lr x world size) | sqrt
 
 
@@ -54,6 +54,7 @@ class TrainConfig:
     steps: int = 5_000  # G updates
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: bool = False  # torch.compile G and D
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead = CUDA graphs (GPUs, static batch)
     channels_last: bool = True
     tf32: bool = True
     cudnn_benchmark: bool = True  # every batch has the same shape: let cuDNN time its algorithms once
@@ -109,6 +110,7 @@ CHOICES = {
     "loss.kind": LOSS_KINDS,
     "optim.lr_scaling": ("none", "linear", "sqrt"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "log.log_with": ("none", "wandb", "tensorboard"),
     "eval.features": ("domain", "inception"),
 }

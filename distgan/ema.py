@@ -16,7 +16,13 @@ from torch import nn
 
 
 class EMA(nn.Module):
-    """`module` holds the average; `update(model)` moves it `1 - decay` of the way to `model`."""
+    """`module` holds the average; `update(model, step)` moves it `1 - decay` of the way to `model`.
+
+    Given the step, the decay is warmed up as min(decay, (1 + step) / (10 + step))
+    (TensorFlow's ExponentialMovingAverage with num_updates): early on the
+    average follows the model instead of dragging the random initial weights
+    along, so a slow decay such as 0.9999 also suits short runs.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
@@ -24,12 +30,13 @@ class EMA(nn.Module):
         self.decay = decay
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
+        decay = self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
         ema = list(self.module.parameters()) + list(self.module.buffers())
         live = [t.detach() for t in list(model.parameters()) + list(model.buffers())]
         floats = [(e, m) for e, m in zip(ema, live) if e.is_floating_point()]
         if floats:
-            torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1.0 - self.decay)
+            torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1.0 - decay)
         for e, m in zip(ema, live):  # integer buffers (BatchNorm's batch counter) are copied
             if not e.is_floating_point():
                 e.copy_(m)

@@ -43,6 +43,7 @@ from distgan.monitor import RunMonitor, tracker_init_kwargs
 log = logging.getLogger("distgan")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STAT_KEYS = ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled")  # averaged over each log interval
 _stop_requested = False
 
 
@@ -54,15 +55,6 @@ def _request_stop(signum, frame) -> None:
     global _stop_requested
     _stop_requested = True
     log.warning("received %s: checkpoint at the next step boundary, then exit", signal.Signals(signum).name)
-
-
-def endless_batches(loader: ShardLoader, epoch: int, batch: int):
-    """Yield (epoch, next batch index, Batch) forever; the pair is the resume position."""
-    while True:
-        for item in loader.epoch(epoch, batch):
-            batch += 1
-            yield epoch, batch, item
-        epoch, batch = epoch + 1, 0
 
 
 def d_confidence(kind: str, logits: torch.Tensor) -> torch.Tensor:
@@ -145,8 +137,11 @@ def train(cfg: Config) -> str:
     G, D = accelerator.prepare(G, D)
     g_module, d_module = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
     ema = EMA(g_module, cfg.optim.ema_decay)
+    d_for_g = d_module  # D as the G step calls it: unwrapped, no DDP gradient hooks
     if cfg.train.compile:
-        G, D = torch.compile(G), torch.compile(D)
+        mode = None if cfg.train.compile_mode == "default" else cfg.train.compile_mode
+        G, D, d_for_g = (torch.compile(m, mode=mode) for m in (G, D, d_module))
+    graphs = cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune")
     fp16 = cfg.train.mixed_precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0)
 
@@ -203,9 +198,9 @@ def train(cfg: Config) -> str:
 
     B, kind = cfg.data.batch_size, cfg.loss.kind
     d_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in d_module.modules())
-    batches = endless_batches(loader, epoch, batch_index)
+    batches = loader.endless(epoch, batch_index)
     zero = lambda: torch.zeros((), device=device)
-    sums = {k: zero() for k in ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled")}
+    sums = torch.zeros(len(STAT_KEYS), device=device)  # one vector: a handful of kernels per step, not dozens
     bad_total, bad_run, since_log, t_log = zero(), zero(), 0, time.perf_counter()
     status = "completed"
     try:
@@ -213,6 +208,8 @@ def train(cfg: Config) -> str:
             if ddp.any_rank(_stop_requested or (run_path / "STOP").exists(), world):
                 status = "stopped"
                 break
+            if graphs:  # CUDA graphs: the tensors of the previous step may now be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             for d_iter in range(cfg.loss.d_steps):
                 epoch, batch_index, batch = next(batches)
                 real = to_device(batch.images, device)
@@ -234,27 +231,27 @@ def train(cfg: Config) -> str:
             with accelerator.autocast():
                 if d_batchnorm:  # same real+fake batch statistics as in the D step, or G games them
                     both = torch.cat([real, fake]).contiguous(memory_format=torch.channels_last)
-                    fake_scores = d_module(both, both_labels)[B:]
+                    fake_scores = d_for_g(both, both_labels)[B:]
                 else:
-                    fake_scores = d_module(fake, fake_labels)
+                    fake_scores = d_for_g(fake, fake_labels)
                 loss_g = generator_loss(kind, fake_scores)
             optimizer_step(opt_g, loss_g, g_module.parameters())
             d_module.requires_grad_(True)
-            ema.update(g_module)
+            ema.update(g_module, step)
             step += 1
             since_log += 1
 
-            bad = (~torch.isfinite(loss_d) | ~torch.isfinite(loss_g)).float()
-            bad_total += bad
-            bad_run = (bad_run + bad) * bad
             with torch.no_grad():
-                for key, value in (("loss/d", loss_d), ("loss/g", loss_g),
-                                   ("d/real", d_confidence(kind, real_logits)),
-                                   ("d/fake", d_confidence(kind, fake_logits)),
-                                   ("d/fooled", fooled_rate(kind, real_logits, fake_logits))):
-                    sums[key] += torch.nan_to_num(value.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+                stats = torch.stack([loss_d.detach().float(), loss_g.detach().float(),
+                                     d_confidence(kind, real_logits), d_confidence(kind, fake_logits),
+                                     fooled_rate(kind, real_logits, fake_logits)])
+                bad = (~torch.isfinite(stats[:2])).any().float()
+                bad_total += bad
+                bad_run = (bad_run + bad) * bad
+                sums += torch.nan_to_num(stats, nan=0.0, posinf=0.0, neginf=0.0)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                values = {k: v.item() / since_log for k, v in accelerator.reduce(sums, "mean").items()}
+                means = (accelerator.reduce(sums, "mean") / since_log).tolist()
+                values = dict(zip(STAT_KEYS, means))
                 elapsed = time.perf_counter() - t_log
                 values.update({
                     "epoch": epoch, "perf/images_per_s": since_log * cfg.loss.d_steps * B * world / elapsed,
@@ -270,7 +267,7 @@ def train(cfg: Config) -> str:
                         f"stopping. The last good checkpoint is intact in {run_path / 'checkpoints'}; "
                         f"try a lower learning rate or mixed_precision=bf16"
                     )
-                sums = {k: zero() for k in sums}
+                sums.zero_()
                 since_log, t_log = 0, time.perf_counter()
             monitor.advance(1)
             if step % cfg.train.sample_every == 0:

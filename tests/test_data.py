@@ -153,6 +153,25 @@ def test_restart_at_any_batch_is_exact(shards, workers):
             np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("workers,group", [(0, 1), (2, 1), (3, 2), (3, 7)])
+def test_endless_stream_matches_epoch_by_epoch(shards, workers, group):
+    """One set of workers across epochs (the trainer's stream) gives exactly the per-epoch batches,
+    from any resume position, whatever the rotation of workers at each epoch boundary."""
+    out, _ = shards
+    loader = ShardLoader(str(out), "train", 8, num_workers=workers, world_size=2, rank=1, seed=1)
+    loader.stream.group = group  # several messages per epoch, and epochs whose count is not a multiple
+    n = len(loader)
+    expected = [(e, i + 1, image_ids(b.images.numpy())) for e in (1, 2, 3) for i, b in enumerate(loader.epoch(e))]
+    for start in (0, 3, n - 1, n):
+        stream = loader.endless(1, start)
+        got = [next(stream) for _ in range(3 * n - start)]
+        stream.close()
+        want = [x for x in expected if (x[0], x[1]) > (1, start)]
+        assert [(e, i) for e, i, _ in got[:len(want)]] == [(e, i) for e, i, _ in want]
+        for (_, _, batch), (_, _, ids) in zip(got, want):
+            np.testing.assert_array_equal(image_ids(batch.images.numpy()), ids)
+
+
 def test_fewer_shards_than_ranks_times_workers(shards):
     out, _ = shards
     # 7 shards over 4 ranks x 3 workers: split by samples, so nothing hangs or repeats.

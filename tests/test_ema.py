@@ -41,3 +41,18 @@ def test_ema_state_round_trips_through_its_state_dict():
     restored.load_state_dict(ema.state_dict())
     assert set(ema.state_dict()) == {"module.weight", "module.bias"}
     assert torch.equal(restored.module.weight, ema.module.weight)
+
+
+def test_ema_decay_warms_up_with_the_step():
+    """With the step given, early updates follow the model: decay min(0.9999, (1 + t) / (10 + t))."""
+    model = nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=0.9999)
+    average = ema.module.weight.detach().clone()
+    for step in range(50):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update(model, step)
+        decay = min(0.9999, (1 + step) / (10 + step))
+        average = decay * average + (1 - decay) * model.weight.detach()
+    torch.testing.assert_close(ema.module.weight, average)
+    assert (model.weight - ema.module.weight).abs().max() < 10  # a 0.9999 EMA without warm-up lags by ~50

@@ -221,7 +221,8 @@ class ShuffleBuffer:
 # --- the per-rank stream ---------------------------------------------------------------
 
 class ShardStream(IterableDataset):
-    """One rank's batches for the epoch and start batch set by `set_position`."""
+    """One rank's batches from the epoch and start batch set by `set_position`: that epoch, or all
+    epochs from there on (`endless`), so one set of DataLoader workers serves a whole run."""
 
     def __init__(
         self, manifest: Manifest, urls: list[str], split: str, batch_size: int, rank: int,
@@ -233,7 +234,7 @@ class ShardStream(IterableDataset):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.drop_last, self.on_corrupt = drop_last, on_corrupt
-        self.epoch, self.start_batch = 0, 0
+        self.epoch, self.start_batch, self.endless = 0, 0, False
         image_bytes = int(np.prod(manifest.image_shape))
         # Batches per worker->main message: one shared-memory hand-over costs ~1 ms,
         # so small batches travel together (about 4 MB a message).
@@ -243,18 +244,33 @@ class ShardStream(IterableDataset):
         return plan_epoch(self.counts, epoch, self.seed, self.rank, self.world_size,
                           self.batch_size, self.drop_last)
 
-    def set_position(self, epoch: int, start_batch: int) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+    def set_position(self, epoch: int, start_batch: int, endless: bool = False) -> None:
+        self.epoch, self.start_batch, self.endless = epoch, start_batch, endless
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """Yield messages of up to `group` consecutive batches: (images, labels, skipped)."""
+        """Yield messages of up to `group` consecutive batches: (images, labels, skipped).
+
+        The DataLoader asks its workers strictly in turn, so the message due next
+        comes from worker `sent % num_workers`, `sent` counting the messages of
+        all workers so far; each worker rotates its role in the epoch to match.
+        """
         info = get_worker_info()
-        num_workers = info.num_workers if info else 1
+        num_workers, worker_id = (info.num_workers, info.id) if info else (1, 0)
+        first_group, into_group = divmod(self.start_batch, self.group)
+        groups = -(-self.plan(0).num_batches // self.group)  # messages per whole epoch
+        epoch, sent = self.epoch, 0
+        while True:
+            role = (worker_id - sent + first_group) % num_workers
+            yield from self._epoch_messages(epoch, role, num_workers, first_group, into_group)
+            if not self.endless:
+                return
+            sent += groups - first_group
+            epoch, first_group, into_group = epoch + 1, 0, 0
+
+    def _epoch_messages(self, epoch: int, worker: int, num_workers: int, first_group: int, into_group: int):
+        """This worker's messages of one epoch, in the role of worker `worker` of the epoch's plan."""
         group, B = self.group, self.batch_size
-        first_group, into_group = divmod(self.start_batch, group)
-        # The DataLoader asks worker 0 first; rotate so the group due next comes first.
-        worker = ((info.id if info else 0) + first_group) % num_workers
-        plan = self.plan(self.epoch)
+        plan = self.plan(epoch)
         counts = plan.worker_batches(num_workers, group)
         start, stop = plan.worker_range(worker, counts)
         n_batches = counts[worker]
@@ -263,7 +279,7 @@ class ShardStream(IterableDataset):
             skip += into_group
         if n_batches <= skip:
             return
-        rng = np.random.default_rng([self.seed, self.epoch, start, 0xB0F])
+        rng = np.random.default_rng([self.seed, epoch, start, 0xB0F])
         chunk = self.manifest.chunk_size
         buffer = ShuffleBuffer(max(self.shuffle_buffer, B), self.manifest.image_shape, rng, incoming=chunk)
         random = self.shuffle_buffer > 0
@@ -301,7 +317,7 @@ class ShardStream(IterableDataset):
                 yield ready
         if produced != n_batches:
             raise DataError(
-                f"rank {self.rank}: stream gave {produced} batches, planned {n_batches} "
+                f"rank {self.rank}: stream gave {produced} batches in epoch {epoch}, planned {n_batches} "
                 f"(a shard holds fewer samples than its manifest says)"
             )
 
@@ -413,14 +429,28 @@ class ShardLoader:
         """This rank's batches of `epoch`, from batch `start_batch` on (a resume)."""
         if not 0 <= start_batch <= len(self):
             raise ValueError(f"start_batch {start_batch} outside 0..{len(self)}")
-        self.stream.set_position(epoch, start_batch)
+        for _, _, batch in self._batches(epoch, start_batch, endless=False):
+            yield batch
+
+    def endless(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, int, Batch]]:
+        """(epoch, batches done in it, Batch) forever from `epoch`, `start_batch`; the pair is where
+        to resume. The same batches as `epoch(e)` for e = epoch, epoch + 1, ..., but one set of
+        workers serves every epoch: no worker start-up and no empty prefetch queue between epochs."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} outside 0..{len(self)}")
+        if start_batch == len(self):
+            epoch, start_batch = epoch + 1, 0
+        return self._batches(epoch, start_batch, endless=True)
+
+    def _batches(self, epoch: int, start_batch: int, endless: bool) -> Iterator[tuple[int, int, Batch]]:
+        self.stream.set_position(epoch, start_batch, endless)
         # Its own generator: creating the iterator must not draw from the global torch RNG,
         # or a resumed run would draw different noise than an uninterrupted one.
         messages = iter(DataLoader(self.stream, generator=torch.Generator().manual_seed(epoch),
                                    **self._loader_kwargs))
         pending: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
-        B = self.stream.batch_size
-        for _ in range(len(self) - start_batch):
+        B, done = self.stream.batch_size, start_batch
+        while endless or done < len(self):
             error = None
             if not pending:
                 try:
@@ -434,7 +464,10 @@ class ShardLoader:
                 except RuntimeError as exc:  # a worker that died or timed out
                     error = DataError(f"rank {self.rank}: data worker failed: {exc}")
             self._raise_if_any_failed(error)
-            yield Batch(*pending.popleft())
+            done += 1
+            yield epoch, done, Batch(*pending.popleft())
+            if done == len(self) and endless:
+                epoch, done = epoch + 1, 0
 
     def _raise_if_any_failed(self, error: Exception | None) -> None:
         """All ranks learn of any rank's data error (one small gloo all-reduce)."""
