@@ -158,6 +158,23 @@ def _export_torchscript(module: nn.Module, args: tuple[torch.Tensor, ...], path:
                           dynamo=False, dynamic_axes={n: {0: "batch"} for n in [*names, "images"]})
 
 
+def drop_empty_optional_inputs(path: Path) -> None:
+    """Remove trailing empty ("") optional inputs in place; the graph computes the same.
+
+    The TorchScript exporter writes Pad(x, pads, "") for F.pad, and onnxruntime's Pad + Conv
+    fusion only takes a Pad whose constant value is absent or a constant: with the empty
+    name, every phase convolution (`phases.py`) would run behind a Pad node of its own.
+    """
+    model = onnx.load(str(path))
+    changed = False
+    for node in model.graph.node:
+        while node.input and node.input[-1] == "":
+            node.input.pop()
+            changed = True
+    if changed:
+        onnx.save(model, str(path))
+
+
 def _exporters() -> list[tuple[str, Callable[..., None]]]:
     found = [("torchscript", _export_torchscript)]
     if importlib.util.find_spec("onnxscript") is not None:
@@ -176,6 +193,7 @@ def _export_checked(module: nn.Module, reference: nn.Module, spec: dict[str, Any
     for name, export in _exporters():
         try:
             export(module, example, path, opset, names)
+            drop_empty_optional_inputs(path)
             diffs = _max_diff(path, reference, spec)
         except Exception as exc:  # an exporter bug must not hide the other exporter
             failures.append(f"{name} exporter failed: {type(exc).__name__}: {exc}")

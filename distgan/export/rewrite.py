@@ -1,20 +1,21 @@
 """The generator rewritten for inference: the same function, in layers ONNX runtimes run fast.
 
-Three rewrites, each exact up to float rounding (export checks parity against the
-original generator):
+Rewrites, each exact up to float rounding (export checks parity against the original
+generator):
 
 - **BatchNorm folded** into the Linear / Conv / ConvTranspose before it (also through the
   Unflatten of DCGAN-28's first layer). onnxruntime fuses Conv + BatchNorm itself, but not
   ConvTranspose + BatchNorm nor BatchNorm after a Reshape, and other runtimes may fuse none.
 - **ConvTranspose on a 1x1 input** (DCGAN-64's first layer) as a Linear: a per-image GEMV
   in onnxruntime's ConvTranspose, one batched GEMM as a Linear.
-- **Stride-2 ConvTranspose(4, 2, 1) as a sub-pixel convolution**: one 2x2 Conv with four
-  times the output channels (one group per output phase), the four phases sliced out and
-  interleaved by DepthToSpace. onnxruntime's ConvTranspose is a GEMM plus a single-threaded
-  col2im and has no int8 kernel (a quantised one runs in fp32 between Q/DQ nodes); a Conv
-  gets onnxruntime's blocked NCHWc kernels in fp32 and QLinearConv in int8. The cost is
-  (H+1)^2/H^2 more multiply-adds (1.56x at 4x4, 1.06x at 32x32; 1.31x over DCGAN-64):
-  measured, DCGAN-64 at batch 64 still runs 1.9x faster in fp32 (BENCHMARKS.md).
+- **Linear, Unflatten, ReLU as Linear, ReLU, Unflatten**: the ReLU is elementwise, and next
+  to the Gemm onnxruntime fuses it (FusedGemm) instead of running it as a node of its own.
+- **Stride-2 ConvTranspose(4, 2, 1) as phase convolutions** (`phases.py`): four exact 2x2
+  Convs and one NHWC interleave where the channel count fits onnxruntime's NCHWc blocks,
+  else one padded 2x2 Conv, the interleave and a one-pixel crop. onnxruntime's
+  ConvTranspose is a GEMM plus a single-threaded col2im and has no int8 kernel (a
+  quantised one runs in fp32 between Q/DQ nodes); a Conv gets onnxruntime's blocked NCHWc
+  kernels in fp32 and QLinearConv in int8.
 """
 
 from __future__ import annotations
@@ -24,51 +25,15 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
+from distgan.export.phases import PaddedPhaseConvTranspose, PhaseConvTranspose, is_phase_candidate
 from distgan.models import Generator
 
 _ACTIVATIONS = (nn.ReLU, nn.Tanh)
-
-
-class SubPixelConvTranspose(nn.Module):
-    """ConvTranspose2d(k=4, stride=2, padding=1) [+ activation] as Conv2d(k=2, padding=1) + DepthToSpace.
-
-    Output pixel (2m + ry, 2n + rx) of the transposed convolution only sees input rows
-    m - 1 + ry .. m + ry and columns n - 1 + rx .. n + rx, through kernel taps
-    3 - ry - 2t (t = 0, 1) of the flipped kernel: a 2x2 correlation per phase (ry, rx).
-    One padded 2x2 convolution computes all four phases on an (H+1) x (W+1) grid; phase
-    (ry, rx) is the H x W window starting at (ry, rx).
-    """
-
-    def __init__(self, layer: nn.ConvTranspose2d, activation: nn.Module | None):
-        super().__init__()
-        w = layer.weight.detach()  # [in, out, 4, 4]
-        out = w.shape[1]
-        bias = layer.bias.detach() if layer.bias is not None else torch.zeros(out)
-        flipped = w.flip(2, 3)
-        phases = [flipped[:, :, ry::2, rx::2].transpose(0, 1) for ry in (0, 1) for rx in (0, 1)]
-        # Channel o * 4 + phase: the order pixel_shuffle (DepthToSpace, CRD) interleaves.
-        self.conv = nn.Conv2d(w.shape[0], out * 4, 2, padding=1)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.stack(phases, 1).reshape(out * 4, w.shape[0], 2, 2))
-            self.conv.bias.copy_(bias.repeat_interleave(4))
-        self.activation = activation if activation is not None else nn.Identity()
-        self.out_channels = out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The activation is elementwise, so it goes before the interleave, where it fuses with the Conv.
-        y = self.activation(self.conv(x))
-        window = (slice(None, -1), slice(1, None))  # phase 0 starts at 0, phase 1 at 1; static, no Shape ops
-        phases = [y[:, 2 * ry + rx::4, window[ry], window[rx]] for ry in (0, 1) for rx in (0, 1)]
-        return F.pixel_shuffle(torch.stack(phases, 2).flatten(1, 2), 2)
-
-
-def _is_subpixel_candidate(layer: nn.Module) -> bool:
-    return (isinstance(layer, nn.ConvTranspose2d) and layer.kernel_size == (4, 4) and layer.stride == (2, 2)
-            and layer.padding == (1, 1) and layer.output_padding == (0, 0) and layer.dilation == (1, 1)
-            and layer.groups == 1)
+# The exact four-Conv form when the channels fill whole NCHWc blocks of onnxruntime's widest
+# vector width (16 floats, AVX-512; 8 on AVX2); the Concat of the phases then stays blocked.
+EXACT_PHASE_CHANNELS = 16
 
 
 def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm, repeat: int) -> None:
@@ -117,8 +82,47 @@ def _as_linear(layer: nn.ConvTranspose2d) -> list[nn.Module]:
     return [linear, nn.Unflatten(1, tuple(w.shape[1:]))]
 
 
-def rewrite_layers(layers: list[nn.Module]) -> list[nn.Module]:
-    """ConvTranspose layers as Linear or sub-pixel Conv (see the module docstring); other layers as they are."""
+class Reshape(nn.Module):
+    """[B, ...] -> [B, *shape] with the shape as constants: nn.Unflatten exports a Shape/Slice/Concat chain."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *self.shape)
+
+
+def _static(layer: nn.Module) -> nn.Module:
+    """An Unflatten of a [B, N] tensor's features as a Reshape with constant sizes; any other layer as it is."""
+    if isinstance(layer, nn.Unflatten) and layer.dim == 1:
+        return Reshape(layer.unflattened_size)
+    return layer
+
+
+def input_sizes(layers: list[nn.Module], latent_dim: int) -> list[tuple[int, int] | None]:
+    """The spatial size (H, W) of each layer's input (None where it is not an image), from one dummy pass."""
+    sizes: list[tuple[int, int] | None] = []
+    x = torch.zeros(1, latent_dim)
+    with torch.no_grad():
+        for layer in layers:
+            sizes.append(tuple(x.shape[2:]) if x.dim() == 4 else None)
+            x = layer(x)
+    return sizes
+
+
+def _phase_form(layer: nn.ConvTranspose2d, activation: nn.Module | None, size: tuple[int, int]) -> nn.Module:
+    # The image layer (before tanh) stays one Conv whatever its channels: the int8 scheme keeps "the
+    # last layer" in fp32 and finds it as the last Conv of the graph (quantize.py).
+    exact = layer.out_channels % EXACT_PHASE_CHANNELS == 0 and not isinstance(activation, nn.Tanh)
+    return (PhaseConvTranspose if exact else PaddedPhaseConvTranspose)(layer, activation, size)
+
+
+def rewrite_layers(layers: list[nn.Module], latent_dim: int) -> list[nn.Module]:
+    """ConvTranspose layers as Linear or phase Convs (see the module docstring); other layers as they are.
+
+    `latent_dim` is the width of the input to `layers` (the phase forms need their input's size)."""
+    sizes = input_sizes(layers, latent_dim)
     out: list[nn.Module] = []
     i = 0
     while i < len(layers):
@@ -128,18 +132,23 @@ def rewrite_layers(layers: list[nn.Module]) -> list[nn.Module]:
                 and out[-1].unflattened_size[1:] == (1, 1) and layer.stride == (1, 1)
                 and layer.padding == (0, 0) and layer.groups == 1):
             out[-1:] = _as_linear(layer)
-        elif _is_subpixel_candidate(layer):
+        elif is_phase_candidate(layer):
             activation = after if isinstance(after, _ACTIVATIONS) else None
-            out.append(SubPixelConvTranspose(layer, activation))
+            out.append(_phase_form(layer, activation, sizes[i]))
             i += activation is not None
+        elif isinstance(layer, nn.ReLU) and len(out) > 1 and isinstance(out[-1], nn.Unflatten) \
+                and isinstance(out[-2], nn.Linear):
+            out.insert(-1, layer)  # elementwise: before the Unflatten it sits next to the Gemm it fuses with
         else:
             out.append(layer)
         i += 1
-    return out
+    return [_static(layer) for layer in out]
 
 
 def inference_generator(generator: Generator) -> Generator:
     """A copy of `generator` (eval mode) computing the same images with the rewritten layers."""
     fast = copy.deepcopy(generator).eval()
-    fast.net = nn.Sequential(*rewrite_layers(fold_batchnorm(list(fast.net)))).eval()
+    spec = generator.spec
+    latent_dim = spec["nz"] * (2 if spec["conditional"] else 1)
+    fast.net = nn.Sequential(*rewrite_layers(fold_batchnorm(list(fast.net)), latent_dim)).eval()
     return fast
