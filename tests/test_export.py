@@ -135,7 +135,10 @@ def test_conditional_model_passes_labels_through(runs, exported):
     labels = np.array([3, 3, 7, 0], np.int64)
     images = session.run(["images"], {"z": z, "labels": labels})[0]
     assert np.array_equal(images[0], images[1]), "same latent and label, different images"
-    assert np.abs(images[0] - images[2]).max() > 1e-3 and np.abs(images[2] - images[3]).max() > 1e-3
+    # Relative to the images: after 4 steps a G's outputs are ~1e-4 and its per-class scales and
+    # shifts (conditional BatchNorm, init 1 and 0) have barely moved, yet other labels, other images.
+    scale = np.abs(images).max()
+    assert np.abs(images[0] - images[2]).max() > 0.01 * scale and np.abs(images[2] - images[3]).max() > 0.01 * scale
     reference = torch_images(runs["cond"], z, labels)
     assert np.abs(images - reference).max() <= min(1e-4, 1e-3 * np.abs(reference).max())
 
