@@ -4,9 +4,13 @@
 - `dcgan28`: MNIST / Fashion-MNIST; z -> 7x7 -> 14x14 -> 28x28.
 - `dcgan64`: CelebA; the stack of Radford et al. 2015, z -> 4x4 -> ... -> 64x64.
 
-Conditional models feed the label to G as an embedding concatenated to z (for
-the DCGANs that is the same as projecting it onto the first feature map, since
-the first layer is linear in its input), and D is a projection discriminator
+Conditional models feed the label to G through conditional BatchNorm (de Vries
+et al. 2017; the G of Miyato & Koyama 2018): every BatchNorm of G normalises
+without its own affine and a per-class scale and shift follow. G's input is z
+alone. The label is *not* concatenated to z: G's BatchNorms restore the batch
+variance of every channel, and in a batch of mixed classes a label code in the
+input can supply all of it, so nothing kept z's share and G learnt to drop z
+(one prototype per class). D is a projection discriminator
 (Miyato & Koyama 2018): logit = psi(h(x)) + <embed(y), phi(x)>, with h(x) the
 last feature map (after its activation), psi the unconditional head (the usual
 DCGAN linear read-out of the whole map) and phi(x) = sum over H, W of h(x), one
@@ -86,12 +90,59 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+    elif isinstance(module, ClassAffine):  # the same init, per class
+        nn.init.normal_(module.scale.weight, 1.0, 0.02)
+        nn.init.zeros_(module.shift.weight)
 
 
 # --- generator --------------------------------------------------------------------
+
+
+class ClassAffine(nn.Module):
+    """x * scale[label] + shift[label], per channel: the affine part of a conditional BatchNorm."""
+
+    def __init__(self, num_classes: int, num_features: int):
+        super().__init__()
+        self.scale = nn.Embedding(num_classes, num_features)
+        self.shift = nn.Embedding(num_classes, num_features)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # [B, C] -> [B, C, 1, 1] from the embedding's own shape: a view sized by x.shape[0] froze
+        # the export's batch size.
+        spatial = (1,) * (x.dim() - 2)
+        scale, shift = (t.reshape(t.shape + spatial) for t in (self.scale(labels), self.shift(labels)))
+        return x * scale + shift
+
+
+class ConditionalBatchNorm(nn.Module):
+    """BatchNorm without its own affine, then a per-class one (de Vries et al. 2017).
+
+    What gets normalised is driven by z alone at G's first layer, so the variance
+    BatchNorm restores there is z's; a label can only scale and shift it.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, num_classes: int):
+        super().__init__()
+        self.bn = type(bn)(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=False)
+        self.affine = ClassAffine(num_classes, bn.num_features)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.affine(self.bn(x), labels)
+
+
+# Layers of a conditional G that take the labels as a second input.
+LABEL_LAYERS = (ConditionalBatchNorm, ClassAffine)
+
+
+def _conditional(layers: nn.Sequential, num_classes: int) -> nn.Sequential:
+    """Every BatchNorm of `layers` made conditional."""
+    return nn.Sequential(*[
+        ConditionalBatchNorm(m, num_classes) if isinstance(m, nn.modules.batchnorm._BatchNorm) else m
+        for m in layers
+    ])
 
 
 def _mlp_generator(latent_dim: int, hidden: int, channels: int, height: int, width: int) -> nn.Sequential:
@@ -163,18 +214,17 @@ class Generator(nn.Module):
             arch=arch, nz=nz, ngf=ngf, mlp_hidden=mlp_hidden, channels=channels,
             height=height, width=width, num_classes=num_classes, conditional=conditional,
         )
-        # The label code is as wide as z and, with nn.Embedding's N(0, 1) init,
-        # on the same scale, so neither dominates the first layer at the start.
-        self.label_embed = nn.Embedding(num_classes, nz) if conditional else None
-        latent_dim = 2 * nz if conditional else nz
+        self.conditional = conditional
         if arch == "mlp":
-            self.net = _mlp_generator(latent_dim, mlp_hidden, channels, height, width)
+            self.net = _mlp_generator(nz, mlp_hidden, channels, height, width)
         elif arch == "dcgan28":
-            self.net = _dcgan28_generator(latent_dim, ngf, channels)
+            self.net = _dcgan28_generator(nz, ngf, channels)
         elif arch == "dcgan64":
-            self.net = _dcgan64_generator(latent_dim, ngf, channels)
+            self.net = _dcgan64_generator(nz, ngf, channels)
         else:
             raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+        if conditional:  # the labels enter through the BatchNorms only (see the module doc)
+            self.net = _conditional(self.net, num_classes)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -183,13 +233,16 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         # Checks on None are resolved at trace time, so they cost nothing in ONNX.
-        if self.label_embed is None:
+        if not self.conditional:
             if labels is not None:
                 raise ValueError("labels given to an unconditional generator")
             return self.net(z)
         if labels is None:
             raise ValueError("this generator is conditional: pass labels (int64 class ids, shape [B])")
-        return self.net(torch.cat([z, self.label_embed(labels)], dim=1))
+        x = z
+        for layer in self.net:
+            x = layer(x, labels) if isinstance(layer, LABEL_LAYERS) else layer(x)
+        return x
 
 
 _SPEC_TYPES: dict[str, type] = {

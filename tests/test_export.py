@@ -135,7 +135,10 @@ def test_conditional_model_passes_labels_through(runs, exported):
     labels = np.array([3, 3, 7, 0], np.int64)
     images = session.run(["images"], {"z": z, "labels": labels})[0]
     assert np.array_equal(images[0], images[1]), "same latent and label, different images"
-    assert np.abs(images[0] - images[2]).max() > 1e-3 and np.abs(images[2] - images[3]).max() > 1e-3
+    # Relative to the images: after 4 steps a G's outputs are ~1e-4 and its per-class scales and
+    # shifts (conditional BatchNorm, init 1 and 0) have barely moved, yet other labels, other images.
+    scale = np.abs(images).max()
+    assert np.abs(images[0] - images[2]).max() > 0.01 * scale and np.abs(images[2] - images[3]).max() > 0.01 * scale
     reference = torch_images(runs["cond"], z, labels)
     assert np.abs(images - reference).max() <= min(1e-4, 1e-3 * np.abs(reference).max())
 
@@ -309,10 +312,16 @@ def test_sampler_is_torch_free_deterministic_and_writes_every_output(exported, t
     expected = np.round(np.clip((reference + 1) * 127.5, 0, 255)).transpose(0, 2, 3, 1)
     assert np.abs(saved["images"].astype(int) - expected).max() <= 1
 
-    proc = sample("--onnx", model, "--n", 3, "--seed", 0, "--outdir", tmp_path / "dir", "--class", "sandal",
-                  "--interpolate", 3, "--gif", tmp_path / "walk.gif")
+    proc = sample("--onnx", model, "--n", 3, "--seed", 0, "--outdir", tmp_path / "dir", "--class", "sandal")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+
+    # The walk needs images that visibly change with z: after 4 training steps they differ by ~1e-4, which
+    # rounds to the same uint8 frames (and a GIF stores repeated frames once).
+    lively = export_onnx(generator_dir(tmp_path, "dcgan28", (1, 28, 28), conditional=True)).path
+    proc = sample("--onnx", lively, "--n", 3, "--seed", 0, "--class", "c1", "--interpolate", 3,
+                  "--gif", tmp_path / "walk.gif")
+    assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "walk.gif").n_frames == 6
 
 

@@ -18,7 +18,7 @@ DCGAN-28's multiply-adds, and the data movement between them) is int8:
   of 0.03 where tanh is steepest. The layer is ~1% of DCGAN-28's multiply-adds and ~3% of
   DCGAN-64's, but over half of the MLP generator's, whose int8 model is therefore no faster
   than fp32 (BENCHMARKS.md).
-- **The first layer, with everything before it** (the label embedding): quantising z itself
+- **The first layer, with everything before it**: quantising z itself
   to 8 bits over its range of about +-4.5 costs every latent a step of 0.035; quantised, it
   doubles the mean error and, on the house generator, its max (0.22 -> 1.44); it is under
   1% of the multiply-adds.

@@ -4,7 +4,8 @@ Rewrites, each exact up to float rounding (export checks parity against the orig
 generator):
 
 - **BatchNorm folded** into the Linear / Conv / ConvTranspose before it (also through the
-  Unflatten of DCGAN-28's first layer). onnxruntime fuses Conv + BatchNorm itself, but not
+  Unflatten of DCGAN-28's first layer); of a conditional BatchNorm only the per-class affine
+  stays (two Gathers, a Mul and an Add). onnxruntime fuses Conv + BatchNorm itself, but not
   ConvTranspose + BatchNorm nor BatchNorm after a Reshape, and other runtimes may fuse none.
 - **ConvTranspose on a 1x1 input** (DCGAN-64's first layer) as a Linear: a per-image GEMV
   in onnxruntime's ConvTranspose, one batched GEMM as a Linear.
@@ -28,7 +29,7 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from distgan.export.phases import PaddedPhaseConvTranspose, PhaseConvTranspose, is_phase_candidate
-from distgan.models import Generator
+from distgan.models import LABEL_LAYERS, ConditionalBatchNorm, Generator
 
 _ACTIVATIONS = (nn.ReLU, nn.Tanh)
 # The exact four-Conv form when the channels fill whole NCHWc blocks of onnxruntime's widest
@@ -38,9 +39,10 @@ EXACT_PHASE_CHANNELS = 16
 
 def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm, repeat: int) -> None:
     """Fold `bn` (eval statistics) into `layer` in place; `repeat` features of the layer per BN channel."""
-    stats = [t.detach().repeat_interleave(repeat) if t is not None else None
-             for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)]
-    mean, var, scale, shift = stats
+    mean, var = (t.detach().repeat_interleave(repeat) for t in (bn.running_mean, bn.running_var))
+    # Without its own affine (a conditional BatchNorm's norm part): scale 1, shift 0.
+    scale = bn.weight.detach().repeat_interleave(repeat) if bn.weight is not None else torch.ones_like(mean)
+    shift = bn.bias.detach().repeat_interleave(repeat) if bn.bias is not None else torch.zeros_like(mean)
     if isinstance(layer, nn.Linear):
         weight, bias = fuse_linear_bn_weights(layer.weight.detach(), _bias(layer), mean, var, bn.eps, scale, shift)
     else:
@@ -54,9 +56,15 @@ def _bias(layer: nn.Module) -> torch.Tensor | None:
 
 
 def fold_batchnorm(layers: list[nn.Module]) -> list[nn.Module]:
-    """Drop every BatchNorm, folded into the Linear / Conv / ConvTranspose before it (an Unflatten may sit between)."""
+    """Drop every BatchNorm, folded into the Linear / Conv / ConvTranspose before it (an Unflatten may sit between).
+
+    A conditional BatchNorm folds its normalisation and keeps its per-class affine (`ClassAffine`).
+    """
     out: list[nn.Module] = []
     for layer in layers:
+        affine = None
+        if isinstance(layer, ConditionalBatchNorm):
+            layer, affine = layer.bn, layer.affine
         if not isinstance(layer, nn.modules.batchnorm._BatchNorm):
             out.append(layer)
             continue
@@ -68,6 +76,8 @@ def fold_batchnorm(layers: list[nn.Module]) -> list[nn.Module]:
             raise ValueError(f"{layer}: no Linear or convolution before it to fold into (found {target})")
         repeat = math.prod(unflatten.unflattened_size[1:]) if unflatten is not None else 1
         _fold(target, layer, repeat)
+        if affine is not None:
+            out.append(affine)
     return out
 
 
@@ -103,11 +113,11 @@ def _static(layer: nn.Module) -> nn.Module:
 def input_sizes(layers: list[nn.Module], latent_dim: int) -> list[tuple[int, int] | None]:
     """The spatial size (H, W) of each layer's input (None where it is not an image), from one dummy pass."""
     sizes: list[tuple[int, int] | None] = []
-    x = torch.zeros(1, latent_dim)
+    x, labels = torch.zeros(1, latent_dim), torch.zeros(1, dtype=torch.long)
     with torch.no_grad():
         for layer in layers:
             sizes.append(tuple(x.shape[2:]) if x.dim() == 4 else None)
-            x = layer(x)
+            x = layer(x, labels) if isinstance(layer, LABEL_LAYERS) else layer(x)
     return sizes
 
 
@@ -148,7 +158,5 @@ def rewrite_layers(layers: list[nn.Module], latent_dim: int) -> list[nn.Module]:
 def inference_generator(generator: Generator) -> Generator:
     """A copy of `generator` (eval mode) computing the same images with the rewritten layers."""
     fast = copy.deepcopy(generator).eval()
-    spec = generator.spec
-    latent_dim = spec["nz"] * (2 if spec["conditional"] else 1)
-    fast.net = nn.Sequential(*rewrite_layers(fold_batchnorm(list(fast.net)), latent_dim)).eval()
+    fast.net = nn.Sequential(*rewrite_layers(fold_batchnorm(list(fast.net)), generator.spec["nz"])).eval()
     return fast
