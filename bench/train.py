@@ -134,7 +134,7 @@ def main() -> None:
     workers = args.workers or (4 if device.type == "cuda" else 1)
     variants = [("fp32" if p == "no" else p, [f"train.mixed_precision={p}"]) for p in args.precisions.split(",")]
     if args.compile:
-        compiled = [f"train.compile=true", f"train.compile_mode={args.compile_mode}"]
+        compiled = ["train.compile=true", f"train.compile_mode={args.compile_mode}"]
         variants += [(f"{tag}_compiled", [*o, *compiled]) for tag, o in variants]
     for spec in args.variant:
         tag, _, overrides = spec.partition(":")

@@ -33,11 +33,12 @@ import distgan
 from distgan import ddp
 from distgan.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_generator
 from distgan.config import Config, config_hash, to_yaml
-from distgan.data import DataError, ShardLoader, to_device
+from distgan.data import ShardLoader, normalize_images
 from distgan.ema import EMA
 from distgan.losses import decision_threshold, discriminator_loss, generator_loss, gradient_penalty
 from distgan.metrics.during_training import TrainingEvaluator
 from distgan.models import build_discriminator, build_generator
+from distgan.step_graph import GraphedStep
 from distgan.monitor import RunMonitor, tracker_init_kwargs
 
 log = logging.getLogger("distgan")
@@ -131,7 +132,15 @@ def train(cfg: Config) -> str:
     if cfg.train.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     lr_scale = {"none": 1.0, "linear": float(world), "sqrt": math.sqrt(world)}[cfg.optim.lr_scaling]
+    whole_step_graph = cfg.train.cuda_graph and device.type == "cuda"
+    if cfg.train.cuda_graph and device.type != "cuda":
+        log.warning("train.cuda_graph needs a CUDA device; training eagerly on %s", device.type)
+    if whole_step_graph and world > 1:
+        raise TrainingError(f"train.cuda_graph replays one process's step; this run has {world} processes "
+                            f"(DDP's gradient all-reduce is not captured): set train.cuda_graph=false")
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    if whole_step_graph:
+        fused["capturable"] = True  # Adam's step counter stays on the device, where the graph can update it
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr * lr_scale, betas=tuple(cfg.optim.g_betas), **fused)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr * lr_scale, betas=tuple(cfg.optim.d_betas), **fused)
     G, D = accelerator.prepare(G, D)
@@ -198,57 +207,69 @@ def train(cfg: Config) -> str:
 
     B, kind = cfg.data.batch_size, cfg.loss.kind
     d_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in d_module.modules())
-    batches = loader.endless(epoch, batch_index)
     zero = lambda: torch.zeros((), device=device)
     sums = torch.zeros(len(STAT_KEYS), device=device)  # one vector: a handful of kernels per step, not dozens
-    bad_total, bad_run, since_log, t_log = zero(), zero(), 0, time.perf_counter()
+    bad_total, bad_run = zero(), zero()
+
+    def train_step(reals: list[tuple[torch.Tensor, torch.Tensor | None]], ema_step: int | torch.Tensor) -> None:
+        """`d_steps` D updates (one per real batch: uint8 NHWC and labels, on the device), one G update and
+        the EMA. All it changes is changed in place, so a CUDA graph of it goes on updating the same tensors."""
+        for d_iter, (images, labels) in enumerate(reals):
+            real = normalize_images(images)
+            z = torch.randn(B, cfg.model.nz, device=device)
+            fake_labels = torch.randint(0, num_classes, (B,), device=device) if num_classes else None
+            with torch.set_grad_enabled(d_iter == len(reals) - 1), accelerator.autocast():
+                fake = G(z, fake_labels)  # kept with its graph for the G step on the last D step
+            with accelerator.autocast():
+                both = torch.cat([real, fake.detach()]).contiguous(memory_format=torch.channels_last)
+                both_labels = torch.cat([labels, fake_labels]) if num_classes else None
+                real_logits, fake_logits = D(both, both_labels).split(B)
+                loss_d = discriminator_loss(kind, real_logits, fake_logits, cfg.loss.real_label)
+                if kind == "wgan-gp":
+                    loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(d_module, real, fake.detach(), labels)
+            optimizer_step(opt_d, loss_d, d_module.parameters())
+        d_module.requires_grad_(False)
+        with accelerator.autocast():
+            if d_batchnorm:  # same real+fake batch statistics as in the D step, or G games them
+                both = torch.cat([real, fake]).contiguous(memory_format=torch.channels_last)
+                fake_scores = d_for_g(both, both_labels)[B:]
+            else:
+                fake_scores = d_for_g(fake, fake_labels)
+            loss_g = generator_loss(kind, fake_scores)
+        optimizer_step(opt_g, loss_g, g_module.parameters())
+        d_module.requires_grad_(True)
+        ema.update(g_module, ema_step)
+        with torch.no_grad():
+            stats = torch.stack([loss_d.detach().float(), loss_g.detach().float(),
+                                 d_confidence(kind, real_logits), d_confidence(kind, fake_logits),
+                                 fooled_rate(kind, real_logits, fake_logits)])
+            bad = (~torch.isfinite(stats[:2])).any().float()
+            bad_total.add_(bad)
+            bad_run.add_(bad).mul_(bad)  # consecutive non-finite steps
+            sums.add_(torch.nan_to_num(stats, nan=0.0, posinf=0.0, neginf=0.0))
+
+    def eager_step(host: list[tuple[torch.Tensor, torch.Tensor | None]], at: int) -> None:
+        train_step([(images.to(device, non_blocking=True),
+                     labels.to(device, non_blocking=True) if num_classes else None) for images, labels in host], at)
+
+    run_step = GraphedStep(train_step, device) if whole_step_graph else eager_step
+    batches = loader.endless(epoch, batch_index)
+    since_log, t_log = 0, time.perf_counter()
     status = "completed"
     try:
         while step < cfg.train.steps:
             if ddp.any_rank(_stop_requested or (run_path / "STOP").exists(), world):
                 status = "stopped"
                 break
-            if graphs:  # CUDA graphs: the tensors of the previous step may now be overwritten
+            if graphs:  # torch.compile's CUDA graphs: the tensors of the previous step may now be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
-            for d_iter in range(cfg.loss.d_steps):
+            host = []
+            for _ in range(cfg.loss.d_steps):
                 epoch, batch_index, batch = next(batches)
-                real = to_device(batch.images, device)
-                labels = batch.labels.to(device, non_blocking=True) if num_classes else None
-                z = torch.randn(B, cfg.model.nz, device=device)
-                fake_labels = torch.randint(0, num_classes, (B,), device=device) if num_classes else None
-                last = d_iter == cfg.loss.d_steps - 1
-                with torch.set_grad_enabled(last), accelerator.autocast():
-                    fake = G(z, fake_labels)  # kept with its graph for the G step on the last D step
-                with accelerator.autocast():
-                    both = torch.cat([real, fake.detach()]).contiguous(memory_format=torch.channels_last)
-                    both_labels = torch.cat([labels, fake_labels]) if num_classes else None
-                    real_logits, fake_logits = D(both, both_labels).split(B)
-                    loss_d = discriminator_loss(kind, real_logits, fake_logits, cfg.loss.real_label)
-                    if kind == "wgan-gp":
-                        loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(d_module, real, fake.detach(), labels)
-                optimizer_step(opt_d, loss_d, d_module.parameters())
-            d_module.requires_grad_(False)
-            with accelerator.autocast():
-                if d_batchnorm:  # same real+fake batch statistics as in the D step, or G games them
-                    both = torch.cat([real, fake]).contiguous(memory_format=torch.channels_last)
-                    fake_scores = d_for_g(both, both_labels)[B:]
-                else:
-                    fake_scores = d_for_g(fake, fake_labels)
-                loss_g = generator_loss(kind, fake_scores)
-            optimizer_step(opt_g, loss_g, g_module.parameters())
-            d_module.requires_grad_(True)
-            ema.update(g_module, step)
+                host.append((batch.images, batch.labels if num_classes else None))
+            run_step(host, step)
             step += 1
             since_log += 1
-
-            with torch.no_grad():
-                stats = torch.stack([loss_d.detach().float(), loss_g.detach().float(),
-                                     d_confidence(kind, real_logits), d_confidence(kind, fake_logits),
-                                     fooled_rate(kind, real_logits, fake_logits)])
-                bad = (~torch.isfinite(stats[:2])).any().float()
-                bad_total += bad
-                bad_run = (bad_run + bad) * bad
-                sums += torch.nan_to_num(stats, nan=0.0, posinf=0.0, neginf=0.0)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 means = (accelerator.reduce(sums, "mean") / since_log).tolist()
                 values = dict(zip(STAT_KEYS, means))

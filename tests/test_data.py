@@ -8,13 +8,12 @@ import json
 import tarfile
 import threading
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FASHION_MNIST_DIR, image_ids, make_idx_dataset, write_idx
+from conftest import FASHION_MNIST_DIR, image_ids, write_idx
 from distgan.data import DataError, ShardLoader
 from distgan.data.cli import main as data_cli
 from distgan.data.manifest import Manifest

@@ -56,3 +56,19 @@ def test_ema_decay_warms_up_with_the_step():
         average = decay * average + (1 - decay) * model.weight.detach()
     torch.testing.assert_close(ema.module.weight, average)
     assert (model.weight - ema.module.weight).abs().max() < 10  # a 0.9999 EMA without warm-up lags by ~50
+
+
+def test_ema_with_a_device_tensor_step_matches_the_host_step():
+    """The CUDA-graph path passes the step as a tensor; it must average like the host path."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+    host, device = EMA(model, decay=0.999), EMA(model, decay=0.999)
+    for step in range(20):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(16, 4))
+        host.update(model, step)
+        device.update(model, torch.tensor(float(step)))
+    for (key, a), b in zip(host.module.state_dict().items(), device.module.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)

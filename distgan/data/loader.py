@@ -64,8 +64,12 @@ def to_device(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     Converting after the copy moves 4x fewer bytes; the NHWC->NCHW permute is
     free because channels_last *is* NHWC in memory.
     """
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
-    return x.float().div_(127.5).sub_(1.0)
+    return normalize_images(images.to(device, non_blocking=True))
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1] (channels_last in memory), on the images' device."""
+    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 # --- where the shards are --------------------------------------------------------
