@@ -106,4 +106,4 @@ def decision_threshold(kind: str, real_logits: torch.Tensor) -> torch.Tensor:
     fixed = {"bce": 0.0, "hinge": 0.0, "lsgan": 0.5}.get(kind)
     if fixed is None:
         return real_logits.float().mean()
-    return torch.tensor(fixed, device=real_logits.device)
+    return torch.full((), fixed, device=real_logits.device)  # a fill kernel: no host copy (CUDA-graph safe)
