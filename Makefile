@@ -29,7 +29,7 @@ data: $(DATA)/dataset.json
 NGPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 ifeq ($(NGPUS),0)
 LAUNCH := ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(VENV)/bin/accelerate launch --multi_gpu --num_processes 2
-DEMO_SCHEDULE ?= data.batch_size=32 model.ngf=64 model.ndf=64 train.steps=1600 train.log_every=50 train.sample_every=200 train.checkpoint_every=400
+DEMO_SCHEDULE ?= data.batch_size=32 model.ngf=64 model.ndf=64 train.steps=1400 train.log_every=50 train.sample_every=200 train.checkpoint_every=400
 else ifeq ($(NGPUS),1)
 LAUNCH := $(VENV)/bin/accelerate launch --num_processes 1
 else
