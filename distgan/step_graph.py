@@ -49,8 +49,12 @@ class GraphedStep:
         if self.graph is None:  # capture records the kernels; it runs none of them
             self.inputs = self._to_device(batches)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.step(self.inputs, self.step_index)
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.step(self.inputs, self.step_index)
+            except RuntimeError as exc:  # an op that cannot be captured (e.g. a host copy inside the step)
+                raise RuntimeError(f"train.cuda_graph: the training step could not be captured as a CUDA graph "
+                                   f"({exc}); train with train.cuda_graph=false") from exc
         for (images, labels), (host_images, host_labels) in zip(self.inputs, batches):
             images.copy_(host_images, non_blocking=True)
             if labels is not None:

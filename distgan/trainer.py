@@ -138,11 +138,11 @@ def train(cfg: Config) -> str:
     if whole_step_graph and world > 1:
         raise TrainingError(f"train.cuda_graph replays one process's step; this run has {world} processes "
                             f"(DDP's gradient all-reduce is not captured): set train.cuda_graph=false")
-    fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    adam = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     if whole_step_graph:
-        fused["capturable"] = True  # Adam's step counter stays on the device, where the graph can update it
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr * lr_scale, betas=tuple(cfg.optim.g_betas), **fused)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr * lr_scale, betas=tuple(cfg.optim.d_betas), **fused)
+        adam["capturable"] = True  # Adam's step counter stays on the device, where the graph can update it
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr * lr_scale, betas=tuple(cfg.optim.g_betas), **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr * lr_scale, betas=tuple(cfg.optim.d_betas), **adam)
     G, D = accelerator.prepare(G, D)
     g_module, d_module = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
     ema = EMA(g_module, cfg.optim.ema_decay)
@@ -150,7 +150,7 @@ def train(cfg: Config) -> str:
     if cfg.train.compile:
         mode = None if cfg.train.compile_mode == "default" else cfg.train.compile_mode
         G, D, d_for_g = (torch.compile(m, mode=mode) for m in (G, D, d_module))
-    graphs = cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune")
+    compiled_graphs = cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune")
     fp16 = cfg.train.mixed_precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0)
 
@@ -261,7 +261,7 @@ def train(cfg: Config) -> str:
             if ddp.any_rank(_stop_requested or (run_path / "STOP").exists(), world):
                 status = "stopped"
                 break
-            if graphs:  # torch.compile's CUDA graphs: the tensors of the previous step may now be overwritten
+            if compiled_graphs:  # torch.compile's CUDA graphs: the previous step's tensors may now be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
             host = []
             for _ in range(cfg.loss.d_steps):
