@@ -9,7 +9,7 @@ subprocess): streaming shards, EMA, logging, its fast defaults. Its images/s
 come from its own metrics.jsonl, skipping the first (warm-up) log interval.
 
     python bench/train.py                      # CPU: fp32 trainer vs fp32 plain loop
-    python bench/train.py --device cuda --precisions no,bf16 [--compile [--compile-mode reduce-overhead]]
+    python bench/train.py --device cuda --precisions no,bf16 --cuda-graph [--compile [--compile-mode ...]]
     python bench/train.py --variant nchw:train.channels_last=false   # any trainer overrides
 
 Prints a table, then one JSON line: `<arch>_ratio_<device>[_<precision>]` =
@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="no", help="trainer mixed_precision values, e.g. no,bf16")
     parser.add_argument("--compile", action="store_true", help="also time the trainer with train.compile=true")
     parser.add_argument("--compile-mode", default="default", help="train.compile_mode for --compile")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also time the trainer with train.cuda_graph=true (the whole step as one CUDA graph)")
     parser.add_argument("--variant", action="append", default=[], metavar="TAG:KEY=VALUE,...",
                         help="one more trainer variant, e.g. nchw:train.channels_last=false (repeatable)")
     parser.add_argument("--batch", type=int, default=128)
@@ -136,6 +138,8 @@ def main() -> None:
     if args.compile:
         compiled = ["train.compile=true", f"train.compile_mode={args.compile_mode}"]
         variants += [(f"{tag}_compiled", [*o, *compiled]) for tag, o in variants]
+    if args.cuda_graph:
+        variants += [(f"{tag}_graph", [*o, "train.cuda_graph=true"]) for tag, o in variants if "compiled" not in tag]
     for spec in args.variant:
         tag, _, overrides = spec.partition(":")
         variants.append((tag, [o for o in overrides.split(",") if o]))
