@@ -23,6 +23,12 @@ HostBatch = tuple[torch.Tensor, torch.Tensor | None]  # uint8 images NHWC, int64
 Step = Callable[[list[HostBatch], "int | torch.Tensor"], None]
 
 
+def batches_to_device(batches: list[HostBatch], device: torch.device) -> list[HostBatch]:
+    """Pinned host batches to the device, asynchronously (the conversion to float happens in the step)."""
+    return [(images.to(device, non_blocking=True), None if labels is None else labels.to(device, non_blocking=True))
+            for images, labels in batches]
+
+
 class GraphedStep:
     """Call like the step: `graphed(host_batches, step)`; eager for `warmup` calls, then replays."""
 
@@ -33,21 +39,17 @@ class GraphedStep:
         self.inputs: list[HostBatch] = []
         self.step_index = torch.zeros((), device=device)  # the EMA's warm-up reads the step on the device
 
-    def _to_device(self, batches: list[HostBatch]) -> list[HostBatch]:
-        return [(images.to(self.device, non_blocking=True),
-                 None if labels is None else labels.to(self.device, non_blocking=True)) for images, labels in batches]
-
     def __call__(self, batches: list[HostBatch], step: int) -> None:
         self.calls += 1
         if self.calls <= self.warmup:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                self.step(self._to_device(batches), step)
+                self.step(batches_to_device(batches, self.device), step)
             torch.cuda.current_stream(self.device).wait_stream(side)
             return
         if self.graph is None:  # capture records the kernels; it runs none of them
-            self.inputs = self._to_device(batches)
+            self.inputs = batches_to_device(batches, self.device)
             self.graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(self.graph):

@@ -38,7 +38,7 @@ from distgan.ema import EMA
 from distgan.losses import decision_threshold, discriminator_loss, generator_loss, gradient_penalty
 from distgan.metrics.during_training import TrainingEvaluator
 from distgan.models import build_discriminator, build_generator
-from distgan.step_graph import GraphedStep
+from distgan.step_graph import GraphedStep, batches_to_device
 from distgan.monitor import RunMonitor, tracker_init_kwargs
 
 log = logging.getLogger("distgan")
@@ -249,8 +249,7 @@ def train(cfg: Config) -> str:
             sums.add_(torch.nan_to_num(stats, nan=0.0, posinf=0.0, neginf=0.0))
 
     def eager_step(host: list[tuple[torch.Tensor, torch.Tensor | None]], at: int) -> None:
-        train_step([(images.to(device, non_blocking=True),
-                     labels.to(device, non_blocking=True) if num_classes else None) for images, labels in host], at)
+        train_step(batches_to_device(host, device), at)
 
     run_step = GraphedStep(train_step, device) if whole_step_graph else eager_step
     batches = loader.endless(epoch, batch_index)
