@@ -32,28 +32,17 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, model: nn.Module, step: int | torch.Tensor | None = None) -> None:
         """`step` may be a device tensor (a CUDA-graphed step): then the decay is computed on the device."""
-        if isinstance(step, torch.Tensor):
-            self._update_with_tensor_decay(model, ((1 + step) / (10 + step)).clamp(max=self.decay))
-            return
-        decay = self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
         ema = list(self.module.parameters()) + list(self.module.buffers())
         live = [t.detach() for t in list(model.parameters()) + list(model.buffers())]
-        floats = [(e, m) for e, m in zip(ema, live) if e.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1.0 - decay)
-        for e, m in zip(ema, live):  # integer buffers (BatchNorm's batch counter) are copied
-            if not e.is_floating_point():
-                e.copy_(m)
-
-    def _update_with_tensor_decay(self, model: nn.Module, decay: torch.Tensor) -> None:
-        """The same average with a device-tensor decay (lerp would read it on the host)."""
-        ema = list(self.module.parameters()) + list(self.module.buffers())
-        live = [t.detach() for t in list(model.parameters()) + list(model.buffers())]
-        floats = [(e, m) for e, m in zip(ema, live) if e.is_floating_point()]
-        if floats:
-            averaged = [e for e, _ in floats]
+        averaged = [e for e in ema if e.is_floating_point()]
+        targets = [m for e, m in zip(ema, live) if e.is_floating_point()]
+        if averaged and isinstance(step, torch.Tensor):  # lerp would read a tensor weight on the host
+            decay = ((1 + step) / (10 + step)).clamp(max=self.decay)
             torch._foreach_mul_(averaged, decay)
-            torch._foreach_add_(averaged, torch._foreach_mul([m for _, m in floats], 1 - decay))
-        for e, m in zip(ema, live):
+            torch._foreach_add_(averaged, torch._foreach_mul(targets, 1 - decay))
+        elif averaged:  # (foreach ops refuse empty lists)
+            decay = self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(averaged, targets, 1.0 - decay)
+        for e, m in zip(ema, live):  # integer buffers (BatchNorm's batch counter) are copied
             if not e.is_floating_point():
                 e.copy_(m)
