@@ -5,11 +5,12 @@ in one run on this machine. The plain loop is the pytorch/examples DCGAN recipe
 (D on real, D on fake, G through D, default Adam, fp32, NCHW) given its best
 case: pre-made float batches already on the device and no per-step `.item()`.
 The trainer runs as users run it (`distgan/train.py --config ...` in a
-subprocess): streaming shards, EMA, logging, its fast defaults. Its images/s
+subprocess): streaming shards, EMA, logging, its fast defaults (on one GPU: the
+whole step replayed as a CUDA graph; `--eager` adds the step without it). Its images/s
 come from its own metrics.jsonl, skipping the first (warm-up) log interval.
 
     python bench/train.py                      # CPU: fp32 trainer vs fp32 plain loop
-    python bench/train.py --device cuda --precisions no,bf16 --cuda-graph [--compile [--compile-mode ...]]
+    python bench/train.py --device cuda --precisions no,bf16 --eager [--compile [--compile-mode ...]]
     python bench/train.py --variant nchw:train.channels_last=false   # any trainer overrides
 
 Prints a table, then one JSON line: `<arch>_ratio_<device>[_<precision>]` =
@@ -121,8 +122,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="no", help="trainer mixed_precision values, e.g. no,bf16")
     parser.add_argument("--compile", action="store_true", help="also time the trainer with train.compile=true")
     parser.add_argument("--compile-mode", default="default", help="train.compile_mode for --compile")
-    parser.add_argument("--cuda-graph", action="store_true",
-                        help="also time the trainer with train.cuda_graph=true (the whole step as one CUDA graph)")
+    parser.add_argument("--eager", action="store_true", help="also time the trainer with train.cuda_graph=false "
+                        "(on one GPU the default replays the whole step as one CUDA graph)")
     parser.add_argument("--variant", action="append", default=[], metavar="TAG:KEY=VALUE,...",
                         help="one more trainer variant, e.g. nchw:train.channels_last=false (repeatable)")
     parser.add_argument("--batch", type=int, default=128)
@@ -138,8 +139,8 @@ def main() -> None:
     if args.compile:
         compiled = ["train.compile=true", f"train.compile_mode={args.compile_mode}"]
         variants += [(f"{tag}_compiled", [*o, *compiled]) for tag, o in variants]
-    if args.cuda_graph:
-        variants += [(f"{tag}_graph", [*o, "train.cuda_graph=true"]) for tag, o in variants if "compiled" not in tag]
+    if args.eager:
+        variants += [(f"{tag}_eager", [*o, "train.cuda_graph=false"]) for tag, o in variants if "compiled" not in tag]
     for spec in args.variant:
         tag, _, overrides = spec.partition(":")
         variants.append((tag, [o for o in overrides.split(",") if o]))

@@ -55,7 +55,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: bool = False  # torch.compile G and D
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead = CUDA graphs of the compiled pieces
-    cuda_graph: bool = False  # replay the whole training step as one CUDA graph (one GPU process)
+    cuda_graph: bool | None = None  # replay the whole step as one CUDA graph; null (auto) = on for one GPU process
     channels_last: bool = True
     tf32: bool = True
     cudnn_benchmark: bool = True  # every batch has the same shape: let cuDNN time its algorithms once
@@ -191,7 +191,7 @@ def validate(cfg: Config) -> None:
                           f"{cfg.eval.every}, {cfg.eval.n}, {cfg.eval.batch_size}")
     if "fid" not in cfg.eval.metrics or not set(cfg.eval.metrics) <= {"fid", "kid"}:
         raise ConfigError(f"config key 'eval.metrics': {cfg.eval.metrics} must hold 'fid' and may add 'kid'")
-    if cfg.train.cuda_graph and cfg.train.compile:
+    if cfg.train.cuda_graph is True and cfg.train.compile:
         raise ConfigError("config keys 'train.cuda_graph' and 'train.compile' exclude each other: the whole-step "
                           "graph already replays every kernel of the step")
     if cfg.data.path in ("", "???"):

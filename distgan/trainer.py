@@ -92,6 +92,25 @@ def mixed_precision(cfg: Config) -> str:
     return cfg.train.mixed_precision
 
 
+def _use_step_graph(train_cfg, device: torch.device, world: int) -> bool:
+    """train.cuda_graph: null (auto) replays the step as a CUDA graph where it can, i.e. one CUDA process and
+    no torch.compile; true insists (an error where it cannot); false never."""
+    wanted = train_cfg.cuda_graph
+    if wanted is False or (wanted is None and train_cfg.compile):
+        return False
+    if device.type != "cuda":
+        if wanted:
+            log.warning("train.cuda_graph needs a CUDA device; training eagerly on %s", device.type)
+        return False
+    if world > 1:
+        if wanted:
+            raise TrainingError(f"train.cuda_graph replays one process's step; this run has {world} processes "
+                                f"(DDP's gradient all-reduce is not captured): set train.cuda_graph=false or null")
+        log.info("%d processes: the step runs eagerly (the CUDA graph is for one process)", world)
+        return False
+    return True
+
+
 def train(cfg: Config) -> str:
     """Run (or resume) training; returns 'completed' or 'stopped' (checkpoint written on a signal)."""
     global _stop_requested
@@ -113,8 +132,7 @@ def train(cfg: Config) -> str:
         signal.signal(signum, _request_stop)
     set_seed(cfg.seed, device_specific=True)  # each rank draws its own noise
     if device.type == "cuda":
-        if cfg.train.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
 
     loader = ShardLoader(cfg.data.path, cfg.data.split, cfg.data.batch_size, rank=rank, world_size=world,
@@ -132,12 +150,7 @@ def train(cfg: Config) -> str:
     if cfg.train.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     lr_scale = {"none": 1.0, "linear": float(world), "sqrt": math.sqrt(world)}[cfg.optim.lr_scaling]
-    whole_step_graph = cfg.train.cuda_graph and device.type == "cuda"
-    if cfg.train.cuda_graph and device.type != "cuda":
-        log.warning("train.cuda_graph needs a CUDA device; training eagerly on %s", device.type)
-    if whole_step_graph and world > 1:
-        raise TrainingError(f"train.cuda_graph replays one process's step; this run has {world} processes "
-                            f"(DDP's gradient all-reduce is not captured): set train.cuda_graph=false")
+    whole_step_graph = _use_step_graph(cfg.train, device, world)
     adam = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     if whole_step_graph:
         adam["capturable"] = True  # Adam's step counter stays on the device, where the graph can update it
@@ -168,8 +181,9 @@ def train(cfg: Config) -> str:
             _truncate_metrics(run_path / "metrics.jsonl", step)
     accelerator.init_trackers(cfg.log.project, config=_flat_config(cfg),
                               init_kwargs=tracker_init_kwargs(cfg, run_path))
-    log.info("run %s: %d rank(s) on %s, %s, global batch %d, %d batches/epoch/rank%s", run_path, world,
-             device.type, cfg.train.mixed_precision, cfg.data.batch_size * world, len(loader),
+    log.info("run %s: %d rank(s) on %s, %s%s, global batch %d, %d batches/epoch/rank%s", run_path, world,
+             device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if whole_step_graph else "",
+             cfg.data.batch_size * world, len(loader),
              f", resumed from {resumed_from}" if resumed_from else "")
     monitor = RunMonitor(accelerator, cfg, run_path, step)
     fixed = torch.Generator().manual_seed(cfg.seed)

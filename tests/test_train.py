@@ -28,6 +28,20 @@ def tiny(data: Path, run_dir: Path, *extra: str, config: str = "configs/fashion_
     return load_config(REPO / config, [f"data.path={data}", f"run_dir={run_dir}", "name=t", *TINY, *extra])
 
 
+def rgb_shards(tmp_path: Path) -> Path:
+    """40 random 64x64 RGB images as shards, for the CelebA config."""
+    from distgan.data.shards import write_shards
+    from distgan.data.sources import read_folder_dataset
+
+    images = tmp_path / "rgb"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    write_shards(read_folder_dataset(images, 64, 3, False, 0.0, 0), tmp_path / "rgb-shards")
+    return tmp_path / "rgb-shards"
+
+
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -46,13 +60,30 @@ def test_cuda_graph_and_compile_exclude_each_other():
         load_config(REPO / "configs/fashion_dcgan.yaml", ["train.cuda_graph=true", "train.compile=true"])
 
 
+def test_cuda_graph_auto_is_on_for_one_gpu_process_only():
+    def decide(device: str, world: int = 1, **train: object) -> bool:
+        cfg = load_config(REPO / "configs/fashion_dcgan.yaml", [f"train.{k}={v}" for k, v in train.items()])
+        return trainer._use_step_graph(cfg.train, torch.device(device), world)
+
+    assert load_config(REPO / "configs/fashion_dcgan.yaml").train.cuda_graph is None  # auto by default
+    assert decide("cuda") and decide("cuda", cuda_graph="true")
+    assert not decide("cuda", world=2) and not decide("cpu") and not decide("cuda", cuda_graph="false")
+    assert not decide("cuda", compile="true")  # auto leaves the step to torch.compile
+    with pytest.raises(trainer.TrainingError, match="this run has 2 processes"):
+        decide("cuda", world=2, cuda_graph="true")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine without a GPU")
 def test_cuda_graph_without_a_gpu_trains_eagerly_and_says_so(shards, tmp_path, caplog):
     data, _ = shards
     assert trainer.train(tiny(data, tmp_path, "train.steps=3", "train.cuda_graph=true")) == "completed"
     assert "train.cuda_graph needs a CUDA device" in caplog.text
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+@GPU
 def test_cuda_graph_step_trains_on_a_gpu(shards, tmp_path):
     """Captured after 3 eager steps, replayed after: weights and the EMA keep moving, losses stay finite,
     and the noise differs between replays (the CUDA generator advances at each replay)."""
@@ -66,6 +97,76 @@ def test_cuda_graph_step_trains_on_a_gpu(shards, tmp_path):
     cfg2 = tiny(data, tmp_path, "train.steps=16", "train.log_every=1", "train.cuda_graph=true")
     assert trainer.train(cfg2) == "completed"  # resumed from step 12: captured again, trains on
     assert metrics(tmp_path / "t")[-1]["step"] == 16
+
+
+@GPU
+def test_graphed_step_replays_with_fresh_inputs_noise_and_step():
+    """Each replay sees that call's batch, that call's step and the noise an eager call would have drawn
+    (a replay reads the CUDA generator's offset where an eager step would): bitwise the eager sequence."""
+    from distgan.step_graph import GraphedStep
+
+    cuda = torch.device("cuda")
+    host = [[(torch.full((2, 4, 4, 1), k, dtype=torch.uint8).pin_memory(), torch.tensor([k, 2 * k]).pin_memory())]
+            for k in range(9)]
+
+    def record(history: torch.Tensor):
+        def step(batches, at):
+            images, labels = batches[0]
+            row = torch.cat([torch.randn(3, device=cuda), images.float().mean().view(1), labels.float()])
+            at = torch.as_tensor(at, device=cuda).long().view(1)
+            history.index_copy_(0, at, row.view(1, -1))
+        return step
+
+    histories = []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        history = torch.zeros(len(host), 6, device=cuda)
+        step = GraphedStep(record(history), cuda) if graphed else \
+            (lambda b, at, f=record(history): f([(i.to(cuda), l.to(cuda)) for i, l in b], at))
+        for k, batches in enumerate(host):
+            step(batches, k)
+        histories.append(history.cpu())
+    assert histories[1][:, 3:].tolist() == [[k, k, 2 * k] for k in range(9)]
+    assert torch.equal(histories[0], histories[1])
+
+
+@GPU
+@pytest.mark.parametrize("precision", ["no", "bf16", "fp16"])
+def test_cuda_graph_trains_like_the_eager_step(precision, shards, tmp_path):
+    """The trainer's graphed run follows its eager run: from step 4 (captured at step 4) to step 8, G moves
+    the same way up to float reassociation, which Adam amplifies in near-zero gradients. Fresh noise in
+    the replays instead of the eager run's would make the gap as large as the move."""
+    from accelerate.state import AcceleratorState
+
+    data, _ = shards
+    g = {}
+    for graph in ("false", "true"):
+        cfg = tiny(data, tmp_path / graph, "train.steps=8", "train.tf32=false", f"train.mixed_precision={precision}",
+                   f"train.cuda_graph={graph}")
+        assert trainer.train(cfg) == "completed"
+        AcceleratorState._reset_state(reset_partial_state=True)
+        for at in (4, 8):
+            g[graph, at] = load_file(tmp_path / graph / f"t/checkpoints/step-{at:07d}/model.safetensors")
+    norm = lambda a, b: sum(float((a[k].float() - b[k].float()).norm()) ** 2 for k in a) ** 0.5
+    move, gap = norm(g["false", 8], g["false", 4]), norm(g["true", 8], g["false", 8])
+    assert norm(g["true", 4], g["false", 4]) < 0.05 * move  # the eager warm-up steps
+    assert gap < 0.05 * move, (gap, move)
+
+
+@GPU
+@pytest.mark.parametrize("config, extra", [
+    *[(c, ()) for c in sorted(p.name for p in (REPO / "configs").glob("*.yaml"))],
+    ("fashion_dcgan.yaml", ("loss.kind=wgan-gp", "model.d_batchnorm=false")),
+    ("fashion_dcgan.yaml", ("loss.kind=hinge", "model.spectral_norm=true", "optim.grad_clip=1.0")),
+    ("fashion_dcgan.yaml", ("loss.kind=lsgan", "loss.d_steps=2", "train.mixed_precision=fp16")),
+])
+def test_cuda_graph_captures_every_config(config, extra, shards, tmp_path):
+    data = rgb_shards(tmp_path) if "celeba" in config else shards[0]
+    cfg = tiny(data, tmp_path, "train.steps=8", "train.log_every=1", "data.batch_size=8", "train.cuda_graph=true",
+               *extra, config=f"configs/{config}")
+    assert trainer.train(cfg) == "completed"
+    rows = metrics(tmp_path / "t")
+    assert all(np.isfinite(r["loss/g"]) for r in rows) and rows[-1]["train/bad_steps"] == 0
 
 
 def test_bare_no_is_a_precision_not_a_boolean():
@@ -94,18 +195,7 @@ def test_run_leaves_everything_people_look_at(shards, tmp_path):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_config_trains_a_few_steps(config, shards, tmp_path):
-    data, _ = shards
-    if "celeba" in config:
-        from distgan.data.shards import write_shards
-        from distgan.data.sources import read_folder_dataset
-
-        images = tmp_path / "rgb"
-        images.mkdir()
-        rng = np.random.default_rng(0)
-        for i in range(40):
-            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"{i}.png")
-        write_shards(read_folder_dataset(images, 64, 3, False, 0.0, 0), tmp_path / "rgb-shards")
-        data = tmp_path / "rgb-shards"
+    data = rgb_shards(tmp_path) if "celeba" in config else shards[0]
     cfg = tiny(data, tmp_path, "train.steps=2", "data.batch_size=8", config=f"configs/{config}")
     assert trainer.train(cfg) == "completed"
 
