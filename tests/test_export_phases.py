@@ -74,8 +74,8 @@ def _optimized(path: Path, tmp_path: Path, level: ort.GraphOptimizationLevel) ->
 @pytest.mark.parametrize("arch, shape, exact_layers, padded_layers",
                          [("dcgan64", (3, 64, 64), 2, 2), ("dcgan28", (1, 28, 28), 1, 1)])
 def test_the_graph_onnxruntime_runs_has_no_leftover_data_movement(tmp_path, arch, shape, exact_layers, padded_layers):
-    """Per upsampling layer: Convs, at most one Concat, one interleave (Reshape/Transpose), and one crop of two
-    Slices for the padded form; no DepthToSpace, no Pad (folded into the Convs), no Shape arithmetic."""
+    """Per upsampling layer: Convs, and an interleave of three Concats (exact form) or one Transpose and a crop of two
+    Slices (padded form); no DepthToSpace, no Pad (folded into the Convs), no Shape arithmetic."""
     result = export_onnx(generator_dir(tmp_path, arch, shape, ngf=8), tmp_path / "g.onnx")
     assert result.max_abs_diff <= 1e-4
     model = OnnxGenerator(result.path)
@@ -89,16 +89,29 @@ def test_the_graph_onnxruntime_runs_has_no_leftover_data_movement(tmp_path, arch
         ops = [node.op_type for node in graph.node]
         assert not {"DepthToSpace", "Pad", "Shape", "ConvTranspose"} & set(ops), ops
         assert ops.count("Conv") == 4 * exact_layers + padded_layers + (arch == "dcgan28")  # + its last 3x3 conv
-        assert ops.count("Concat") == exact_layers and ops.count("Slice") == 2 * padded_layers, ops
-    # With onnxruntime's blocked layout (x86), the four phase Convs feed their Concat directly: no reorders between.
+        assert ops.count("Concat") == 3 * exact_layers and ops.count("Slice") == 2 * padded_layers, ops
+    # With onnxruntime's blocked layout (x86): each row parity's two Convs feed their Concat directly (no reorders
+    # between), the row parities reach the stacking Concat through one ReorderOutput each, and only the padded
+    # layers keep an interleave Transpose (ReorderOutput -> Reshape -> Transpose).
     producer = {out: node for node in graph.node for out in node.output}
-    for concat in (node for node in graph.node if node.op_type == "Concat"):
-        sources = {producer[name].op_type for name in concat.input}
-        assert sources == {"Conv"}, sources
+
+    def sources(node: onnx.NodeProto) -> list[str]:
+        return [producer[name].op_type for name in node.input if name in producer]
+
+    concats = [node for node in graph.node if node.op_type == "Concat"]
+    rows = [node for node in concats if sources(node) == ["Conv", "Conv"]]
+    stacks = [node for node in concats if node not in rows]
+    assert len(rows) == 2 * exact_layers and len(stacks) == exact_layers
+    for stack in stacks:
+        assert [sources(producer[name]) for name in stack.input] == [["ReorderOutput"], ["ReorderOutput"]]
+    interleaves = [node for node in graph.node if node.op_type == "Transpose" and sources(node) == ["Reshape"]
+                   and sources(producer[node.input[0]]) == ["ReorderOutput"]]
+    assert len(interleaves) == padded_layers
 
 
 def test_int8_phase_outputs_are_rounded_once(tmp_path):
-    """The four phase Convs of a layer share their Concat's uint8 scale (quantize.share_concat_scales)."""
+    """The four phase Convs of a layer, and every Q/DQ pair between them and the stacking Concat, share that Concat's
+    uint8 scale (quantize.share_concat_scales)."""
     source = generator_dir(tmp_path, "dcgan64", (3, 64, 64), ngf=8)
     result = export_onnx(source, quantize="int8")
     graph = onnx.load(str(result.path)).graph
@@ -108,13 +121,26 @@ def test_int8_phase_outputs_are_rounded_once(tmp_path):
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     concats = [node for node in graph.node if node.op_type == "Concat"]
-    assert len(concats) == 2
-    for concat in concats:
-        (after,) = consumers[concat.output[0]]
+    assert len(concats) == 6
+    stacks = [node for node in concats if producer[producer[producer[node.input[0]].input[0]].input[0]].op_type != "Conv"]
+    assert len(stacks) == 2
+    for stack in stacks:
+        (after,) = consumers[stack.output[0]]
         assert after.op_type == "QuantizeLinear"
-        for name in concat.input:
-            dq = producer[name]
-            assert dq.op_type == "DequantizeLinear" and list(dq.input[1:3]) == list(after.input[1:3])
+        params = list(after.input[1:3])
+        pending, convs = list(stack.input), 0
+        while pending:  # walk back through DQ <- Q <- rearranging op to the phase Convs (their ReLU fused in)
+            dq = producer[pending.pop()]
+            assert dq.op_type == "DequantizeLinear" and list(dq.input[1:3]) == params, dq.name
+            q = producer[dq.input[0]]
+            assert q.op_type == "QuantizeLinear" and list(q.input[1:3]) == params, q.name
+            origin = producer[q.input[0]]
+            if origin.op_type == "Conv":
+                convs += 1
+            else:
+                assert origin.op_type in ("Concat", "Transpose", "Unsqueeze"), origin.op_type
+                pending += origin.input if origin.op_type == "Concat" else origin.input[:1]
+        assert convs == 4
     model = OnnxGenerator(result.path)
     z = model.latents(8, seed=3)
     generator, _ = load_generator(source)

@@ -24,10 +24,11 @@ DCGAN-28's multiply-adds, and the data movement between them) is int8:
   1% of the multiply-adds.
 
 The phase convolutions of a ConvTranspose (`phases.py`) are four Convs whose outputs meet
-in a Concat: calibrated one by one, each would get its own uint8 scale and the Concat a
-wider one, rounding every activation twice. `share_concat_scales` gives the four the
-Concat's scale (MinMax: the Concat's range is the union of theirs), so each activation is
-rounded once, as it was when one Conv computed all four phases.
+in Concats (one per row parity, transposed to NHWC and stacked by a last Concat): calibrated
+one by one, each Conv would get its own uint8 scale and every Concat a wider one, rounding
+every activation two or three times. `share_concat_scales` gives the four Convs, and every
+Q/DQ pair on the way, the last Concat's scale (MinMax: its range is the union of theirs), so
+each activation is rounded once, as it was when one Conv computed all four phases.
 
 Calibration is MinMax over 256 latents. Measured on the house generator, with both ends
 fp32: more latents, per-tensor weights, reduce_range and symmetric activations raised the
@@ -86,9 +87,14 @@ def quantize_int8(fp32_model: Path, out: Path, nz: int, num_classes: int) -> Non
         onnx.save(model, str(out))
 
 
+# Ops whose output only rearranges their inputs' values: a quantisation scale passes through them unchanged.
+_REARRANGING = ("Concat", "Transpose", "Unsqueeze")
+
+
 def share_concat_scales(model: onnx.ModelProto) -> int:
-    """Requantise every Q -> DQ pair feeding a Concat with the scale and zero point of the Concat's own output Q,
-    in place; returns how many pairs changed. Pairs with other consumers are left alone."""
+    """Requantise every Q -> DQ pair upstream of a Concat, through rearranging ops (`_REARRANGING`) down to the
+    ops that compute the values, with the scale and zero point of the Concat's own output Q, in place; returns how
+    many pairs changed. Pairs with other consumers are left alone (and end the walk there)."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     producer: dict[str, onnx.NodeProto] = {}
     for node in model.graph.node:
@@ -97,21 +103,28 @@ def share_concat_scales(model: onnx.ModelProto) -> int:
         for name in node.output:
             producer[name] = node
     changed = 0
-    for concat in (n for n in model.graph.node if n.op_type == "Concat"):
+
+    def share(name: str, params: list[str]) -> None:
+        nonlocal changed
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or len(consumers[name]) != 1 or len(consumers[dq.input[0]]) != 1:
+            return
+        if list(q.input[1:3]) != params:
+            q.input[1:3] = params
+            dq.input[1:3] = params
+            changed += 1
+        source = producer.get(q.input[0])
+        if source is not None and source.op_type in _REARRANGING and len(consumers[q.input[0]]) == 1:
+            for upstream in source.input[:1] if source.op_type != "Concat" else source.input:
+                share(upstream, params)
+
+    # The last Concat first: nodes are in topological order, and its scale is the one to spread.
+    for concat in reversed([n for n in model.graph.node if n.op_type == "Concat"]):
         after = consumers.get(concat.output[0], [])
-        if len(after) != 1 or after[0].op_type != "QuantizeLinear":
-            continue
-        params = list(after[0].input[1:3])
-        for name in concat.input:
-            dq = producer.get(name)
-            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if (q is None or q.op_type != "QuantizeLinear" or len(consumers[name]) != 1
-                    or len(consumers[dq.input[0]]) != 1):
-                continue
-            if list(q.input[1:3]) != params:
-                q.input[1:3] = params
-                dq.input[1:3] = params
-                changed += 1
+        if len(after) == 1 and after[0].op_type == "QuantizeLinear":
+            for name in concat.input:
+                share(name, list(after[0].input[1:3]))
     if changed:  # the pairs' own scales and zero points are now unused
         used = {name for node in model.graph.node for name in node.input}
         kept = [init for init in model.graph.initializer if init.name in used]

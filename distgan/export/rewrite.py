@@ -12,8 +12,8 @@ generator):
 - **Linear, Unflatten, ReLU as Linear, ReLU, Unflatten**: the ReLU is elementwise, and next
   to the Gemm onnxruntime fuses it (FusedGemm) instead of running it as a node of its own.
 - **Stride-2 ConvTranspose(4, 2, 1) as phase convolutions** (`phases.py`): four exact 2x2
-  Convs and one NHWC interleave where the channel count fits onnxruntime's NCHWc blocks,
-  else one padded 2x2 Conv, the interleave and a one-pixel crop. onnxruntime's
+  Convs interleaved by rows (Concats) where the channel count fits onnxruntime's NCHWc blocks,
+  else one padded 2x2 Conv, an NHWC interleave and a one-pixel crop. onnxruntime's
   ConvTranspose is a GEMM plus a single-threaded col2im and has no int8 kernel (a
   quantised one runs in fp32 between Q/DQ nodes); a Conv gets onnxruntime's blocked NCHWc
   kernels in fp32 and QLinearConv in int8.
