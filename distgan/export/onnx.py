@@ -41,7 +41,7 @@ from distgan.export.rewrite import inference_generator
 from distgan.models import Generator
 from distgan.runtime import PREFIX, REQUIRED_KEYS
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = 18
 PARITY_BATCHES = (1, 37)
 FP32_TOLERANCE = 1e-4  # max |onnxruntime - torch| on images in [-1, 1]
 UINT8_TOLERANCE = 1  # one grey level: a float difference of 1e-7 can flip a rounding
