@@ -7,7 +7,8 @@ case: pre-made float batches already on the device and no per-step `.item()`.
 The trainer runs as users run it (`distgan/train.py --config ...` in a
 subprocess): streaming shards, EMA, logging, its fast defaults (on one GPU: the
 whole step replayed as a CUDA graph; `--eager` adds the step without it). Its images/s
-come from its own metrics.jsonl, skipping the first (warm-up) log interval.
+come from its own metrics.jsonl, skipping the first (warm-up) log interval. On a CPU
+the two take turns three times (`--rounds`) and the medians are compared.
 
     python bench/train.py                      # CPU: fp32 trainer vs fp32 plain loop
     python bench/train.py --device cuda --precisions no,bf16 --eager [--compile [--compile-mode ...]]
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="TAG:KEY=VALUE,...",
                         help="one more trainer variant, e.g. nchw:train.channels_last=false (repeatable)")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=0, help="plain loop and trainer take turns this many times; "
+                        "medians are reported (default: 3 on CPU, whose speed drifts between runs; 1 on CUDA)")
     parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 40 on CPU, 400 on CUDA)")
     parser.add_argument("--workers", type=int, default=0, help="loader workers for the trainer (default: 1 on "
                         "CPU, whose cores the step needs; 4 on CUDA)")
@@ -135,6 +138,7 @@ def main() -> None:
     steps = args.steps or (400 if device.type == "cuda" else 40)
     warmup = max(steps // 5, 1)
     workers = args.workers or (4 if device.type == "cuda" else 1)
+    args.rounds = args.rounds or (1 if device.type == "cuda" else 3)
     variants = [("fp32" if p == "no" else p, [f"train.mixed_precision={p}"]) for p in args.precisions.split(",")]
     if args.compile:
         compiled = ["train.compile=true", f"train.compile_mode={args.compile_mode}"]
@@ -148,32 +152,45 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     hardware = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
     print(f"{date.today()}  {hardware}  torch {torch.__version__}  batch {args.batch}  "
-          f"{steps} timed steps after {warmup} warm-up", flush=True)
+          f"{steps} timed steps after {warmup} warm-up, {args.rounds} round(s)", flush=True)
 
     results: dict[str, object] = {"date": str(date.today()), "hardware": hardware, "torch": torch.__version__,
-                                  "batch": args.batch, "device": device.type, "loader_workers": workers}
+                                  "batch": args.batch, "device": device.type, "loader_workers": workers,
+                                  "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for arch in args.archs.split(","):
             n = args.batch * 40 if device.type == "cuda" else args.batch * 10
             data = synthetic_shards(arch, tmp / f"data-{arch}", n)
-            plain = plain_loop(arch, args.batch, steps, warmup, device)
+            speeds: dict[str, list[float]] = {"plain": [], **{tag: [] for tag, _ in variants}}
+            for round_ in range(args.rounds):  # plain and trainer take turns: a drift of the machine hits both
+                speeds["plain"].append(plain_loop(arch, args.batch, steps, warmup, device))
+                print(f"{arch:8s} plain fp32 loop        {speeds['plain'][-1]:10.1f} img/s  (round {round_ + 1})",
+                      flush=True)
+                for tag, overrides in variants:
+                    try:
+                        speeds[tag].append(trainer_run(arch, tag, overrides, data, args.batch, steps, warmup,
+                                                       workers, tmp / f"runs-{round_}"))
+                    except subprocess.CalledProcessError as exc:  # one broken variant must not hide the others
+                        print(f"{arch:8s} distgan {tag:14s} FAILED (exit {exc.returncode}):\n"
+                              + "\n".join(exc.stderr.splitlines()[-15:]), flush=True)
+                        continue
+                    print(f"{arch:8s} distgan {tag:14s} {speeds[tag][-1]:10.1f} img/s  (round {round_ + 1})",
+                          flush=True)
+            plain = statistics.median(speeds["plain"])
             results[f"{arch}_plain_fp32_img_s"] = round(plain, 1)
-            print(f"{arch:8s} plain fp32 loop        {plain:10.1f} img/s", flush=True)
-            for tag, overrides in variants:
-                try:
-                    speed = trainer_run(arch, tag, overrides, data, args.batch, steps, warmup, workers,
-                                        tmp / "runs")
-                except subprocess.CalledProcessError as exc:  # one broken variant must not hide the others
-                    print(f"{arch:8s} distgan {tag:14s} FAILED (exit {exc.returncode}):\n"
-                          + "\n".join(exc.stderr.splitlines()[-15:]), flush=True)
+            print(f"{arch:8s} plain fp32 loop        {plain:10.1f} img/s  (median of {args.rounds})", flush=True)
+            for tag, _ in variants:
+                if not speeds[tag]:
                     results[f"{arch}_trainer_{tag}_failed"] = True
                     continue
+                speed = statistics.median(speeds[tag])
                 ratio = speed / plain
                 results[f"{arch}_trainer_{tag}_img_s"] = round(speed, 1)
                 key = f"{arch}_ratio_{device.type}" + ("" if tag == "fp32" else f"_{tag}")
                 results[key] = round(ratio, 3)
-                print(f"{arch:8s} distgan {tag:14s} {speed:10.1f} img/s  {ratio:5.2f}x plain fp32", flush=True)
+                print(f"{arch:8s} distgan {tag:14s} {speed:10.1f} img/s  {ratio:5.2f}x plain fp32 (medians)",
+                      flush=True)
     print(json.dumps(results))
 
 
