@@ -32,7 +32,7 @@ from accelerate.utils import set_seed
 import distgan
 from distgan import ddp
 from distgan.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_generator
-from distgan.config import Config, config_hash, to_yaml
+from distgan.config import Config, TrainConfig, config_hash, to_yaml
 from distgan.data import ShardLoader, normalize_images
 from distgan.ema import EMA
 from distgan.losses import decision_threshold, discriminator_loss, generator_loss, gradient_penalty
@@ -92,7 +92,7 @@ def mixed_precision(cfg: Config) -> str:
     return cfg.train.mixed_precision
 
 
-def _use_step_graph(train_cfg, device: torch.device, world: int) -> bool:
+def _use_step_graph(train_cfg: TrainConfig, device: torch.device, world: int) -> bool:
     """train.cuda_graph: null (auto) replays the step as a CUDA graph where it can, i.e. one CUDA process and
     no torch.compile; true insists (an error where it cannot); false never."""
     wanted = train_cfg.cuda_graph
