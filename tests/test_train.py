@@ -103,7 +103,7 @@ def test_cuda_graph_step_trains_on_a_gpu(shards, tmp_path):
 def test_graphed_step_replays_with_fresh_inputs_noise_and_step():
     """Each replay sees that call's batch, that call's step and the noise an eager call would have drawn
     (a replay reads the CUDA generator's offset where an eager step would): bitwise the eager sequence."""
-    from distgan.step_graph import GraphedStep
+    from distgan.step_graph import GraphedStep, batches_to_device
 
     cuda = torch.device("cuda")
     host = [[(torch.full((2, 4, 4, 1), k, dtype=torch.uint8).pin_memory(), torch.tensor([k, 2 * k]).pin_memory())]
@@ -121,8 +121,8 @@ def test_graphed_step_replays_with_fresh_inputs_noise_and_step():
     for graphed in (False, True):
         torch.manual_seed(0)
         history = torch.zeros(len(host), 6, device=cuda)
-        step = GraphedStep(record(history), cuda) if graphed else \
-            (lambda b, at, f=record(history): f([(i.to(cuda), l.to(cuda)) for i, l in b], at))
+        eager = record(history)
+        step = GraphedStep(eager, cuda) if graphed else (lambda b, at: eager(batches_to_device(b, cuda), at))
         for k, batches in enumerate(host):
             step(batches, k)
         histories.append(history.cpu())
