@@ -60,7 +60,7 @@ test: $(VENV)/.installed-dev
 	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-dev
 	$(PY) bench/loader.py
 	$(PY) bench/infer.py
 	$(PY) bench/train.py

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.flop_counter import FlopCounterMode
 
 from distgan.checkpoint import save_generator
@@ -164,6 +165,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="time per engine and batch (after warm-up)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # numpy's BLAS (one of the two peak GEMMs) would otherwise use every core whatever --threads says.
+    threadpool_limits(limits=args.threads, user_api="blas")
     # The peak is measured before, between and after the models and the best kept: on a
     # shared machine a single measurement can be caught by someone else's burst.
     peaks = [matmul_peak_gflops()]
