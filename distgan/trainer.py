@@ -172,6 +172,9 @@ def train(cfg: Config) -> str:
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, {"g": opt_g, "d": opt_d}, scaler, ema)
         step, epoch, batch_index = state["step"], state["epoch"], state["batch"]
+        saved_world = state.get("world_size", world)
+        if saved_world != world:  # a batch index of `saved_world` ranks: resume after as many images of the epoch
+            batch_index = min(batch_index * saved_world // world, len(loader))
         resumed_from = checkpoint
     if accelerator.is_main_process:
         run_path.mkdir(parents=True, exist_ok=True)

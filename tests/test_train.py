@@ -368,3 +368,19 @@ def test_two_process_ddp_resume_on_two_then_on_one(shards, tmp_path):
     # ...and continued on one (not bitwise: another world size).
     subprocess.run(train_cmd(data, tmp_path, "train.steps=10"), env=env, check=True, capture_output=True, timeout=300)
     assert (tmp_path / "t" / "COMPLETED").read_text().strip() == "10"
+
+
+@pytest.mark.slow
+def test_resume_on_more_processes_keeps_the_share_of_the_epoch_seen(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    # One process: 62 batches of 16 per epoch; stopped at batch 40 of epoch 0.
+    subprocess.run(train_cmd(data, tmp_path, "train.steps=40"), env=env, check=True, capture_output=True, timeout=300)
+    # Two processes: 31 batches per rank and epoch, so batch 40 is no position of theirs; 640 images were seen,
+    # which is batch 20 of each rank.
+    proc = subprocess.run(LAUNCH_2_CPU + train_cmd(data, tmp_path, "train.steps=42")[1:], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "t" / "COMPLETED").read_text().strip() == "42"
+    state = json.loads((tmp_path / "t" / "checkpoints" / "step-0000042" / "state.json").read_text())
+    assert (state["epoch"], state["batch"], state["world_size"]) == (0, 22, 2)
