@@ -244,6 +244,18 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(shards, tmp_path,
                            "train.steps=8", "train.max_bad_steps=3"))
 
 
+def test_resume_keeps_the_optimiser_state_but_takes_the_learning_rates_of_the_config(shards, tmp_path):
+    data, _ = shards
+    assert trainer.train(tiny(data, tmp_path, "train.steps=4")) == "completed"
+    # E.g. a lower rate after a divergence, or lr_scaling on another number of processes.
+    assert trainer.train(tiny(data, tmp_path, "train.steps=6", "optim.g_lr=3e-4", "optim.d_lr=3e-5")) == "completed"
+    last = metrics(tmp_path / "t")[-1]
+    assert (last["step"], last["lr/g"], last["lr/d"]) == (6, 3e-4, 3e-5)
+    saved = torch.load(tmp_path / "t" / "checkpoints" / "step-0000006" / "optimizers.pt", weights_only=True)
+    assert {float(s["step"]) for s in saved["g"]["state"].values()} == {6.0}  # Adam's moments went on from step 4
+    assert saved["g"]["param_groups"][0]["lr"] == 3e-4
+
+
 def test_wandb_offline_run_holds_the_logged_keys(shards, tmp_path, monkeypatch):
     data, _ = shards
     monkeypatch.setenv("WANDB_MODE", "offline")
