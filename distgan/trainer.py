@@ -182,8 +182,9 @@ def train(cfg: Config) -> str:
         (run_path / "COMPLETED").unlink(missing_ok=True)
         if resumed_from is not None:
             _truncate_metrics(run_path / "metrics.jsonl", step)
+    # The trackers run on rank 0 alone; only it reads or writes the W&B id file.
     accelerator.init_trackers(cfg.log.project, config=_flat_config(cfg),
-                              init_kwargs=tracker_init_kwargs(cfg, run_path))
+                              init_kwargs=tracker_init_kwargs(cfg, run_path) if accelerator.is_main_process else {})
     log.info("run %s: %d rank(s) on %s, %s%s, global batch %d, %d batches/epoch/rank%s", run_path, world,
              device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if whole_step_graph else "",
              cfg.data.batch_size * world, len(loader),

@@ -396,3 +396,15 @@ def test_resume_on_more_processes_keeps_the_share_of_the_epoch_seen(shards, tmp_
     assert (tmp_path / "t" / "COMPLETED").read_text().strip() == "42"
     state = json.loads((tmp_path / "t" / "checkpoints" / "step-0000042" / "state.json").read_text())
     assert (state["epoch"], state["batch"], state["world_size"]) == (0, 22, 2)
+
+
+@pytest.mark.slow
+def test_two_process_wandb_run_keeps_one_run_id_when_rank0_is_slow(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    probe = [str(REPO / "tests" / "ddp_slow_main_probe.py"), str(REPO / "configs/fashion_dcgan.yaml"),
+             f"data.path={data}", f"run_dir={tmp_path}", "name=t", *TINY, "train.steps=2", "log.log_with=wandb"]
+    proc = subprocess.run(LAUNCH_2_CPU + probe, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = (tmp_path / "t" / "wandb_id.txt").read_text().strip()
+    assert [p.name.rsplit("-", 1)[-1] for p in (tmp_path / "t" / "wandb").glob("offline-run-*")] == [run_id]
