@@ -289,19 +289,23 @@ def train(cfg: Config) -> str:
             since_log += 1
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 means = (accelerator.reduce(sums, "mean") / since_log).tolist()
+                # A non-finite loss on one rank skips the step on every rank (gradients are all-reduced):
+                # every rank counts it, so all stop together and rank 0 logs it.
+                bad_steps, bad_in_a_row = (int(n) for n in accelerator.reduce(torch.stack([bad_total, bad_run]),
+                                                                              "max").tolist())
                 values = dict(zip(STAT_KEYS, means))
                 elapsed = time.perf_counter() - t_log
                 values.update({
                     "epoch": epoch, "perf/images_per_s": since_log * cfg.loss.d_steps * B * world / elapsed,
                     "lr/g": opt_g.param_groups[0]["lr"], "lr/d": opt_d.param_groups[0]["lr"],
-                    "train/bad_steps": int(bad_total.item()), "data/skipped": loader.skipped,
+                    "train/bad_steps": bad_steps, "data/skipped": loader.skipped,
                 })
                 if device.type == "cuda":
                     values["mem/gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 monitor.log(step, values)
-                if bad_run.item() >= cfg.train.max_bad_steps:
+                if bad_in_a_row >= cfg.train.max_bad_steps:
                     raise TrainingError(
-                        f"{int(bad_run.item())} non-finite steps in a row at step {step} (all skipped); "
+                        f"{bad_in_a_row} non-finite steps in a row at step {step} (all skipped); "
                         f"stopping. The last good checkpoint is intact in {run_path / 'checkpoints'}; "
                         f"try a lower learning rate or mixed_precision=bf16"
                     )

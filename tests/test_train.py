@@ -408,3 +408,24 @@ def test_two_process_wandb_run_keeps_one_run_id_when_rank0_is_slow(shards, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = (tmp_path / "t" / "wandb_id.txt").read_text().strip()
     assert [p.name.rsplit("-", 1)[-1] for p in (tmp_path / "t" / "wandb").glob("offline-run-*")] == [run_id]
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_is_counted_and_stops_every_rank(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+
+    def probe(bad: str, run_dir: Path, *extra: str) -> list[str]:
+        run_dir.mkdir()
+        args = [str(REPO / "tests" / "ddp_bad_rank_probe.py"), str(run_dir), bad, str(REPO / "configs/fashion_dcgan.yaml"),
+                f"data.path={data}", f"run_dir={run_dir}", "name=t", *TINY, *extra]
+        proc = subprocess.run(LAUNCH_2_CPU + args, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [(run_dir / f"rank{r}.txt").read_text() for r in (0, 1)]
+
+    # Rank 1's gradients are all-reduced: its non-finite steps are skipped on both ranks, and rank 0 logs them.
+    assert probe("3,4", tmp_path / "a", "train.steps=6") == ["completed", "completed"]
+    assert metrics(tmp_path / "a" / "t")[-1]["train/bad_steps"] == 2
+    # Too many in a row on rank 1: every rank stops at the same step with the same error.
+    outcomes = probe(",".join(map(str, range(1, 9))), tmp_path / "b", "train.steps=8", "train.max_bad_steps=3")
+    assert outcomes[0] == outcomes[1] and outcomes[0].startswith("TrainingError: 4 non-finite steps in a row at step 4")
