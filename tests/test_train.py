@@ -55,6 +55,18 @@ def test_config_errors_name_the_key():
         load_config(REPO / "configs/fashion_dcgan.yaml", ["train.steps=many"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("log.sample_grid=0", "'log.sample_grid' must be >= 1"),  # else a ZeroDivisionError at the first sample grid
+    ("loss.gp_weight=-10", "'loss.gp_weight' must be >= 0"),
+    ("optim.grad_clip=-1", "'optim.grad_clip' must be >= 0"),
+    ("data.shuffle_buffer=-5", "'data.shuffle_buffer' must be >= 0"),
+    ("data.num_workers=-1", "'data.num_workers' must be >= 0"),
+])
+def test_out_of_range_values_are_refused_before_training(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs/fashion_dcgan.yaml", [override])
+
+
 def test_cuda_graph_and_compile_exclude_each_other():
     with pytest.raises(ConfigError, match="'train.cuda_graph' and 'train.compile'"):
         load_config(REPO / "configs/fashion_dcgan.yaml", ["train.cuda_graph=true", "train.compile=true"])
