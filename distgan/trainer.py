@@ -333,13 +333,26 @@ def train(cfg: Config) -> str:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """After a resume, drop the log lines of steps that will be run again: one unbroken counter."""
+    """After a resume, drop the log lines of steps that will be run again: one unbroken counter.
+
+    A line cut short (a kill or a full disk while it was written) is dropped too, with a warning.
+    """
     if not path.exists():
         return
     import json
 
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            log.warning("%s: line %d is not JSON (cut short?); dropped: %.80s", path, number, line)
+            continue
+        if isinstance(record, dict) and record.get("step", step + 1) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def _flat_config(cfg: Config) -> dict:

@@ -268,6 +268,16 @@ def test_resume_keeps_the_optimiser_state_but_takes_the_learning_rates_of_the_co
     assert saved["g"]["param_groups"][0]["lr"] == 3e-4
 
 
+def test_resume_after_a_metrics_line_cut_short(shards, tmp_path, caplog):
+    data, _ = shards
+    assert trainer.train(tiny(data, tmp_path, "train.steps=6")) == "completed"
+    with open(tmp_path / "t" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "loss/d": 1.3')  # killed while writing (or a full disk)
+    assert trainer.train(tiny(data, tmp_path, "train.steps=10")) == "completed"
+    assert [r["step"] for r in metrics(tmp_path / "t")] == [2, 4, 6, 8, 10]
+    assert "metrics.jsonl: line 4 is not JSON" in caplog.text
+
+
 def test_wandb_offline_run_holds_the_logged_keys(shards, tmp_path, monkeypatch):
     data, _ = shards
     monkeypatch.setenv("WANDB_MODE", "offline")
