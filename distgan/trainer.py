@@ -293,12 +293,13 @@ def train(cfg: Config) -> str:
                 # every rank counts it, so all stop together and rank 0 logs it.
                 bad_steps, bad_in_a_row = (int(n) for n in accelerator.reduce(torch.stack([bad_total, bad_run]),
                                                                               "max").tolist())
+                skipped = int(accelerator.reduce(torch.tensor([loader.skipped], device=device), "sum").item())
                 values = dict(zip(STAT_KEYS, means))
                 elapsed = time.perf_counter() - t_log
                 values.update({
                     "epoch": epoch, "perf/images_per_s": since_log * cfg.loss.d_steps * B * world / elapsed,
                     "lr/g": opt_g.param_groups[0]["lr"], "lr/d": opt_d.param_groups[0]["lr"],
-                    "train/bad_steps": bad_steps, "data/skipped": loader.skipped,
+                    "train/bad_steps": bad_steps, "data/skipped": skipped,
                 })
                 if device.type == "cuda":
                     values["mem/gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30

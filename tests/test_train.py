@@ -451,3 +451,14 @@ def test_a_non_finite_loss_on_one_rank_is_counted_and_stops_every_rank(shards, t
     # Too many in a row on rank 1: every rank stops at the same step with the same error.
     outcomes = probe(",".join(map(str, range(1, 9))), tmp_path / "b", "train.steps=8", "train.max_bad_steps=3")
     assert outcomes[0] == outcomes[1] and outcomes[0].startswith("TrainingError: 4 non-finite steps in a row at step 4")
+
+
+@pytest.mark.slow
+def test_samples_skipped_on_any_rank_are_logged(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    probe = [str(REPO / "tests" / "ddp_skipped_probe.py"), str(REPO / "configs/fashion_dcgan.yaml"),
+             f"data.path={data}", f"run_dir={tmp_path}", "name=t", *TINY, "train.steps=2"]
+    proc = subprocess.run(LAUNCH_2_CPU + probe, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert metrics(tmp_path / "t")[-1]["data/skipped"] == 5
