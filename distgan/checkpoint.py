@@ -85,7 +85,12 @@ def load_checkpoint(
     accelerator.load_state(str(path))
     saved = torch.load(path / "optimizers.pt", map_location="cpu", weights_only=True)
     for key, optimizer in optimizers.items():
-        optimizer.load_state_dict(saved[key])
+        # The state (moments, step counts) is the checkpoint's; the settings are this run's: its learning
+        # rates (config, lr_scaling for this world size) and capturable/fused, which also decide where
+        # load_state_dict puts the step counts (a CUDA-graphed step needs them on the device).
+        groups = [{**old, **{k: v for k, v in group.items() if k != "params"}}
+                  for old, group in zip(saved[key]["param_groups"], optimizer.param_groups)]
+        optimizer.load_state_dict({**saved[key], "param_groups": groups})
     scaler.load_state_dict(saved["scaler"])
     # Loaded on the host, copied into the EMA's tensors wherever they live (safetensors refuses
     # a device like "cpu:0", which a multi-process CPU run has).

@@ -178,10 +178,15 @@ def validate(cfg: Config) -> None:
                 "train.sample_every": cfg.train.sample_every,
                 "train.checkpoint_every": cfg.train.checkpoint_every,
                 "train.keep_checkpoints": cfg.train.keep_checkpoints,
-                "train.max_bad_steps": cfg.train.max_bad_steps}
+                "train.max_bad_steps": cfg.train.max_bad_steps, "log.sample_grid": cfg.log.sample_grid}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {value}")
+    non_negative = {"data.num_workers": cfg.data.num_workers, "data.shuffle_buffer": cfg.data.shuffle_buffer,
+                    "optim.grad_clip": cfg.optim.grad_clip, "loss.gp_weight": cfg.loss.gp_weight}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {value}")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError(f"config key 'optim.ema_decay' must be in [0, 1), got {cfg.optim.ema_decay}")
     if cfg.loss.kind in ("hinge", "wgan-gp") and cfg.loss.real_label != 1.0:

@@ -172,6 +172,9 @@ def train(cfg: Config) -> str:
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, {"g": opt_g, "d": opt_d}, scaler, ema)
         step, epoch, batch_index = state["step"], state["epoch"], state["batch"]
+        saved_world = state.get("world_size", world)
+        if saved_world != world:  # a batch index of `saved_world` ranks: resume after as many images of the epoch
+            batch_index = min(batch_index * saved_world // world, len(loader))
         resumed_from = checkpoint
     if accelerator.is_main_process:
         run_path.mkdir(parents=True, exist_ok=True)
@@ -179,8 +182,9 @@ def train(cfg: Config) -> str:
         (run_path / "COMPLETED").unlink(missing_ok=True)
         if resumed_from is not None:
             _truncate_metrics(run_path / "metrics.jsonl", step)
+    # The trackers run on rank 0 alone; only it reads or writes the W&B id file.
     accelerator.init_trackers(cfg.log.project, config=_flat_config(cfg),
-                              init_kwargs=tracker_init_kwargs(cfg, run_path))
+                              init_kwargs=tracker_init_kwargs(cfg, run_path) if accelerator.is_main_process else {})
     log.info("run %s: %d rank(s) on %s, %s%s, global batch %d, %d batches/epoch/rank%s", run_path, world,
              device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if whole_step_graph else "",
              cfg.data.batch_size * world, len(loader),
@@ -285,19 +289,24 @@ def train(cfg: Config) -> str:
             since_log += 1
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 means = (accelerator.reduce(sums, "mean") / since_log).tolist()
+                # A non-finite loss on one rank skips the step on every rank (gradients are all-reduced):
+                # every rank counts it, so all stop together and rank 0 logs it.
+                bad_steps, bad_in_a_row = (int(n) for n in accelerator.reduce(torch.stack([bad_total, bad_run]),
+                                                                              "max").tolist())
+                skipped = int(accelerator.reduce(torch.tensor([loader.skipped], device=device), "sum").item())
                 values = dict(zip(STAT_KEYS, means))
                 elapsed = time.perf_counter() - t_log
                 values.update({
                     "epoch": epoch, "perf/images_per_s": since_log * cfg.loss.d_steps * B * world / elapsed,
                     "lr/g": opt_g.param_groups[0]["lr"], "lr/d": opt_d.param_groups[0]["lr"],
-                    "train/bad_steps": int(bad_total.item()), "data/skipped": loader.skipped,
+                    "train/bad_steps": bad_steps, "data/skipped": skipped,
                 })
                 if device.type == "cuda":
                     values["mem/gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 monitor.log(step, values)
-                if bad_run.item() >= cfg.train.max_bad_steps:
+                if bad_in_a_row >= cfg.train.max_bad_steps:
                     raise TrainingError(
-                        f"{int(bad_run.item())} non-finite steps in a row at step {step} (all skipped); "
+                        f"{bad_in_a_row} non-finite steps in a row at step {step} (all skipped); "
                         f"stopping. The last good checkpoint is intact in {run_path / 'checkpoints'}; "
                         f"try a lower learning rate or mixed_precision=bf16"
                     )
@@ -325,13 +334,26 @@ def train(cfg: Config) -> str:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """After a resume, drop the log lines of steps that will be run again: one unbroken counter."""
+    """After a resume, drop the log lines of steps that will be run again: one unbroken counter.
+
+    A line cut short (a kill or a full disk while it was written) is dropped too, with a warning.
+    """
     if not path.exists():
         return
     import json
 
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            log.warning("%s: line %d is not JSON (cut short?); dropped: %.80s", path, number, line)
+            continue
+        if isinstance(record, dict) and record.get("step", step + 1) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def _flat_config(cfg: Config) -> dict:

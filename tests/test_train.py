@@ -55,6 +55,18 @@ def test_config_errors_name_the_key():
         load_config(REPO / "configs/fashion_dcgan.yaml", ["train.steps=many"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("log.sample_grid=0", "'log.sample_grid' must be >= 1"),  # else a ZeroDivisionError at the first sample grid
+    ("loss.gp_weight=-10", "'loss.gp_weight' must be >= 0"),
+    ("optim.grad_clip=-1", "'optim.grad_clip' must be >= 0"),
+    ("data.shuffle_buffer=-5", "'data.shuffle_buffer' must be >= 0"),
+    ("data.num_workers=-1", "'data.num_workers' must be >= 0"),
+])
+def test_out_of_range_values_are_refused_before_training(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs/fashion_dcgan.yaml", [override])
+
+
 def test_cuda_graph_and_compile_exclude_each_other():
     with pytest.raises(ConfigError, match="'train.cuda_graph' and 'train.compile'"):
         load_config(REPO / "configs/fashion_dcgan.yaml", ["train.cuda_graph=true", "train.compile=true"])
@@ -244,6 +256,28 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(shards, tmp_path,
                            "train.steps=8", "train.max_bad_steps=3"))
 
 
+def test_resume_keeps_the_optimiser_state_but_takes_the_learning_rates_of_the_config(shards, tmp_path):
+    data, _ = shards
+    assert trainer.train(tiny(data, tmp_path, "train.steps=4")) == "completed"
+    # E.g. a lower rate after a divergence, or lr_scaling on another number of processes.
+    assert trainer.train(tiny(data, tmp_path, "train.steps=6", "optim.g_lr=3e-4", "optim.d_lr=3e-5")) == "completed"
+    last = metrics(tmp_path / "t")[-1]
+    assert (last["step"], last["lr/g"], last["lr/d"]) == (6, 3e-4, 3e-5)
+    saved = torch.load(tmp_path / "t" / "checkpoints" / "step-0000006" / "optimizers.pt", weights_only=True)
+    assert {float(s["step"]) for s in saved["g"]["state"].values()} == {6.0}  # Adam's moments went on from step 4
+    assert saved["g"]["param_groups"][0]["lr"] == 3e-4
+
+
+def test_resume_after_a_metrics_line_cut_short(shards, tmp_path, caplog):
+    data, _ = shards
+    assert trainer.train(tiny(data, tmp_path, "train.steps=6")) == "completed"
+    with open(tmp_path / "t" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "loss/d": 1.3')  # killed while writing (or a full disk)
+    assert trainer.train(tiny(data, tmp_path, "train.steps=10")) == "completed"
+    assert [r["step"] for r in metrics(tmp_path / "t")] == [2, 4, 6, 8, 10]
+    assert "metrics.jsonl: line 4 is not JSON" in caplog.text
+
+
 def test_wandb_offline_run_holds_the_logged_keys(shards, tmp_path, monkeypatch):
     data, _ = shards
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -368,3 +402,63 @@ def test_two_process_ddp_resume_on_two_then_on_one(shards, tmp_path):
     # ...and continued on one (not bitwise: another world size).
     subprocess.run(train_cmd(data, tmp_path, "train.steps=10"), env=env, check=True, capture_output=True, timeout=300)
     assert (tmp_path / "t" / "COMPLETED").read_text().strip() == "10"
+
+
+@pytest.mark.slow
+def test_resume_on_more_processes_keeps_the_share_of_the_epoch_seen(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    # One process: 62 batches of 16 per epoch; stopped at batch 40 of epoch 0.
+    subprocess.run(train_cmd(data, tmp_path, "train.steps=40"), env=env, check=True, capture_output=True, timeout=300)
+    # Two processes: 31 batches per rank and epoch, so batch 40 is no position of theirs; 640 images were seen,
+    # which is batch 20 of each rank.
+    proc = subprocess.run(LAUNCH_2_CPU + train_cmd(data, tmp_path, "train.steps=42")[1:], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "t" / "COMPLETED").read_text().strip() == "42"
+    state = json.loads((tmp_path / "t" / "checkpoints" / "step-0000042" / "state.json").read_text())
+    assert (state["epoch"], state["batch"], state["world_size"]) == (0, 22, 2)
+
+
+@pytest.mark.slow
+def test_two_process_wandb_run_keeps_one_run_id_when_rank0_is_slow(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    probe = [str(REPO / "tests" / "ddp_slow_main_probe.py"), str(REPO / "configs/fashion_dcgan.yaml"),
+             f"data.path={data}", f"run_dir={tmp_path}", "name=t", *TINY, "train.steps=2", "log.log_with=wandb"]
+    proc = subprocess.run(LAUNCH_2_CPU + probe, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = (tmp_path / "t" / "wandb_id.txt").read_text().strip()
+    assert [p.name.rsplit("-", 1)[-1] for p in (tmp_path / "t" / "wandb").glob("offline-run-*")] == [run_id]
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_is_counted_and_stops_every_rank(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+
+    def probe(bad: str, run_dir: Path, *extra: str) -> list[str]:
+        run_dir.mkdir()
+        args = [str(REPO / "tests" / "ddp_bad_rank_probe.py"), str(run_dir), bad, str(REPO / "configs/fashion_dcgan.yaml"),
+                f"data.path={data}", f"run_dir={run_dir}", "name=t", *TINY, *extra]
+        proc = subprocess.run(LAUNCH_2_CPU + args, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [(run_dir / f"rank{r}.txt").read_text() for r in (0, 1)]
+
+    # Rank 1's gradients are all-reduced: its non-finite steps are skipped on both ranks, and rank 0 logs them.
+    assert probe("3,4", tmp_path / "a", "train.steps=6") == ["completed", "completed"]
+    assert metrics(tmp_path / "a" / "t")[-1]["train/bad_steps"] == 2
+    # Too many in a row on rank 1: every rank stops at the same step with the same error.
+    outcomes = probe(",".join(map(str, range(1, 9))), tmp_path / "b", "train.steps=8", "train.max_bad_steps=3")
+    assert outcomes[0] == outcomes[1] and outcomes[0].startswith("TrainingError: 4 non-finite steps in a row at step 4")
+
+
+@pytest.mark.slow
+def test_samples_skipped_on_any_rank_are_logged(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    probe = [str(REPO / "tests" / "ddp_skipped_probe.py"), str(REPO / "configs/fashion_dcgan.yaml"),
+             f"data.path={data}", f"run_dir={tmp_path}", "name=t", *TINY, "train.steps=2"]
+    proc = subprocess.run(LAUNCH_2_CPU + probe, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert metrics(tmp_path / "t")[-1]["data/skipped"] == 5
