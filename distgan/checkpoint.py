@@ -26,12 +26,17 @@ from safetensors.torch import load_file, save_file
 from distgan.models import Generator, generator_from_spec
 
 CHECKPOINT_PREFIX = "step-"
+SET_ASIDE_DIR = "checkpoints-set-aside"
 GENERATOR_WEIGHTS = "generator.safetensors"
 GENERATOR_SPEC = "generator.json"
 
 
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:07d}"
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX):])
 
 
 def list_checkpoints(run_path: Path) -> list[Path]:
@@ -41,7 +46,27 @@ def list_checkpoints(run_path: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
              and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return sorted(found, key=checkpoint_step)
+
+
+def set_aside_checkpoints_after(run_path: Path, step: int) -> list[Path]:
+    """Move this run's checkpoints newer than `step` to runs/NAME/checkpoints-set-aside/.
+
+    A resume from an older checkpoint abandons them, but left in place they would be what the
+    next resume=auto (every SLURM requeue) picks, and the keep-last rule would delete the
+    checkpoint resumed from first. Moved, not deleted: nothing is lost.
+    """
+    newer = [p for p in list_checkpoints(run_path) if checkpoint_step(p) > step]
+    aside = run_path / SET_ASIDE_DIR
+    moved = []
+    for path in newer:
+        aside.mkdir(exist_ok=True)
+        target, n = aside / path.name, 1
+        while target.exists():  # set aside before, by an earlier resume
+            target, n = aside / f"{path.name}.{n}", n + 1
+        os.replace(path, target)
+        moved.append(target)
+    return moved
 
 
 def save_checkpoint(

@@ -31,7 +31,8 @@ from accelerate.utils import set_seed
 
 import distgan
 from distgan import ddp
-from distgan.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_generator
+from distgan.checkpoint import (list_checkpoints, load_checkpoint, save_checkpoint, save_generator,
+                               set_aside_checkpoints_after)
 from distgan.config import Config, TrainConfig, config_hash, to_yaml
 from distgan.data import ShardLoader, normalize_images
 from distgan.ema import EMA
@@ -182,6 +183,10 @@ def train(cfg: Config) -> str:
         (run_path / "COMPLETED").unlink(missing_ok=True)
         if resumed_from is not None:
             _truncate_metrics(run_path / "metrics.jsonl", step)
+            moved = set_aside_checkpoints_after(run_path, step)
+            if moved:
+                log.warning("resumed from step %d: %d newer checkpoint(s) of this run moved to %s (%s)", step,
+                            len(moved), moved[0].parent, ", ".join(p.name for p in moved))
     # The trackers run on rank 0 alone; only it reads or writes the W&B id file.
     accelerator.init_trackers(cfg.log.project, config=_flat_config(cfg),
                               init_kwargs=tracker_init_kwargs(cfg, run_path) if accelerator.is_main_process else {})

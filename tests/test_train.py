@@ -268,6 +268,22 @@ def test_resume_keeps_the_optimiser_state_but_takes_the_learning_rates_of_the_co
     assert saved["g"]["param_groups"][0]["lr"] == 3e-4
 
 
+def test_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(shards, tmp_path, caplog):
+    data, _ = shards
+    caplog.set_level("INFO", logger="distgan")
+    run = tmp_path / "t"
+    assert trainer.train(tiny(data, tmp_path, "train.steps=12")) == "completed"  # checkpoints 4, 8, 12
+    older = run / "checkpoints" / "step-0000004"
+    assert trainer.train(tiny(data, tmp_path, "train.steps=6", f"train.resume={older}")) == "completed"
+    assert "2 newer checkpoint(s) of this run moved" in caplog.text
+    # The abandoned future is kept but out of the way: the next auto resume (a SLURM requeue) continues from 6.
+    assert sorted(p.name for p in (run / "checkpoints-set-aside").iterdir()) == ["step-0000008", "step-0000012"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]
+    assert trainer.train(tiny(data, tmp_path, "train.steps=8")) == "completed"
+    assert "resumed from " + str(run / "checkpoints" / "step-0000006") in caplog.text
+    assert [r["step"] for r in metrics(run)] == [2, 4, 6, 8]
+
+
 def test_resume_after_a_metrics_line_cut_short(shards, tmp_path, caplog):
     data, _ = shards
     assert trainer.train(tiny(data, tmp_path, "train.steps=6")) == "completed"
