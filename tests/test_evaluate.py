@@ -297,6 +297,7 @@ def test_distgan_eval_cli_on_a_run(run, world, tmp_path):
            "--cache-dir", str(tmp_path / "ref"), "--out", str(out)]
     proc = subprocess.run(cmd, env=run_env(DISTGAN_CACHE=str(cache)), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "features (" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr[-3000:]  # --quiet: no bars
     result = json.loads(out.read_text())
     figures = result["metrics"]
     for key in ("fid", "kid", "kid_std", "precision", "recall", "is", "is_std", "fool/d_accuracy", "fool/fooled"):

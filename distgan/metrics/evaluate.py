@@ -128,7 +128,7 @@ def evaluate(
     timings["generated_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cache = dict(max_images=n_real, cache_dir=cache_dir)
+    cache = dict(max_images=n_real, cache_dir=cache_dir, progress=progress)
     real_features = reference_features(extractor, data, split, **cache) if {"kid", "pr"} & set(metrics) else None
     stats = reference_stats(extractor, data, split, **cache) if "fid" in metrics else None
     if fool is not None:

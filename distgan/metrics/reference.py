@@ -64,16 +64,16 @@ def _cache_path(kind: str, extractor: FeatureExtractor, manifest: Manifest, spli
 
 
 def _split_features(extractor: FeatureExtractor, data: str | Path, split: str, max_images: int | None,
-                    batch_size: int) -> torch.Tensor:
+                    batch_size: int, progress: bool) -> torch.Tensor:
     loader = ShardLoader(str(data), split, batch_size, num_workers=0, shuffle_buffer=0, drop_last=False)
     total = min(max_images or loader.manifest.split(split).num_samples, loader.manifest.split(split).num_samples)
     return extract_features(extractor, (b.images for b in loader.epoch(0)), total,
-                            progress=f"{split} features ({extractor.name.split(':')[0]})")
+                            progress=f"{split} features ({extractor.name.split(':')[0]})" if progress else None)
 
 
 def reference_features(
     extractor: FeatureExtractor, data: str | Path, split: str = "train", *, max_images: int | None = None,
-    batch_size: int = 256, cache_dir: str | Path | None = None,
+    batch_size: int = 256, cache_dir: str | Path | None = None, progress: bool = True,
 ) -> torch.Tensor:
     """`extractor`'s features [N, dim] of a split (its first `max_images`, unshuffled), cached."""
     manifest = read_manifest(str(data))
@@ -83,14 +83,14 @@ def reference_features(
         with np.load(path, allow_pickle=False) as f:
             _check_identity(path, f, identity)
             return torch.from_numpy(f["features"])
-    features = _split_features(extractor, data, split, max_images, batch_size)
+    features = _split_features(extractor, data, split, max_images, batch_size, progress)
     _save(path, identity, features=features.numpy())
     return features
 
 
 def reference_stats(
     extractor: FeatureExtractor, data: str | Path, split: str = "train", *, max_images: int | None = None,
-    batch_size: int = 256, cache_dir: str | Path | None = None,
+    batch_size: int = 256, cache_dir: str | Path | None = None, progress: bool = True,
 ) -> FeatureStats:
     """mu, sigma and count of `extractor`'s features over a split (its first `max_images`), cached.
 
@@ -105,7 +105,7 @@ def reference_stats(
     if _cache_path("-features", extractor, manifest, split, identity, cache_dir).is_file():
         features = reference_features(extractor, data, split, max_images=max_images, cache_dir=cache_dir)
     else:
-        features = _split_features(extractor, data, split, max_images, batch_size)
+        features = _split_features(extractor, data, split, max_images, batch_size, progress)
     stats = FeatureStats.of(features)
     save_stats(path, stats, identity)
     return stats
