@@ -328,6 +328,21 @@ def test_cli_prepare_verify_show(idx_dataset, tmp_path, capsys):
     assert data_cli(["prepare", "fashion-mnist", "--src", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
 
 
+def test_failed_prepare_leaves_no_partial_shards(tmp_path):
+    from distgan.data.sources import RawDataset, RawSplit
+
+    def load(indices):
+        if indices[0] != order[0]:
+            raise DataError("image 17: cannot decode")
+        return np.zeros((len(indices), 4, 4, 1), np.uint8)
+
+    order = np.random.default_rng([0, len("train")]).permutation(30)
+    raw = RawDataset("t", 4, 4, 1, [], {"train": RawSplit(np.full(30, -1, np.int64), load)})
+    with pytest.raises(DataError, match="image 17"):
+        write_shards(raw, tmp_path / "out", samples_per_shard=10)
+    assert list((tmp_path / "out").rglob("*")) == []
+
+
 def test_shards_are_plain_webdataset_and_reproducible(shards, idx_dataset, tmp_path):
     import webdataset as wds
 
