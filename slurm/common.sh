@@ -47,7 +47,11 @@ distgan_setup() {
     export PYTHONPATH=$DISTGAN_HOME${PYTHONPATH:+:$PYTHONPATH}
     local config=${DISTGAN_CONFIG:-configs/fashion_house.yaml}
     NAME=${DISTGAN_NAME:-$SLURM_JOB_NAME}
-    RUN=$(realpath -m -- "${DISTGAN_RUN_DIR:-runs}/$NAME")
+    # Resolve the run directory, not the run: runs/NAME may be a symlink and NAME may hold a "/";
+    # the trainer must use exactly $RUN (run_dir/name), or it would never see $RUN/STOP.
+    local run_dir
+    run_dir=$(realpath -m -- "${DISTGAN_RUN_DIR:-runs}")
+    RUN=$run_dir/$NAME
     local overrides=()
     read -ra overrides <<< "${DISTGAN_OVERRIDES:-}"
     overrides+=("$@")
@@ -55,7 +59,7 @@ distgan_setup() {
     for o in "${overrides[@]}"; do
         case $o in name=* | run_dir=*) die "set the run with DISTGAN_NAME / DISTGAN_RUN_DIR, not '$o'" ;; esac
     done
-    TRAIN=(distgan/train.py --config "$config" "${overrides[@]}" "run_dir=${RUN%/*}" "name=$NAME")
+    TRAIN=(distgan/train.py --config "$config" "${overrides[@]}" "run_dir=$run_dir" "name=$NAME")
     # A requeued start continues its own newest checkpoint, whatever train.resume said at first.
     if (( ${SLURM_RESTART_COUNT:-0} > 0 )); then TRAIN+=(train.resume=auto); fi
 
