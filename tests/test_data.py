@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import sys
 import tarfile
 import threading
 from functools import partial
@@ -196,6 +197,19 @@ def test_pipe_and_brace_urls(shards):
     assert sorted(image_ids(collect(loader)[1])) == list(range(1000))
     with pytest.raises(DataError, match="expand to 2 URLs"):
         ShardLoader(str(out), "train", 100, shards=f"{out}/train-{{000000..000001}}.tar")
+
+
+def test_pipe_closed_early_is_not_an_error(shards):
+    from distgan.data.shards import iter_shard_chunks
+
+    out, _ = shards
+    manifest = Manifest.from_json((out / "dataset.json").read_text(), "dataset.json")
+    # Like many CLIs (e.g. `aws s3 cp ... -`), this one exits non-zero when its reader goes away.
+    copy = "import shutil, sys\ntry: shutil.copyfileobj(open(sys.argv[1], 'rb'), sys.stdout.buffer, 1024)\n" \
+           "except BrokenPipeError: sys.exit(1)"
+    chunks = iter_shard_chunks(f"pipe:{sys.executable} -c \"{copy}\" {out}/train-000000.tar", manifest)
+    assert len(next(chunks).images) == 64
+    chunks.close()  # a rank reading only the start of a shard; raised DataError('reading failed') before
 
 
 def test_streams_over_http(shards):

@@ -150,6 +150,7 @@ def iter_shard_chunks(url: str, manifest: Manifest, sha256: str | None = None) -
     except Exception as exc:
         raise DataError(f"{url}: cannot open ({exc})") from exc
     reader = _HashingReader(stream) if sha256 else stream
+    stopped_early = False
     try:
         for member in wds.tariterators.tar_file_iterator(reader):
             fname = member["fname"]
@@ -181,11 +182,16 @@ def iter_shard_chunks(url: str, manifest: Manifest, sha256: str | None = None) -
         raise
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DataError(f"{url}: corrupt or truncated shard ({exc})") from exc
+    except GeneratorExit:  # the reader wanted only part of the shard
+        stopped_early = True
+        raise
     finally:
         try:
             stream.close()
         except Exception as exc:  # a failed curl/pipe reports its exit status here
-            raise DataError(f"{url}: reading failed ({exc})") from exc
+            # ... unless we closed it early: a pipe command may then exit non-zero on EPIPE.
+            if not stopped_early:
+                raise DataError(f"{url}: reading failed ({exc})") from exc
 
 
 def verify(directory: Path, deep: bool = True) -> list[str]:
