@@ -125,7 +125,10 @@ distgan_run() {
     while :; do
         rc=0
         wait "$child" || rc=$?
-        kill -0 "$child" 2> /dev/null || break  # still alive: `wait` was interrupted by a trap
+        if kill -0 "$child" 2> /dev/null; then continue; fi  # still alive: `wait` was interrupted by a trap
+        # It ended, maybe while a trap ran: then rc is the trap's 128+signal; bash kept the real status.
+        if (( rc > 128 )); then rc=0; wait "$child" || rc=$?; fi
+        break
     done
     trap - USR1 TERM
     if (( rc != 0 )); then

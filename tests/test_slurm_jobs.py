@@ -103,6 +103,17 @@ def test_job_script_trains_in_the_run_dir_it_stops(tmp_path):
         assert Path(lines[0]) == Path(settings["run_dir"]) / settings["name"] == tmp_path / "runs" / name
 
 
+def test_training_that_ends_while_the_usr1_trap_runs_is_not_a_failure(tmp_path):
+    """USR1 can come as the run ends (its last step, or a STOP seen at once): `wait` then returns the
+    trap's 138, and the job must still take the trainer's own exit status (a slow `touch` on a shared
+    filesystem is emulated by a slow log)."""
+    (tmp_path / "COMPLETED").write_text("100")
+    script = (f"source {REPO}/slurm/common.sh\nRUN={tmp_path}\nlog() {{ sleep 1; }}\n"
+              "( sleep 0.2; kill -USR1 $$ ) &\ndistgan_run bash -c 'sleep 0.5; exit 0'\n")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
 # -- the sbatch scripts on a real cluster --------------------------------------------------------
 
 
