@@ -47,7 +47,11 @@ distgan_setup() {
     export PYTHONPATH=$DISTGAN_HOME${PYTHONPATH:+:$PYTHONPATH}
     local config=${DISTGAN_CONFIG:-configs/fashion_house.yaml}
     NAME=${DISTGAN_NAME:-$SLURM_JOB_NAME}
-    RUN=$(realpath -m -- "${DISTGAN_RUN_DIR:-runs}/$NAME")
+    # Resolve the run directory, not the run: runs/NAME may be a symlink and NAME may hold a "/";
+    # the trainer must use exactly $RUN (run_dir/name), or it would never see $RUN/STOP.
+    local run_dir
+    run_dir=$(realpath -m -- "${DISTGAN_RUN_DIR:-runs}")
+    RUN=$run_dir/$NAME
     local overrides=()
     read -ra overrides <<< "${DISTGAN_OVERRIDES:-}"
     overrides+=("$@")
@@ -55,7 +59,7 @@ distgan_setup() {
     for o in "${overrides[@]}"; do
         case $o in name=* | run_dir=*) die "set the run with DISTGAN_NAME / DISTGAN_RUN_DIR, not '$o'" ;; esac
     done
-    TRAIN=(distgan/train.py --config "$config" "${overrides[@]}" "run_dir=${RUN%/*}" "name=$NAME")
+    TRAIN=(distgan/train.py --config "$config" "${overrides[@]}" "run_dir=$run_dir" "name=$NAME")
     # A requeued start continues its own newest checkpoint, whatever train.resume said at first.
     if (( ${SLURM_RESTART_COUNT:-0} > 0 )); then TRAIN+=(train.resume=auto); fi
 
@@ -121,7 +125,10 @@ distgan_run() {
     while :; do
         rc=0
         wait "$child" || rc=$?
-        kill -0 "$child" 2> /dev/null || break  # still alive: `wait` was interrupted by a trap
+        if kill -0 "$child" 2> /dev/null; then continue; fi  # still alive: `wait` was interrupted by a trap
+        # It ended, maybe while a trap ran: then rc is the trap's 128+signal; bash kept the real status.
+        if (( rc > 128 )); then rc=0; wait "$child" || rc=$?; fi
+        break
     done
     trap - USR1 TERM
     if (( rc != 0 )); then

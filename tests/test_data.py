@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import sys
 import tarfile
 import threading
 from functools import partial
@@ -198,6 +199,19 @@ def test_pipe_and_brace_urls(shards):
         ShardLoader(str(out), "train", 100, shards=f"{out}/train-{{000000..000001}}.tar")
 
 
+def test_pipe_closed_early_is_not_an_error(shards):
+    from distgan.data.shards import iter_shard_chunks
+
+    out, _ = shards
+    manifest = Manifest.from_json((out / "dataset.json").read_text(), "dataset.json")
+    # Like many CLIs (e.g. `aws s3 cp ... -`), this one exits non-zero when its reader goes away.
+    copy = "import shutil, sys\ntry: shutil.copyfileobj(open(sys.argv[1], 'rb'), sys.stdout.buffer, 1024)\n" \
+           "except BrokenPipeError: sys.exit(1)"
+    chunks = iter_shard_chunks(f"pipe:{sys.executable} -c \"{copy}\" {out}/train-000000.tar", manifest)
+    assert len(next(chunks).images) == 64
+    chunks.close()  # a rank reading only the start of a shard; raised DataError('reading failed') before
+
+
 def test_streams_over_http(shards):
     out, _ = shards
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
@@ -326,6 +340,21 @@ def test_cli_prepare_verify_show(idx_dataset, tmp_path, capsys):
     grid = np.asarray(Image.open(tmp_path / "g.png"))
     assert grid.ndim == 2 and grid.std() > 10
     assert data_cli(["prepare", "fashion-mnist", "--src", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_failed_prepare_leaves_no_partial_shards(tmp_path):
+    from distgan.data.sources import RawDataset, RawSplit
+
+    def load(indices):
+        if indices[0] != order[0]:
+            raise DataError("image 17: cannot decode")
+        return np.zeros((len(indices), 4, 4, 1), np.uint8)
+
+    order = np.random.default_rng([0, len("train")]).permutation(30)
+    raw = RawDataset("t", 4, 4, 1, [], {"train": RawSplit(np.full(30, -1, np.int64), load)})
+    with pytest.raises(DataError, match="image 17"):
+        write_shards(raw, tmp_path / "out", samples_per_shard=10)
+    assert list((tmp_path / "out").rglob("*")) == []
 
 
 def test_shards_are_plain_webdataset_and_reproducible(shards, idx_dataset, tmp_path):

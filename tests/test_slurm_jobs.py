@@ -86,6 +86,34 @@ def test_submit_dry_run_prints_the_sbatch_line(tmp_path):
     assert bad.returncode != 0 and "--name" in bad.stderr
 
 
+def test_job_script_trains_in_the_run_dir_it_stops(tmp_path):
+    """The trainer's run_dir/name must be the $RUN whose STOP file the shell touches on USR1: also when
+    runs/NAME is a symlink to elsewhere and when the name holds a slash."""
+    (tmp_path / "runs" / "group").mkdir(parents=True)
+    (tmp_path / "scratch" / "exp42").mkdir(parents=True)
+    (tmp_path / "runs" / "linked").symlink_to(tmp_path / "scratch" / "exp42")
+    for name in ("linked", "group/exp1"):
+        script = (f"source {REPO}/slurm/common.sh\ndistgan_setup > /dev/null\n"
+                  'echo "$RUN"; printf "%s\\n" "${TRAIN[@]}"')
+        env = run_env(DISTGAN_HOME=str(REPO), SLURM_JOB_NAME=name, DISTGAN_RUN_DIR=str(tmp_path / "runs"),
+                      DISTGAN_CPU="1", SLURM_CPUS_PER_TASK="2")
+        lines = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+        settings = dict(line.split("=", 1) for line in lines[1:] if line.startswith(("run_dir=", "name=")))
+        assert Path(lines[0]) == Path(settings["run_dir"]) / settings["name"] == tmp_path / "runs" / name
+
+
+def test_training_that_ends_while_the_usr1_trap_runs_is_not_a_failure(tmp_path):
+    """USR1 can come as the run ends (its last step, or a STOP seen at once): `wait` then returns the
+    trap's 138, and the job must still take the trainer's own exit status (a slow `touch` on a shared
+    filesystem is emulated by a slow log)."""
+    (tmp_path / "COMPLETED").write_text("100")
+    script = (f"source {REPO}/slurm/common.sh\nRUN={tmp_path}\nlog() {{ sleep 1; }}\n"
+              "( sleep 0.2; kill -USR1 $$ ) &\ndistgan_run bash -c 'sleep 0.5; exit 0'\n")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
 # -- the sbatch scripts on a real cluster --------------------------------------------------------
 
 

@@ -55,30 +55,34 @@ def write_shards(
     staging = out / f".partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    splits: dict[str, SplitInfo] = {}
-    expected = (raw.height, raw.width, raw.channels)
-    total = sum(s.num_samples for s in raw.splits.values())
-    with tqdm(total=total, unit="img", desc=f"sharding {raw.name}") as bar:
-        for split_name, split in raw.splits.items():
-            order = np.random.default_rng([seed, len(split_name)]).permutation(split.num_samples)
-            shards = []
-            for shard_index, start in enumerate(range(0, split.num_samples, samples_per_shard)):
-                indices = order[start:start + samples_per_shard]
-                images = split.load(indices)
-                if images.shape[1:] != expected or images.dtype != np.uint8:
-                    raise DataError(
-                        f"{raw.name}/{split_name}: loader produced {images.dtype} {images.shape[1:]}, "
-                        f"expected uint8 {expected}"
-                    )
-                labels = split.labels[indices].astype(np.int64)
-                name = f"{split_name}-{shard_index:06d}.tar"
-                _write_one_shard(staging / name, split_name, shard_index, images, labels, chunk_size)
-                shards.append(ShardInfo(
-                    name=name, num_samples=len(indices), sha256=file_digest(staging / name),
-                    bytes=(staging / name).stat().st_size,
-                ))
-                bar.update(len(indices))
-            splits[split_name] = SplitInfo(num_samples=split.num_samples, shards=shards)
+    try:
+        splits: dict[str, SplitInfo] = {}
+        expected = (raw.height, raw.width, raw.channels)
+        total = sum(s.num_samples for s in raw.splits.values())
+        with tqdm(total=total, unit="img", desc=f"sharding {raw.name}") as bar:
+            for split_name, split in raw.splits.items():
+                order = np.random.default_rng([seed, len(split_name)]).permutation(split.num_samples)
+                shards = []
+                for shard_index, start in enumerate(range(0, split.num_samples, samples_per_shard)):
+                    indices = order[start:start + samples_per_shard]
+                    images = split.load(indices)
+                    if images.shape[1:] != expected or images.dtype != np.uint8:
+                        raise DataError(
+                            f"{raw.name}/{split_name}: loader produced {images.dtype} {images.shape[1:]}, "
+                            f"expected uint8 {expected}"
+                        )
+                    labels = split.labels[indices].astype(np.int64)
+                    name = f"{split_name}-{shard_index:06d}.tar"
+                    _write_one_shard(staging / name, split_name, shard_index, images, labels, chunk_size)
+                    shards.append(ShardInfo(
+                        name=name, num_samples=len(indices), sha256=file_digest(staging / name),
+                        bytes=(staging / name).stat().st_size,
+                    ))
+                    bar.update(len(indices))
+                splits[split_name] = SplitInfo(num_samples=split.num_samples, shards=shards)
+    except BaseException:  # a failure or Ctrl-C: leave no half-written dataset behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     manifest = Manifest(
         name=raw.name, height=raw.height, width=raw.width, channels=raw.channels,
         classes=raw.classes, chunk_size=chunk_size, splits=splits, source=raw.source,
@@ -146,6 +150,7 @@ def iter_shard_chunks(url: str, manifest: Manifest, sha256: str | None = None) -
     except Exception as exc:
         raise DataError(f"{url}: cannot open ({exc})") from exc
     reader = _HashingReader(stream) if sha256 else stream
+    stopped_early = False
     try:
         for member in wds.tariterators.tar_file_iterator(reader):
             fname = member["fname"]
@@ -177,11 +182,16 @@ def iter_shard_chunks(url: str, manifest: Manifest, sha256: str | None = None) -
         raise
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DataError(f"{url}: corrupt or truncated shard ({exc})") from exc
+    except GeneratorExit:  # the reader wanted only part of the shard
+        stopped_early = True
+        raise
     finally:
         try:
             stream.close()
         except Exception as exc:  # a failed curl/pipe reports its exit status here
-            raise DataError(f"{url}: reading failed ({exc})") from exc
+            # ... unless we closed it early: a pipe command may then exit non-zero on EPIPE.
+            if not stopped_early:
+                raise DataError(f"{url}: reading failed ({exc})") from exc
 
 
 def verify(directory: Path, deep: bool = True) -> list[str]:
