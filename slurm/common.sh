@@ -55,11 +55,11 @@ distgan_setup() {
     local overrides=()
     read -ra overrides <<< "${DISTGAN_OVERRIDES:-}"
     overrides+=("$@")
-    local o
-    for o in "${overrides[@]}"; do
+    local o  # ${a[@]+"${a[@]}"}: an empty array is "unbound" to set -u in bash < 4.4 (e.g. CentOS 7)
+    for o in ${overrides[@]+"${overrides[@]}"}; do
         case $o in name=* | run_dir=*) die "set the run with DISTGAN_NAME / DISTGAN_RUN_DIR, not '$o'" ;; esac
     done
-    TRAIN=(distgan/train.py --config "$config" "${overrides[@]}" "run_dir=$run_dir" "name=$NAME")
+    TRAIN=(distgan/train.py --config "$config" ${overrides[@]+"${overrides[@]}"} "run_dir=$run_dir" "name=$NAME")
     # A requeued start continues its own newest checkpoint, whatever train.resume said at first.
     if (( ${SLURM_RESTART_COUNT:-0} > 0 )); then TRAIN+=(train.resume=auto); fi
 

@@ -339,6 +339,8 @@ def test_cli_prepare_verify_show(idx_dataset, tmp_path, capsys):
     assert data_cli(["show", str(out), "--n", "20", "--out", str(tmp_path / "g.png")]) == 0
     grid = np.asarray(Image.open(tmp_path / "g.png"))
     assert grid.ndim == 2 and grid.std() > 10
+    assert data_cli(["show", str(tmp_path), "--out", str(tmp_path / "h.png")]) == 2
+    assert f"{tmp_path}/dataset.json: no manifest here" in capsys.readouterr().err
     assert data_cli(["prepare", "fashion-mnist", "--src", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from distgan.data.manifest import MANIFEST_NAME, DataError, Manifest
+from distgan.data.loader import read_manifest
+from distgan.data.manifest import MANIFEST_NAME, DataError
 from distgan.data.shards import iter_shard_chunks, verify, write_shards
 from distgan.data.sources import read_celeba_dataset, read_folder_dataset, read_idx_dataset
 
@@ -64,7 +65,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    manifest = Manifest.from_json((args.dir / MANIFEST_NAME).read_text(), str(args.dir / MANIFEST_NAME))
+    manifest = read_manifest(str(args.dir))
     images, labels = [], []
     for shard in manifest.split(args.split).shards:
         for chunk in iter_shard_chunks(str(args.dir / shard.name), manifest):
