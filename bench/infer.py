@@ -28,7 +28,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch.utils.flop_counter import FlopCounterMode
 
-from distgan.checkpoint import save_generator
+from distgan.artifacts import save_generator
 from distgan.export import export_onnx
 from distgan.models import ModelConfig, build_generator
 

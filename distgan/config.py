@@ -52,7 +52,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 5_000  # G updates
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str | None = None  # null = the launcher's (fp32 if it says nothing) | no (fp32) | bf16 | fp16
     compile: bool = False  # torch.compile G and D
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead = CUDA graphs of the compiled pieces
     cuda_graph: bool | None = None  # replay the whole step as one CUDA graph; null (auto) = on for one GPU process
@@ -65,6 +65,8 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     keep_checkpoints: int = 3
     resume: str = "auto"  # auto (newest complete checkpoint) | none | a checkpoint path
+    allow_config_change: bool = False  # resume although the setup differs from the run's (recorded in the run)
+    sync_every: int = 20  # steps between the host collectives that share stop requests and data errors
 
 
 @dataclass
@@ -110,7 +112,7 @@ CHOICES = {
     "data.on_corrupt": ("raise", "skip"),
     "loss.kind": LOSS_KINDS,
     "optim.lr_scaling": ("none", "linear", "sqrt"),
-    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.mixed_precision": (None, "no", "bf16", "fp16"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "log.log_with": ("none", "wandb", "tensorboard"),
     "eval.features": ("domain", "inception"),
@@ -170,7 +172,7 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in valid:
-            near = difflib.get_close_matches(str(value), valid, n=1)
+            near = difflib.get_close_matches(str(value), [v for v in valid if v is not None], n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(valid)}{hint}")
     positive = {"data.batch_size": cfg.data.batch_size, "train.steps": cfg.train.steps,
@@ -178,7 +180,8 @@ def validate(cfg: Config) -> None:
                 "train.sample_every": cfg.train.sample_every,
                 "train.checkpoint_every": cfg.train.checkpoint_every,
                 "train.keep_checkpoints": cfg.train.keep_checkpoints,
-                "train.max_bad_steps": cfg.train.max_bad_steps, "log.sample_grid": cfg.log.sample_grid}
+                "train.max_bad_steps": cfg.train.max_bad_steps, "log.sample_grid": cfg.log.sample_grid,
+                "train.sync_every": cfg.train.sync_every}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {value}")

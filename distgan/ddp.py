@@ -1,44 +1,71 @@
-"""The few DDP helpers the trainer needs, in one place.
+"""The DDP helpers of a run, in one place: the host control channel, the snapshot check, global BatchNorm.
 
-Control messages (a data error, a stop request) travel over a gloo group on
-the CPU, so asking "did any rank ...?" never synchronises the GPU stream.
+Control messages (a stop request, a data error, a failed checkpoint write) travel
+over a gloo group on the CPU, so asking "did any rank ...?" never synchronises
+the GPU stream; the trainer asks on a cadence (`train.sync_every`), never per step.
 """
 
 from __future__ import annotations
 
+import datetime
+
 import torch
 import torch.distributed as dist
-
-_CONTROL_GROUP = None
-
-
-def control_group(world_size: int):
-    """False when not distributed; else the gloo group for control flags (None = the default group)."""
-    global _CONTROL_GROUP
-    if world_size <= 1 or not dist.is_available() or not dist.is_initialized():
-        return False
-    if dist.get_backend() == "gloo":
-        return None
-    if _CONTROL_GROUP is None:
-        _CONTROL_GROUP = dist.new_group(backend="gloo")
-    return _CONTROL_GROUP
+import torch.distributed.nn.functional as dist_nn
+from torch import nn
 
 
-def any_rank(flag: bool, world_size: int) -> bool:
-    """True on every rank if `flag` is true on any rank (a CPU all-reduce; no GPU sync)."""
-    group = control_group(world_size)
-    if group is False:
-        return flag
-    value = torch.tensor([int(flag)], dtype=torch.int32)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
-    return bool(value.item())
+class RankLostError(RuntimeError):
+    """Another rank of the job stopped answering (it died, or its node did)."""
+
+
+class Control:
+    """The run's host-side channel between ranks (a no-op on one process)."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.group = None
+        self.active = world_size > 1 and dist.is_available() and dist.is_initialized()
+        if self.active and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")  # every rank creates it, in the same order
+
+    def flags(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over all ranks: one small all-reduce for all of them."""
+        if not self.active:
+            return list(flags)
+        value = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        return [bool(v) for v in value.tolist()]
+
+    def any(self, flag: bool) -> bool:
+        return self.flags(flag)[0]
+
+    def messages(self, message: str | None) -> list[str]:
+        """Every rank's message, as 'rank R: ...' (after `flags` said that some rank has one)."""
+        if not self.active:
+            return [f"rank 0: {message}"] if message else []
+        gathered: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(gathered, message, group=self.group)
+        return [f"rank {r}: {m}" for r, m in enumerate(gathered) if m]
+
+    def lost_ranks(self, timeout_s: float = 10.0) -> str:
+        """After a collective failed: which rank is gone (rank 0 learns all; the others learn of rank 0)."""
+        if not self.active:
+            return "no other rank"
+        try:
+            dist.monitored_barrier(self.group, timeout=datetime.timedelta(seconds=timeout_s), wait_all_ranks=True)
+        except RuntimeError as exc:
+            if dist.get_rank() != 0:
+                return "rank 0"
+            text = str(exc).splitlines()[0]
+            return text.split(" failed to pass")[0].replace("Ranks", "rank(s)").replace("Rank", "rank")
+        return "none (every rank answered; the failed collective was another fault)"
 
 
 @torch.no_grad()
-def check_consistent(modules: dict[str, torch.nn.Module], world_size: int) -> None:
+def check_consistent(modules: dict[str, nn.Module], control: Control) -> None:
     """Before a snapshot: every rank must hold the same weights (catches a silent DDP divergence)."""
-    group = control_group(world_size)
-    if group is False:
+    if not control.active:
         return
     for name, module in modules.items():
         for key, tensor in module.state_dict().items():
@@ -46,7 +73,59 @@ def check_consistent(modules: dict[str, torch.nn.Module], world_size: int) -> No
                 continue
             local = tensor.detach().double().sum().reshape(1).cpu()
             low, high = local.clone(), local.clone()
-            dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
-            dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
+            dist.all_reduce(low, op=dist.ReduceOp.MIN, group=control.group)
+            dist.all_reduce(high, op=dist.ReduceOp.MAX, group=control.group)
             if not torch.equal(low, high) and "running_" not in key:
                 raise RuntimeError(f"{name}.{key} differs across ranks ({low.item()} vs {high.item()})")
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch of all ranks (`model.sync_bn`); on any device and backend.
+
+    torch's SyncBatchNorm runs on GPUs only; this one all-reduces [sum, sum of squares, count]
+    with an autograd-aware all-reduce, so gradients flow through the global statistics as in
+    a one-process run on the concatenated batch. Same parameters and buffers as BatchNorm, so
+    the saved weights load into the plain model (export, EMA samples).
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = torch.full((1,), xf.numel() / xf.shape[1], device=x.device)
+        totals = dist_nn.all_reduce(torch.cat([xf.sum(dims), xf.square().sum(dims), count]))
+        channels = x.shape[1]
+        n = totals[-1]
+        mean = totals[:channels] / n
+        var = (totals[channels:2 * channels] / n - mean.square()).clamp(min=0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                unbiased = var.detach() * n / (n - 1).clamp(min=1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """Every BatchNorm of `module` (in place, state kept) made global; the module is returned."""
+        for name, child in module.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, cls):
+                replacement = cls(child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats)
+                replacement.load_state_dict(child.state_dict())
+                replacement.train(child.training)
+                setattr(module, name, replacement.to(next(child.buffers(), torch.empty(0)).device))
+            else:
+                cls.convert(child)
+        return module

@@ -27,6 +27,10 @@ class EMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
         self.module = copy.deepcopy(model).requires_grad_(False)
+        # accelerate.prepare under mixed precision patches the model's forward with its autocast; the copy
+        # keeps the class's own forward, so samples, evaluation and export all run in fp32.
+        for patched in ("forward", "_original_forward"):
+            self.module.__dict__.pop(patched, None)
         self.decay = decay
 
     @torch.no_grad()

@@ -18,14 +18,15 @@ number per channel, as in the paper. The class term must not see positions: an
 embedding over the flattened map would be a per-class spatial template, which G
 can satisfy by painting one prototype per class and ignoring z.
 
-The generator is what gets shipped: `Generator.spec` is a small JSON-able dict
-from which `generator_from_spec` rebuilds the same architecture, so a
-safetensors file plus its spec is a complete model, and the forward pass has no
+Each network has one spec (`GeneratorSpec`, `DiscriminatorSpec`): the only
+description used to build, save, load, export and evaluate it, so a safetensors
+file plus its spec (JSON) is a complete model; and the forward pass has no
 data-dependent control flow so it exports to ONNX with a dynamic batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ class ModelConfig:
     spectral_norm: bool = False  # spectral norm on D layers
     d_batchnorm: bool = True  # BatchNorm in D's inner layers; off when spectral_norm
     d_dropout: float = 0.0  # dropout after each activation of D
+    sync_bn: bool = False  # under DDP, BatchNorm statistics of the global batch (distgan.ddp.GlobalBatchNorm)
 
 
 # --- validation ---------------------------------------------------------------------
@@ -193,43 +195,105 @@ def _dcgan64_generator(latent_dim: int, ngf: int, channels: int) -> nn.Sequentia
     )
 
 
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Everything that fixes G's architecture: what builds, saves, loads, exports and evaluates it."""
+
+    arch: str
+    nz: int
+    ngf: int
+    mlp_hidden: int
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    conditional: bool
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, channels: int, height: int, width: int, num_classes: int) -> GeneratorSpec:
+        _check_model_inputs(cfg, channels, height, width, num_classes)
+        return cls(arch=cfg.arch, nz=cfg.nz, ngf=cfg.ngf, mlp_hidden=cfg.mlp_hidden, channels=channels,
+                   height=height, width=width, num_classes=num_classes, conditional=cfg.conditional)
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> GeneratorSpec:
+        """From JSON (generator.json, ONNX metadata); every key checked, errors name it."""
+        return _spec_from_dict(cls, spec, "generator")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DiscriminatorSpec:
+    """Everything that fixes D's architecture (saved with every checkpoint as discriminator.json)."""
+
+    arch: str
+    ndf: int
+    mlp_hidden: int
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    conditional: bool
+    batchnorm: bool
+    dropout: float
+    spectral_norm: bool
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, channels: int, height: int, width: int,
+                    num_classes: int) -> DiscriminatorSpec:
+        _check_model_inputs(cfg, channels, height, width, num_classes)
+        return cls(arch=cfg.arch, ndf=cfg.ndf, mlp_hidden=cfg.mlp_hidden, channels=channels, height=height,
+                   width=width, num_classes=num_classes, conditional=cfg.conditional,
+                   batchnorm=cfg.d_batchnorm and not cfg.spectral_norm,  # SN already bounds D; BN would fight it
+                   dropout=cfg.d_dropout, spectral_norm=cfg.spectral_norm)
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> DiscriminatorSpec:
+        return _spec_from_dict(cls, spec, "discriminator")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _spec_from_dict(cls, spec: dict[str, Any], what: str):
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    kinds = {"str": str, "int": int, "bool": bool, "float": float}
+    for key in spec:
+        if key not in types:
+            raise ValueError(f"{what} spec has unknown key {key!r}; expected keys: {', '.join(types)}")
+    for key, type_name in types.items():
+        if key not in spec:
+            raise ValueError(f"{what} spec is missing key {key!r}")
+        kind, value = kinds[type_name], spec[key]
+        # bool is an int subclass; a spec from JSON never mixes them up, a hand-made one might.
+        ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if not ok or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"{what} spec key {key!r} must be {type_name}, got {value!r}")
+    instance = cls(**spec)
+    model_cfg = ModelConfig(arch=instance.arch, mlp_hidden=instance.mlp_hidden, conditional=instance.conditional)
+    _check_model_inputs(model_cfg, instance.channels, instance.height, instance.width, instance.num_classes)
+    return instance
+
+
 class Generator(nn.Module):
     """z [B, nz] (+ labels [B] int64 when conditional) -> images [B, C, H, W] in [-1, 1]."""
 
-    def __init__(
-        self,
-        *,
-        arch: str,
-        nz: int,
-        ngf: int,
-        mlp_hidden: int,
-        channels: int,
-        height: int,
-        width: int,
-        num_classes: int,
-        conditional: bool,
-    ):
+    def __init__(self, spec: GeneratorSpec):
         super().__init__()
-        self._spec = dict(
-            arch=arch, nz=nz, ngf=ngf, mlp_hidden=mlp_hidden, channels=channels,
-            height=height, width=width, num_classes=num_classes, conditional=conditional,
-        )
-        self.conditional = conditional
-        if arch == "mlp":
-            self.net = _mlp_generator(nz, mlp_hidden, channels, height, width)
-        elif arch == "dcgan28":
-            self.net = _dcgan28_generator(nz, ngf, channels)
-        elif arch == "dcgan64":
-            self.net = _dcgan64_generator(nz, ngf, channels)
+        self.spec = spec
+        self.conditional = spec.conditional
+        if spec.arch == "mlp":
+            self.net = _mlp_generator(spec.nz, spec.mlp_hidden, spec.channels, spec.height, spec.width)
+        elif spec.arch == "dcgan28":
+            self.net = _dcgan28_generator(spec.nz, spec.ngf, spec.channels)
+        elif spec.arch == "dcgan64":
+            self.net = _dcgan64_generator(spec.nz, spec.ngf, spec.channels)
         else:
-            raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
-        if conditional:  # the labels enter through the BatchNorms only (see the module doc)
-            self.net = _conditional(self.net, num_classes)
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        """What `generator_from_spec` needs to rebuild this architecture (JSON-serialisable)."""
-        return dict(self._spec)
+            raise ValueError(f"unknown arch {spec.arch!r}; valid: {', '.join(ARCHS)}")
+        if spec.conditional:  # the labels enter through the BatchNorms only (see the module doc)
+            self.net = _conditional(self.net, spec.num_classes)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         # Checks on None are resolved at trace time, so they cost nothing in ONNX.
@@ -245,40 +309,16 @@ class Generator(nn.Module):
         return x
 
 
-_SPEC_TYPES: dict[str, type] = {
-    "arch": str, "nz": int, "ngf": int, "mlp_hidden": int, "channels": int,
-    "height": int, "width": int, "num_classes": int, "conditional": bool,
-}
-
-
 def build_generator(cfg: ModelConfig, channels: int, height: int, width: int, num_classes: int) -> Generator:
     """A DCGAN-initialised generator for images of shape [channels, height, width]."""
-    _check_model_inputs(cfg, channels, height, width, num_classes)
-    generator = Generator(
-        arch=cfg.arch, nz=cfg.nz, ngf=cfg.ngf, mlp_hidden=cfg.mlp_hidden, channels=channels,
-        height=height, width=width, num_classes=num_classes, conditional=cfg.conditional,
-    )
+    return generator_from_spec(GeneratorSpec.from_config(cfg, channels, height, width, num_classes))
+
+
+def generator_from_spec(spec: GeneratorSpec | dict[str, Any]) -> Generator:
+    """The architecture `spec` describes, DCGAN-initialised (ready for `load_state_dict`)."""
+    generator = Generator(spec if isinstance(spec, GeneratorSpec) else GeneratorSpec.from_dict(spec))
     generator.apply(init_weights)
     return generator
-
-
-def generator_from_spec(spec: dict[str, Any]) -> Generator:
-    """Rebuild the architecture described by `Generator.spec`, ready for `load_state_dict`."""
-    for key in spec:
-        if key not in _SPEC_TYPES:
-            raise ValueError(f"generator spec has unknown key {key!r}; expected keys: {', '.join(_SPEC_TYPES)}")
-    for key, kind in _SPEC_TYPES.items():
-        if key not in spec:
-            raise ValueError(f"generator spec is missing key {key!r}")
-        value = spec[key]
-        # bool is an int subclass; a spec from JSON never mixes them up, a hand-made one might.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(f"generator spec key {key!r} must be {kind.__name__}, got {value!r}")
-    cfg = ModelConfig(
-        arch=spec["arch"], nz=spec["nz"], ngf=spec["ngf"], mlp_hidden=spec["mlp_hidden"],
-        conditional=spec["conditional"],
-    )
-    return build_generator(cfg, spec["channels"], spec["height"], spec["width"], spec["num_classes"])
 
 
 # --- discriminator ----------------------------------------------------------------
@@ -335,33 +375,23 @@ def _dcgan64_discriminator(
 class Discriminator(nn.Module):
     """images [B, C, H, W] (+ labels [B] when conditional) -> logits [B]."""
 
-    def __init__(
-        self,
-        *,
-        arch: str,
-        ndf: int,
-        mlp_hidden: int,
-        channels: int,
-        height: int,
-        width: int,
-        num_classes: int,
-        conditional: bool,
-        batchnorm: bool,
-        dropout: float,
-    ):
+    def __init__(self, spec: DiscriminatorSpec):
         super().__init__()
-        if arch == "mlp":
+        self.spec = spec
+        if spec.arch == "mlp":
             self.features, self.head, phi_dim = _mlp_discriminator(
-                channels, height, width, mlp_hidden, dropout
+                spec.channels, spec.height, spec.width, spec.mlp_hidden, spec.dropout
             )
-        elif arch == "dcgan28":
-            self.features, self.head, phi_dim = _dcgan28_discriminator(channels, ndf, batchnorm, dropout)
-        elif arch == "dcgan64":
-            self.features, self.head, phi_dim = _dcgan64_discriminator(channels, ndf, batchnorm, dropout)
+        elif spec.arch == "dcgan28":
+            self.features, self.head, phi_dim = _dcgan28_discriminator(spec.channels, spec.ndf, spec.batchnorm,
+                                                                       spec.dropout)
+        elif spec.arch == "dcgan64":
+            self.features, self.head, phi_dim = _dcgan64_discriminator(spec.channels, spec.ndf, spec.batchnorm,
+                                                                       spec.dropout)
         else:
-            raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+            raise ValueError(f"unknown arch {spec.arch!r}; valid: {', '.join(ARCHS)}")
         # One weight per class and channel of the pooled features phi(x), not per position.
-        self.projection = nn.Embedding(num_classes, phi_dim) if conditional else None
+        self.projection = nn.Embedding(spec.num_classes, phi_dim) if spec.conditional else None
         if self.projection is not None:
             # N(0, 0.02) like every other weight of D (DCGAN init). phi(x) sums H*W positions, so at
             # init this term is a few times the head's (std 0.17 vs 0.02 logits for dcgan28, ndf 64, on
@@ -388,15 +418,13 @@ def build_discriminator(
     cfg: ModelConfig, channels: int, height: int, width: int, num_classes: int
 ) -> Discriminator:
     """A DCGAN-initialised discriminator, with spectral norm on every conv/linear/embedding if asked."""
-    _check_model_inputs(cfg, channels, height, width, num_classes)
-    discriminator = Discriminator(
-        arch=cfg.arch, ndf=cfg.ndf, mlp_hidden=cfg.mlp_hidden, channels=channels, height=height,
-        width=width, num_classes=num_classes, conditional=cfg.conditional,
-        batchnorm=cfg.d_batchnorm and not cfg.spectral_norm,  # SN already bounds D; BN would fight it
-        dropout=cfg.d_dropout,
-    )
+    return discriminator_from_spec(DiscriminatorSpec.from_config(cfg, channels, height, width, num_classes))
+
+
+def discriminator_from_spec(spec: DiscriminatorSpec | dict[str, Any]) -> Discriminator:
+    discriminator = Discriminator(spec if isinstance(spec, DiscriminatorSpec) else DiscriminatorSpec.from_dict(spec))
     discriminator.apply(init_weights)
-    if cfg.spectral_norm:
+    if discriminator.spec.spectral_norm:
         for module in list(discriminator.modules()):
             if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
                 add_spectral_norm(module)

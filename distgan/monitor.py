@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,6 @@ from distgan.config import Config
 from distgan.data.cli import image_grid
 
 log = logging.getLogger("distgan")
-
-
-def tracker_init_kwargs(cfg: Config, run_path: Path) -> dict[str, Any]:
-    """The W&B run id lives in the run directory, so a resumed run continues the same W&B run."""
-    if cfg.log.log_with != "wandb":
-        return {}
-    id_file = run_path / "wandb_id.txt"
-    if not id_file.exists():
-        id_file.write_text(uuid.uuid4().hex[:12])
-    return {"wandb": {"id": id_file.read_text().strip(), "resume": "allow", "name": cfg.name,
-                      "dir": str(run_path)}}
 
 
 class RunMonitor:

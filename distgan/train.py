@@ -16,7 +16,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 
 from distgan.config import ConfigError, load_config  # noqa: E402
 from distgan.data import DataError  # noqa: E402
-from distgan.trainer import TrainingError, train  # noqa: E402
+from distgan.training import TrainingError, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

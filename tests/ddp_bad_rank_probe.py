@@ -7,12 +7,13 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-import distgan.trainer
+import distgan.training
+import distgan.training.step
 from distgan.config import load_config
 
 out, bad_calls = Path(sys.argv[1]), {int(n) for n in sys.argv[2].split(",")}
 cfg = load_config(sys.argv[3], sys.argv[4:])
-real_loss = distgan.trainer.generator_loss
+real_loss = distgan.training.step.generator_loss
 calls = 0
 
 
@@ -23,9 +24,9 @@ def inf_on_rank1(kind, logits):
     return loss * float("inf") if PartialState().process_index == 1 and calls in bad_calls else loss
 
 
-distgan.trainer.generator_loss = inf_on_rank1
+distgan.training.step.generator_loss = inf_on_rank1
 try:
-    result = distgan.trainer.train(cfg)
-except distgan.trainer.TrainingError as exc:
+    result = distgan.training.train(cfg)
+except distgan.training.TrainingError as exc:
     result = f"TrainingError: {exc}"
 (out / f"rank{PartialState().process_index}.txt").write_text(result)  # after train: its state

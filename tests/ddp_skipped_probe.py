@@ -5,18 +5,19 @@ import sys
 
 from accelerate import PartialState
 
-import distgan.trainer
+import distgan.training
+import distgan.training.loop
 from distgan.config import load_config
 
 cfg = load_config(sys.argv[1], sys.argv[2:])
 
 
-class Rank1Skipped(distgan.trainer.ShardLoader):
+class Rank1Skipped(distgan.training.loop.ShardLoader):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if PartialState().process_index == 1:
             self.skipped = 5
 
 
-distgan.trainer.ShardLoader = Rank1Skipped
-distgan.trainer.train(cfg)
+distgan.training.loop.ShardLoader = Rank1Skipped
+distgan.training.train(cfg)

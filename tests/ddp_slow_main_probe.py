@@ -6,18 +6,19 @@ import time
 
 from accelerate import PartialState
 
-import distgan.trainer
+import distgan.training
+from distgan.training.run_dir import RunDirectory
 from distgan.config import load_config
 
 cfg = load_config(sys.argv[1], sys.argv[2:])
-real_resolve = distgan.trainer.resolve_resume
+real_resolve = RunDirectory.resolve_resume
 
 
-def slow_on_rank0(cfg, run_path):
+def slow_on_rank0(self, resume):
     if PartialState().is_main_process:
         time.sleep(3)
-    return real_resolve(cfg, run_path)
+    return real_resolve(self, resume)
 
 
-distgan.trainer.resolve_resume = slow_on_rank0
-distgan.trainer.train(cfg)
+RunDirectory.resolve_resume = slow_on_rank0
+distgan.training.train(cfg)

@@ -14,14 +14,15 @@ from accelerate import PartialState
 from safetensors.torch import save_file
 
 import distgan.ddp
-import distgan.trainer
+import distgan.training
+import distgan.training.step
 from distgan.config import load_config
 
 out = Path(sys.argv[1])
 cfg = load_config(sys.argv[2], sys.argv[3:])
 seen: list[int] = []
 snapshots = 0
-real_normalize = distgan.trainer.normalize_images
+real_normalize = distgan.training.step.normalize_images
 real_check = distgan.ddp.check_consistent
 
 
@@ -30,16 +31,16 @@ def recording_normalize(images: torch.Tensor):
     return real_normalize(images)
 
 
-def dumping_check(modules, world_size):
+def dumping_check(modules, control):
     global snapshots
     rank, snapshots = PartialState().process_index, snapshots + 1
     params = {f"{name}.{key}": p.detach().cpu().contiguous()
               for name, module in modules.items() for key, p in module.named_parameters()}
     save_file(params, str(out / f"rank{rank}-snap{snapshots}.safetensors"))
-    real_check(modules, world_size)
+    real_check(modules, control)
 
 
-distgan.trainer.normalize_images = recording_normalize
+distgan.training.step.normalize_images = recording_normalize
 distgan.ddp.check_consistent = dumping_check
-status = distgan.trainer.train(cfg)
+status = distgan.training.train(cfg)
 (out / f"rank{PartialState().process_index}.json").write_text(json.dumps({"status": status, "ids": seen}))

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, make_idx_dataset, run_env
-from distgan import trainer
-from distgan.checkpoint import load_generator, save_generator
+from distgan import training as trainer
+from distgan.artifacts import load_generator, save_generator
 from distgan.config import ConfigError, load_config
 from distgan.data import ShardLoader
 from distgan.data.shards import write_shards

@@ -19,7 +19,7 @@ import torch.nn as nn
 from PIL import Image
 
 from conftest import REPO, make_idx_dataset, run_env
-from distgan.checkpoint import load_generator, save_generator
+from distgan.artifacts import load_generator, save_generator
 from distgan.export import ExportError, export_onnx
 from distgan.export import onnx as export_module
 from distgan.export.cli import main as export_main
@@ -39,7 +39,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """Two real 4-step runs on tiny shards: unconditional and conditional DCGAN-28."""
     from accelerate.state import AcceleratorState
 
-    from distgan import trainer
+    from distgan import training as trainer
     from distgan.config import load_config
     from distgan.data.shards import write_shards
     from distgan.data.sources import read_idx_dataset

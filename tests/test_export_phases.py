@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from distgan.checkpoint import load_generator, save_generator
+from distgan.artifacts import load_generator, save_generator
 from distgan.export import export_onnx
 from distgan.export.phases import PaddedPhaseConvTranspose, PhaseConvTranspose
 from distgan.export.rewrite import Reshape, inference_generator

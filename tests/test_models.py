@@ -258,7 +258,7 @@ def test_spec_and_safetensors_round_trip(arch: str, conditional: bool, tmp_path)
     randomize(G)
     G.eval()
     path = tmp_path / "generator.safetensors"
-    spec_json = json.dumps(G.spec)
+    spec_json = json.dumps(G.spec.to_dict())
     save_file(G.state_dict(), path, metadata={"spec": spec_json})
 
     loaded = generator_from_spec(json.loads(spec_json))
@@ -271,7 +271,7 @@ def test_spec_and_safetensors_round_trip(arch: str, conditional: bool, tmp_path)
 
 
 def test_bad_specs_name_the_key() -> None:
-    spec = build_generator(small_config("dcgan28"), 1, 28, 28, 10).spec
+    spec = build_generator(small_config("dcgan28"), 1, 28, 28, 10).spec.to_dict()
     with pytest.raises(ValueError, match="missing key 'nz'"):
         generator_from_spec({k: v for k, v in spec.items() if k != "nz"})
     with pytest.raises(ValueError, match="unknown key 'ndf'"):

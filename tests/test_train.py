@@ -17,8 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY, run_env
-from distgan import trainer
-from distgan.checkpoint import load_generator
+from distgan import training as trainer
+from distgan.training import graph as step_graph, session, step as gan_step
+from distgan.artifacts import load_generator
 from distgan.config import ConfigError, load_config
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -75,7 +76,7 @@ def test_cuda_graph_and_compile_exclude_each_other():
 def test_cuda_graph_auto_is_on_for_one_gpu_process_only():
     def decide(device: str, world: int = 1, **train: object) -> bool:
         cfg = load_config(REPO / "configs/fashion_dcgan.yaml", [f"train.{k}={v}" for k, v in train.items()])
-        return trainer._use_step_graph(cfg.train, torch.device(device), world)
+        return step_graph.use_step_graph(cfg.train, torch.device(device), world)
 
     assert load_config(REPO / "configs/fashion_dcgan.yaml").train.cuda_graph is None  # auto by default
     assert decide("cuda") and decide("cuda", cuda_graph="true")
@@ -115,7 +116,7 @@ def test_cuda_graph_step_trains_on_a_gpu(shards, tmp_path):
 def test_graphed_step_replays_with_fresh_inputs_noise_and_step():
     """Each replay sees that call's batch, that call's step and the noise an eager call would have drawn
     (a replay reads the CUDA generator's offset where an eager step would): bitwise the eager sequence."""
-    from distgan.step_graph import GraphedStep, batches_to_device
+    from distgan.training.graph import GraphedStep, batches_to_device
 
     cuda = torch.device("cuda")
     host = [[(torch.full((2, 4, 4, 1), k, dtype=torch.uint8).pin_memory(), torch.tensor([k, 2 * k]).pin_memory())]
@@ -221,10 +222,12 @@ def test_bf16_autocast_runs_on_cpu(shards, tmp_path):
 def test_launcher_precision_applies_unless_the_run_sets_one(shards, tmp_path, monkeypatch):
     data, _ = shards
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what launch/multi_gpu.yaml makes accelerate set
-    assert trainer.train(tiny(data, tmp_path, "train.steps=1")) == "completed"
+    assert trainer.train(tiny(data, tmp_path, "train.steps=1")) == "completed"  # null: the launcher's
     assert "mixed_precision: bf16" in (tmp_path / "t" / "config.yaml").read_text()
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
-    assert trainer.mixed_precision(tiny(data, tmp_path, "train.mixed_precision=bf16")) == "bf16"
+    assert session.resolve_precision("no") == "no"  # fp32, whatever the launcher says
+    assert session.resolve_precision("fp16") == "fp16"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert session.resolve_precision(None) == "no"
 
 
 def test_processes_that_did_not_join_one_group_refuse_to_train(shards, tmp_path, monkeypatch):
@@ -237,20 +240,20 @@ def test_processes_that_did_not_join_one_group_refuse_to_train(shards, tmp_path,
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(shards, tmp_path, monkeypatch):
     data, _ = shards
-    real_loss, calls = trainer.generator_loss, {"n": 0}
+    real_loss, calls = gan_step.generator_loss, {"n": 0}
 
     def sometimes_inf(kind, logits):
         calls["n"] += 1
         loss = real_loss(kind, logits)
         return loss * float("inf") if calls["n"] in (3, 4) else loss
 
-    monkeypatch.setattr(trainer, "generator_loss", sometimes_inf)
+    monkeypatch.setattr(gan_step, "generator_loss", sometimes_inf)
     assert trainer.train(tiny(data, tmp_path, "train.steps=6")) == "completed"
     assert metrics(tmp_path / "t")[-1]["train/bad_steps"] == 2
     weights = load_file(str(tmp_path / "t" / "generator" / "generator.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
 
-    monkeypatch.setattr(trainer, "generator_loss", lambda kind, logits: real_loss(kind, logits) * float("inf"))
+    monkeypatch.setattr(gan_step, "generator_loss", lambda kind, logits: real_loss(kind, logits) * float("inf"))
     with pytest.raises(trainer.TrainingError, match="non-finite steps in a row"):
         trainer.train(tiny(data, tmp_path / "b",
                            "train.steps=8", "train.max_bad_steps=3"))
@@ -259,8 +262,14 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(shards, tmp_path,
 def test_resume_keeps_the_optimiser_state_but_takes_the_learning_rates_of_the_config(shards, tmp_path):
     data, _ = shards
     assert trainer.train(tiny(data, tmp_path, "train.steps=4")) == "completed"
-    # E.g. a lower rate after a divergence, or lr_scaling on another number of processes.
-    assert trainer.train(tiny(data, tmp_path, "train.steps=6", "optim.g_lr=3e-4", "optim.d_lr=3e-5")) == "completed"
+    # E.g. a lower rate after a divergence: deliberate (another setup), so it is said so and recorded.
+    assert trainer.train(tiny(data, tmp_path, "train.steps=6", "optim.g_lr=3e-4", "optim.d_lr=3e-5",
+                              "train.allow_config_change=true")) == "completed"
+    history = [json.loads(line) for line in (tmp_path / "t/config-history/changes.jsonl").read_text().splitlines()]
+    assert history == [{**history[0], "step": 4, "forced": True,
+                        "changes": {"optim.d_lr": [1e-5, 3e-5], "optim.g_lr": [1e-4, 3e-4],
+                                    "train.allow_config_change": [False, True], "train.steps": [4, 6]}}]
+    assert "g_lr: 0.0001" in (tmp_path / "t/config-history/config-until-step-0000004.yaml").read_text()
     last = metrics(tmp_path / "t")[-1]
     assert (last["step"], last["lr/g"], last["lr/d"]) == (6, 3e-4, 3e-5)
     saved = torch.load(tmp_path / "t" / "checkpoints" / "step-0000006" / "optimizers.pt", weights_only=True)

@@ -38,7 +38,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from distgan.data.manifest import MANIFEST_NAME, DataError, Manifest
-from distgan.ddp import control_group
+from distgan.ddp import Control
 from distgan.data.shards import iter_shard_chunks
 
 log = logging.getLogger(__name__)
@@ -395,12 +395,17 @@ class ShardLoader:
         self, data: str, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1,
         seed: int = 0, shuffle_buffer: int = 10_000, num_workers: int = 2, drop_last: bool = True,
         on_corrupt: OnCorrupt = "raise", shards: str | None = None, pin_memory: bool = False,
-        timeout_s: float = 600.0,
+        timeout_s: float = 600.0, control: Control | None = None, defer_errors: bool = False,
     ):
         if on_corrupt not in ("raise", "skip"):
             raise ValueError(f"on_corrupt must be 'raise' or 'skip', not {on_corrupt!r}")
         self.rank, self.world_size = rank, world_size
-        self._group = control_group(world_size)
+        self.control = control if control is not None else Control(world_size)
+        # Deferred (the trainer): a data error is kept in `self.error` and a stand-in batch (the last good
+        # one) is yielded, so this rank still joins its peers' collectives until the trainer's next sync
+        # (`train.sync_every`) stops every rank with the error. Else every batch ends with an error check.
+        self.defer_errors = defer_errors and self.control.active
+        self.error: DataError | None = None
         self.skipped = 0
         manifest, error = None, None
         try:
@@ -454,9 +459,10 @@ class ShardLoader:
                                    **self._loader_kwargs))
         pending: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
         B, done = self.stream.batch_size, start_batch
+        last: tuple[torch.Tensor, torch.Tensor] | None = None
         while endless or done < len(self):
             error = None
-            if not pending:
+            if not pending and self.error is None:
                 try:
                     images, labels, skipped = next(messages)
                     pending.extend(zip(images.split(B), labels.split(B)))
@@ -467,33 +473,41 @@ class ShardLoader:
                     error = exc
                 except RuntimeError as exc:  # a worker that died or timed out
                     error = DataError(f"rank {self.rank}: data worker failed: {exc}")
-            self._raise_if_any_failed(error)
+            if self.defer_errors:
+                self.error = self.error or error
+            else:
+                self._raise_if_any_failed(error)
             done += 1
-            yield epoch, done, Batch(*pending.popleft())
+            if self.error is not None:
+                yield epoch, done, Batch(*(last if last is not None else self._blank_batch()))
+            else:
+                last = pending.popleft()
+                yield epoch, done, Batch(*last)
             if done == len(self) and endless:
                 epoch, done = epoch + 1, 0
 
+    def _blank_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A stand-in for a batch that could not be read before the first good one (deferred errors)."""
+        B = self.stream.batch_size
+        return torch.zeros((B, *self.manifest.image_shape), dtype=torch.uint8), torch.zeros(B, dtype=torch.int64)
+
     def _raise_if_any_failed(self, error: Exception | None) -> None:
         """All ranks learn of any rank's data error (one small gloo all-reduce)."""
-        if self._group is False:
+        if not self.control.active:
             if error is not None:
                 raise error
             return
-        flag = torch.tensor([0 if error is None else 1], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        if flag.item() == 0:
+        if not self.control.any(error is not None):
             return
-        messages: list[str | None] = [None] * self.world_size
-        dist.all_gather_object(messages, None if error is None else str(error), group=self._group)
+        failed = "; ".join(self.control.messages(None if error is None else str(error)))
         if error is not None:
             raise error
-        failed = "; ".join(f"rank {r}: {m}" for r, m in enumerate(messages) if m)
         raise DataError(f"stopping: data error on another rank ({failed})")
 
     def _check_same_plan_everywhere(self, fingerprint: str) -> None:
-        if self._group is False:
+        if not self.control.active:
             return
         fingerprints: list[str | None] = [None] * self.world_size
-        dist.all_gather_object(fingerprints, fingerprint, group=self._group)
+        dist.all_gather_object(fingerprints, fingerprint, group=self.control.group)
         if len(set(fingerprints)) != 1:
             raise DataError("ranks read different manifests or batch sizes; every rank must see the same data")

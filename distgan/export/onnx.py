@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 import distgan
-from distgan.checkpoint import load_generator
+from distgan.artifacts import load_generator
 from distgan.export.quantize import quantize_int8
 from distgan.export.rewrite import inference_generator
 from distgan.models import Generator
@@ -307,7 +307,7 @@ def export_onnx(source: Path, out: Path | None = None, *, opset: int = DEFAULT_O
     missing = [k for k in INFO_KEYS if k not in info]
     if missing:
         raise ValueError(f"{source}: generator.json lacks {', '.join(missing)}")
-    spec: dict[str, Any] = generator.spec
+    spec: dict[str, Any] = generator.spec.to_dict()
     out = Path(out) if out is not None else default_output(source, uint8_output, quantize)
     out.parent.mkdir(parents=True, exist_ok=True)
     fast: Generator = inference_generator(generator)

@@ -158,5 +158,5 @@ def rewrite_layers(layers: list[nn.Module], latent_dim: int) -> list[nn.Module]:
 def inference_generator(generator: Generator) -> Generator:
     """A copy of `generator` (eval mode) computing the same images with the rewritten layers."""
     fast = copy.deepcopy(generator).eval()
-    fast.net = nn.Sequential(*rewrite_layers(fold_batchnorm(list(fast.net)), generator.spec["nz"])).eval()
+    fast.net = nn.Sequential(*rewrite_layers(fold_batchnorm(list(fast.net)), generator.spec.nz)).eval()
     return fast

@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 
 from distgan import ddp
-from distgan.checkpoint import GENERATOR_SPEC, save_generator
+from distgan.artifacts import GENERATOR_SPEC, save_generator
 from distgan.config import Config, ConfigError
 from distgan.data import DataError, Manifest
 from distgan.metrics.evaluate import make_extractors
@@ -44,7 +44,7 @@ class TrainingEvaluator:
     """Built once before the loop; `due(step)` says when, `run(...)` evaluates on every rank."""
 
     def __init__(self, cfg: Config, accelerator: Accelerator, manifest: Manifest, run_path: Path,
-                 num_classes: int):
+                 num_classes: int, control: ddp.Control):
         self.cfg, self.accelerator, self.run_path = cfg.eval, accelerator, run_path
         self.every = cfg.eval.every
         if not self.every:
@@ -69,7 +69,7 @@ class TrainingEvaluator:
                 self.stats = reference_stats(self.extractor, data, self.cfg.split)
             except (DataError, OSError, ValueError) as exc:
                 error = exc
-        if ddp.any_rank(error is not None, world):
+        if control.any(error is not None):
             raise ConfigError(f"eval: reference statistics of split {cfg.eval.split!r} of {cfg.data.path}: "
                               f"{error or 'failed on rank 0'}")
         self.best = self._previous_best()

@@ -24,7 +24,7 @@ from distgan.data import ShardLoader
 from distgan.data.loader import read_manifest
 from distgan.metrics.domain import domain_features, find_domain_model
 from distgan.metrics.features import FeatureExtractor
-from distgan.metrics.fool import FoolRate, load_discriminator
+from distgan.metrics.fool import FoolRate, load_run_discriminator
 from distgan.metrics.generated import OnnxSource, TorchSource
 from distgan.metrics.inception import InceptionFeatures
 from distgan.metrics.reference import reference_features, reference_stats
@@ -109,7 +109,7 @@ def evaluate(
     if "fool" in metrics:
         if run is None:
             raise ValueError("the fool rate needs the run directory (its trained discriminator): use --run")
-        D, kind, checkpoint = load_discriminator(run, device)
+        D, kind, checkpoint = load_run_discriminator(run, device)
         fool = FoolRate(D, kind, device)
     timings: dict[str, float] = {"setup_s": time.perf_counter() - start}
 

@@ -1,9 +1,8 @@
 """The fool rate: how the trained discriminator of a run judges held-out real images and generated ones.
 
-D comes from the newest checkpoint of the run (`accelerator.save_state` wrote
-G as `model.safetensors` and D as `model_1.safetensors`, in the order the
-trainer prepared them), rebuilt from the run's `config.yaml`, and scored in
-eval mode (dropout off, BatchNorm running statistics). Its decision threshold
+D comes from the newest checkpoint of the run, rebuilt from the
+`DiscriminatorSpec` saved beside its weights (`distgan.artifacts.load_discriminator`),
+and scored in eval mode (dropout off, BatchNorm running statistics). Its decision threshold
 is the loss kind's, as in training (`distgan.losses.decision_threshold`).
 Both sides are fed as uint8 images through `to_device`, the way training feeds
 real images, so a generator is judged on the same quantised pixels the feature
@@ -16,56 +15,37 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from distgan.checkpoint import list_checkpoints
-from distgan.config import load_config
+from distgan.artifacts import DISCRIMINATOR_SPEC, list_checkpoints, load_discriminator
 from distgan.data import to_device
 from distgan.losses import decision_threshold
-from distgan.models import Discriminator, build_discriminator
-
-D_FILES = ("model_1.safetensors", "pytorch_model_1.bin")  # safetensors unless save_state was told otherwise
-
+from distgan.models import Discriminator
 
 class FoolRateError(FileNotFoundError):
-    """The run has no checkpoint with a discriminator (or no config to rebuild it)."""
+    """The run has no checkpoint with a discriminator."""
 
 
 def has_discriminator(run: Path) -> bool:
     checkpoints = list_checkpoints(Path(run))
-    return bool(checkpoints) and any((checkpoints[-1] / name).is_file() for name in D_FILES)
+    return bool(checkpoints) and (checkpoints[-1] / DISCRIMINATOR_SPEC).is_file()
 
 
-def load_discriminator(run: str | Path, device: str | torch.device = "cpu") -> tuple[Discriminator, str, Path]:
+def load_run_discriminator(run: str | Path, device: str | torch.device = "cpu") -> tuple[Discriminator, str, Path]:
     """(D in eval mode, loss kind, checkpoint) from the newest complete checkpoint of `run`."""
     run = Path(run)
     checkpoints = list_checkpoints(run)
     if not checkpoints:
         raise FoolRateError(f"{run}/checkpoints: no complete checkpoint; the fool rate needs the trained D")
     checkpoint = checkpoints[-1]
-    config_path = run / "config.yaml"
-    if not config_path.is_file():
-        raise FoolRateError(f"{config_path}: missing; it says which discriminator to rebuild")
-    cfg = load_config(config_path)
-    generator_json = run / "generator" / "generator.json"
-    if not generator_json.is_file():
-        raise FoolRateError(f"{generator_json}: missing; it holds the image shape and class count")
-    spec = json.loads(generator_json.read_text())["spec"]
-    D = build_discriminator(cfg.model, spec["channels"], spec["height"], spec["width"],
-                            spec["num_classes"] if spec["conditional"] else 0)
-    for name in D_FILES:
-        path = checkpoint / name
-        if path.is_file():
-            state = load_file(str(path)) if name.endswith(".safetensors") else \
-                torch.load(path, map_location="cpu", weights_only=True)
-            break
-    else:
-        raise FoolRateError(f"{checkpoint}: none of {D_FILES}; not a distgan training checkpoint")
+    state = checkpoint / "state.json"
+    kind = json.loads(state.read_text()).get("loss_kind")
+    if kind is None:
+        raise FoolRateError(f"{state}: no loss_kind; written by an older distgan, whose D cannot be rebuilt")
     try:
-        D.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: does not fit the discriminator of {config_path}: {str(exc)[:400]}") from exc
-    return D.to(device).eval(), cfg.loss.kind, checkpoint
+        D = load_discriminator(checkpoint)
+    except FileNotFoundError as exc:
+        raise FoolRateError(str(exc)) from exc
+    return D.to(device), kind, checkpoint
 
 
 class FoolRate:

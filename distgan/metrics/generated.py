@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from distgan.checkpoint import load_generator
+from distgan.artifacts import load_generator
 from distgan.metrics.features import to_uint8
 
 
@@ -68,8 +68,8 @@ class TorchSource:
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TorchSource":
         generator, meta = load_generator(Path(directory))
         spec = generator.spec
-        info = SourceInfo("torch", str(directory), spec["nz"], spec["num_classes"] if spec["conditional"] else 0,
-                          (spec["channels"], spec["height"], spec["width"]), meta.get("dataset", ""),
+        info = SourceInfo("torch", str(directory), spec.nz, spec.num_classes if spec.conditional else 0,
+                          (spec.channels, spec.height, spec.width), meta.get("dataset", ""),
                           meta.get("step"), meta.get("config_hash", ""))
         return cls(generator, info, device)
 

@@ -15,9 +15,15 @@ generator's offset at each replay, so every step gets fresh noise).
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
+
+from distgan.config import TrainConfig
+from distgan.training.errors import TrainingError
+
+log = logging.getLogger("distgan")
 
 HostBatch = tuple[torch.Tensor, torch.Tensor | None]  # uint8 images NHWC, int64 labels (or None)
 Step = Callable[[list[HostBatch], "int | torch.Tensor"], None]
@@ -27,6 +33,35 @@ def batches_to_device(batches: list[HostBatch], device: torch.device) -> list[Ho
     """Pinned host batches to the device, asynchronously (the conversion to float happens in the step)."""
     return [(images.to(device, non_blocking=True), None if labels is None else labels.to(device, non_blocking=True))
             for images, labels in batches]
+
+
+def use_step_graph(train_cfg: TrainConfig, device: torch.device, world: int) -> bool:
+    """train.cuda_graph: null (auto) replays the step as a CUDA graph where it can, i.e. one CUDA process and
+    no torch.compile; true insists (an error where it cannot); false never."""
+    wanted = train_cfg.cuda_graph
+    if wanted is False or (wanted is None and train_cfg.compile):
+        return False
+    if device.type != "cuda":
+        if wanted:
+            log.warning("train.cuda_graph needs a CUDA device; training eagerly on %s", device.type)
+        return False
+    if world > 1:
+        if wanted:
+            raise TrainingError(f"train.cuda_graph replays one process's step; this run has {world} processes "
+                                f"(DDP's gradient all-reduce is not captured): set train.cuda_graph=false or null")
+        log.info("%d processes: the step runs eagerly (the CUDA graph is for one process)", world)
+        return False
+    return True
+
+
+class EagerStep:
+    """The step as it is: host batches to the device, then the step (the graphed step's eager twin)."""
+
+    def __init__(self, step: Step, device: torch.device):
+        self.step, self.device = step, device
+
+    def __call__(self, batches: list[HostBatch], step: int) -> None:
+        self.step(batches_to_device(batches, self.device), step)
 
 
 class GraphedStep:

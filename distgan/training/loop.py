@@ -1,0 +1,114 @@
+"""The training loop: build the parts, resume, then step and act on each cadence until done or asked to stop.
+
+A batch's path: each rank's `ShardLoader` streams its own shards (never through
+`accelerator.prepare`) -> host uint8 batches -> `EagerStep`/`GraphedStep` move them
+to the device -> `GANStep` (D and G updates, EMA) -> `RunActions` log, sample,
+evaluate and checkpoint on their cadence; `RunActions.sync` is the one host
+collective, every `train.sync_every` steps and before every periodic action.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch.distributed as dist
+
+from distgan.config import Config
+from distgan.data import ShardLoader
+from distgan.ddp import Control
+from distgan.metrics.during_training import TrainingEvaluator
+from distgan.monitor import RunMonitor
+from distgan.training.actions import RunActions, manifest_digest
+from distgan.training.checkpoint import load_checkpoint
+from distgan.training.errors import TrainingError
+from distgan.training.graph import EagerStep, GraphedStep, use_step_graph
+from distgan.training.run_dir import RunDirectory, flat_config
+from distgan.training.session import start_process
+from distgan.training.signals import StopSignals
+from distgan.training.state import build_state
+from distgan.training.step import GANStep
+
+log = logging.getLogger("distgan")
+
+
+def train(cfg: Config) -> str:
+    """Run (or resume) training; returns 'completed' or 'stopped' (a checkpoint written on a stop request)."""
+    cfg, accelerator = start_process(cfg)
+    world, device = accelerator.num_processes, accelerator.device
+    control, run_dir = Control(world), RunDirectory(cfg, accelerator.is_main_process)
+    loader = ShardLoader(cfg.data.path, cfg.data.split, cfg.data.batch_size, rank=accelerator.process_index,
+                         world_size=world, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                         num_workers=cfg.data.num_workers, on_corrupt=cfg.data.on_corrupt, shards=cfg.data.shards,
+                         pin_memory=device.type == "cuda", control=control, defer_errors=True)
+    manifest = loader.manifest
+    if cfg.model.conditional and manifest.num_classes < 2:
+        raise TrainingError(f"model.conditional needs class labels; {cfg.data.path} has none")
+    num_classes = manifest.num_classes if cfg.model.conditional else 0
+    evaluator = TrainingEvaluator(cfg, accelerator, manifest, run_dir.path, num_classes, control)  # fails early
+    graphed = use_step_graph(cfg.train, device, world)
+    state = build_state(cfg, accelerator, (manifest.channels, manifest.height, manifest.width), num_classes,
+                        capturable=graphed)
+    resume_from = run_dir.resolve_resume(cfg.train.resume)
+    changes = {}
+    if resume_from is not None:
+        saved = json.loads((resume_from / "state.json").read_text())
+        changes = run_dir.check_resume(cfg, saved, manifest_digest(manifest))  # before loading: names the keys
+        try:
+            load_checkpoint(accelerator, resume_from, state)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise TrainingError(f"{resume_from} does not fit this config's networks: {str(exc)[:500]}") from exc
+        if saved.get("world_size", world) != world:  # resume after as many images of the epoch
+            state.progress.batch = min(state.progress.batch * saved["world_size"] // world, len(loader))
+    progress = state.progress
+    run_dir.start(cfg, progress.step if resume_from else None, changes)
+    tracker_config = {k: str(v) if isinstance(v, list) else v for k, v in flat_config(cfg).items()}
+    accelerator.init_trackers(cfg.log.project, config=tracker_config, init_kwargs=run_dir.tracker_kwargs(cfg))
+    log.info("run %s: %d rank(s) on %s, %s%s, global batch %d, %d batches/epoch/rank%s", run_dir.path, world,
+             device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if graphed else "",
+             cfg.data.batch_size * world, len(loader), f", resumed from {resume_from}" if resume_from else "")
+    step = GANStep(cfg, state, num_classes, accelerator.autocast)
+    run_step = GraphedStep(step, device) if graphed else EagerStep(step, device)
+    monitor = RunMonitor(accelerator, cfg, run_dir.path, progress.step)
+    actions = RunActions(cfg, accelerator, control, run_dir, state, step, loader, monitor, evaluator, num_classes)
+    batches = loader.endless(progress.epoch, progress.batch)
+    t, status = cfg.train, "completed"
+    try:
+        with StopSignals() as signals:
+            stop = actions.sync(progress.step, signals)
+            while progress.step < t.steps and not stop:
+                host = []
+                for _ in range(cfg.loss.d_steps):
+                    progress.epoch, progress.batch, batch = next(batches)
+                    host.append((batch.images, batch.labels if num_classes else None))
+                run_step(host, progress.step)
+                progress.step += 1
+                actions.since_log += 1
+                monitor.advance(1)
+                at = progress.step
+                periodic = [actions.due(every, at) for every in (t.log_every, t.sample_every, t.checkpoint_every)]
+                if evaluator.due(at) or any(periodic) or at % t.sync_every == 0:
+                    stop = actions.sync(at, signals)
+                if periodic[0]:
+                    actions.log(at)
+                if at % t.sample_every == 0:
+                    actions.sample(at)
+                if evaluator.due(at):
+                    actions.evaluate(at)
+                if at % t.checkpoint_every == 0 and at < t.steps and not stop:
+                    actions.snapshot(at, signals)
+            status = "stopped" if stop and progress.step < t.steps else "completed"
+            if progress.step != actions.last_saved:
+                actions.snapshot(progress.step, signals)
+        if status == "completed":
+            if progress.step % t.sample_every:
+                actions.sample(progress.step)
+            monitor.finish()
+            run_dir.mark_completed(progress.step)
+        log.info("%s at step %d; checkpoints in %s", status, progress.step, run_dir.path / "checkpoints")
+    except dist.DistError as exc:  # a peer died: name it, rather than wait for a collective's timeout
+        raise TrainingError(f"lost contact with {control.lost_ranks()} at step {progress.step} ({exc}); "
+                            f"resume from the last checkpoint with train.resume=auto") from exc
+    finally:
+        accelerator.end_training()
+    return status

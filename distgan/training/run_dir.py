@@ -1,0 +1,184 @@
+"""The run directory, runs/NAME/: what it holds and the rules that keep one run one run.
+
+    config.yaml          the config in force (every option, resolved)
+    config-history/      each earlier config.yaml, with the changes made at a resume (changes.jsonl)
+    checkpoints/         complete checkpoints (distgan/training/checkpoint.py)
+    checkpoints-set-aside/  newer checkpoints abandoned by a resume from an older one (kept, out of the way)
+    metrics.jsonl        one line per log step: one unbroken step counter across resumes
+    COMPLETED            written when the run reached train.steps
+    STOP                 made by a user or slurm/common.sh: stop at the next sync, with a checkpoint
+    wandb_id.txt         the W&B run id, so a resumed run continues the same W&B run
+
+A resume must continue *this* run: a config that differs in anything but how the run is
+observed or how long it runs is refused, with every differing key listed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from distgan.artifacts import list_checkpoints, checkpoint_step
+from distgan.config import Config, to_yaml
+from distgan.training.errors import TrainingError
+
+log = logging.getLogger("distgan")
+
+SET_ASIDE_DIR = "checkpoints-set-aside"
+HISTORY_DIR = "config-history"
+# Keys a resume may change: they decide how a run is observed, how long it runs and how fast, not what it learns.
+MAY_CHANGE = ("run_dir", "data.path", "data.shards", "data.num_workers", "train.steps", "train.log_every",
+              "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.resume",
+              "train.sync_every", "train.max_bad_steps", "train.cuda_graph", "train.compile", "train.compile_mode",
+              "train.cudnn_benchmark", "train.allow_config_change", "log.", "eval.")
+
+
+def flat_config(cfg: Config | dict) -> dict[str, Any]:
+    """{'section.key': value} of a config (lists as lists), for comparing and for the trackers."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg) if isinstance(cfg, Config) else OmegaConf.create(cfg))
+    flat = {}
+    for section, values in tree.items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            flat[section] = values
+    return flat
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict, dict]:
+    """(changes a resume may make, changes that make it another run): {key: (old, new)} each."""
+    allowed, refused = {}, {}
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, tuple | list) and isinstance(after, tuple | list):
+            before, after = list(before), list(after)
+        if before == after:
+            continue
+        may = any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE)
+        (allowed if may else refused)[key] = (before, after)
+    return allowed, refused
+
+
+class RunDirectory:
+    def __init__(self, cfg: Config, is_main: bool):
+        self.path, self.is_main = cfg.run_path, is_main
+
+    def resolve_resume(self, resume: str) -> Path | None:
+        existing = list_checkpoints(self.path)
+        if resume == "auto":
+            return existing[-1] if existing else None
+        if resume == "none":
+            if existing:
+                raise TrainingError(f"{self.path} already has checkpoints; use train.resume=auto or another name")
+            return None
+        path = Path(resume)
+        if not (path / "state.json").is_file():
+            raise TrainingError(f"train.resume={path}: not a complete checkpoint directory")
+        return path
+
+    def check_resume(self, cfg: Config, saved: dict[str, Any], data_manifest: str) -> dict:
+        """Compare the run's record with this config and data; returns the changes a resume may make."""
+        record = self.path / "config.yaml"
+        old = flat_config(OmegaConf.to_container(OmegaConf.load(record))) if record.is_file() else {}
+        allowed, refused = config_changes(old, flat_config(cfg)) if old else ({}, {})
+        if saved.get("data_manifest", data_manifest) != data_manifest:
+            refused["data (dataset.json contents)"] = (saved["data_manifest"][:12], data_manifest[:12])
+        if refused and not cfg.train.allow_config_change:
+            lines = "\n".join(f"  {key}: {a!r} -> {b!r}" for key, (a, b) in refused.items())
+            raise TrainingError(
+                f"{self.path} holds a run trained with another setup; resuming would continue it under "
+                f"this one:\n{lines}\nStart a new run with name=NEW_NAME, or go on with this one deliberately "
+                f"with train.allow_config_change=true (recorded in {self.path / HISTORY_DIR})")
+        return {**allowed, **refused}
+
+    def start(self, cfg: Config, resumed_step: int | None, changes: dict) -> None:
+        """Rank 0: the config record (history kept), COMPLETED removed, the log cut back to the resumed step."""
+        if not self.is_main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        record = self.path / "config.yaml"
+        if changes and record.is_file():
+            history = self.path / HISTORY_DIR
+            history.mkdir(exist_ok=True)
+            os.replace(record, history / f"config-until-step-{resumed_step:07d}.yaml")
+            entry = {"step": resumed_step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "forced": bool(cfg.train.allow_config_change),
+                     "changes": {k: [a, b] for k, (a, b) in changes.items()}}
+            with open(history / "changes.jsonl", "a") as f:
+                f.write(json.dumps(entry, default=str) + "\n")
+            log.warning("resumed at step %d with a changed config: %s", resumed_step,
+                        ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+        _write_atomically(record, to_yaml(cfg))
+        (self.path / "COMPLETED").unlink(missing_ok=True)
+        if resumed_step is not None:
+            truncate_metrics(self.path / "metrics.jsonl", resumed_step)
+            moved = self.set_aside_checkpoints_after(resumed_step)
+            if moved:
+                log.warning("resumed from step %d: %d newer checkpoint(s) of this run moved to %s (%s)",
+                            resumed_step, len(moved), moved[0].parent, ", ".join(p.name for p in moved))
+
+    def set_aside_checkpoints_after(self, step: int) -> list[Path]:
+        """Move this run's checkpoints newer than `step` to checkpoints-set-aside/.
+
+        A resume from an older checkpoint abandons them, but left in place they would be what the
+        next resume=auto (every SLURM requeue) picks, and the keep-last rule would delete the
+        checkpoint resumed from first. Moved, not deleted: nothing is lost.
+        """
+        aside, moved = self.path / SET_ASIDE_DIR, []
+        for path in [p for p in list_checkpoints(self.path) if checkpoint_step(p) > step]:
+            aside.mkdir(exist_ok=True)
+            target, n = aside / path.name, 1
+            while target.exists():  # set aside before, by an earlier resume
+                target, n = aside / f"{path.name}.{n}", n + 1
+            os.replace(path, target)
+            moved.append(target)
+        return moved
+
+    def stop_file_present(self) -> bool:
+        return (self.path / "STOP").exists()
+
+    def mark_completed(self, step: int) -> None:
+        if self.is_main:
+            (self.path / "COMPLETED").write_text(f"{step}\n")
+
+    def tracker_kwargs(self, cfg: Config) -> dict[str, Any]:
+        """Rank 0 alone reads or writes the W&B id file; a resumed run continues the same W&B run."""
+        if cfg.log.log_with != "wandb" or not self.is_main:
+            return {}
+        id_file = self.path / "wandb_id.txt"
+        if not id_file.exists():
+            _write_atomically(id_file, uuid.uuid4().hex[:12])
+        return {"wandb": {"id": id_file.read_text().strip(), "resume": "allow", "name": cfg.name,
+                          "dir": str(self.path)}}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """After a resume, drop the log lines of steps that will be run again: one unbroken counter.
+
+    A line cut short (a kill or a full disk while it was written) is dropped too, with a warning.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            log.warning("%s: line %d is not JSON (cut short?); dropped: %.80s", path, number, line)
+            continue
+        if isinstance(record, dict) and record.get("step", step + 1) <= step:
+            kept.append(line)
+    _write_atomically(path, "".join(line + "\n" for line in kept))

@@ -1,0 +1,79 @@
+"""Stop requests by signal, for the length of one run: installed on entry, the previous handlers restored on exit.
+
+SIGTERM (scancel, preemption, a time limit without --signal), SIGINT (Ctrl-C) and
+SIGUSR1 (`--signal=B:USR1@120` through slurm/common.sh) all mean: finish the step,
+write one complete checkpoint, exit 0. A *second* Ctrl-C means "now": the run
+stops without a checkpoint, unless a checkpoint write is under way, which is
+finished first (a half-written checkpoint is never taken, but it is time lost).
+
+A Ctrl-C in a terminal reaches every process of the foreground group, and
+`accelerate launch` then forwards it to its ranks once more: a SIGINT within
+`SAME_PRESS_S` of the first is that same key press, not a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from types import FrameType
+from typing import Iterator
+
+log = logging.getLogger("distgan")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+SAME_PRESS_S = 2.0
+
+
+class StopNow(KeyboardInterrupt):
+    """A second Ctrl-C: stop without a checkpoint."""
+
+
+class StopSignals:
+    """`with StopSignals() as stop:` ... `stop.requested` is the signal's name once one arrived."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._first_at = 0.0
+        self._previous: dict[int, object] = {}
+        self._critical = 0
+        self._stop_now_pending = False
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal.signal works there only
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is None:
+            self.requested, self._first_at = name, time.monotonic()
+            log.warning("received %s: checkpoint at the next step boundary, then exit (Ctrl-C again: stop at once, "
+                        "without a checkpoint)", name)
+            return
+        if signum != signal.SIGINT or time.monotonic() - self._first_at < SAME_PRESS_S:
+            return
+        if self._critical:
+            self._stop_now_pending = True
+            log.warning("second Ctrl-C: stopping once the checkpoint being written is complete")
+            return
+        raise StopNow("second Ctrl-C: stopped at once, without a checkpoint")
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        """A section a second Ctrl-C must not cut (a checkpoint write): it stops right after it instead."""
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+        if not self._critical and self._stop_now_pending:
+            raise StopNow("second Ctrl-C: stopped after the checkpoint write, at once")

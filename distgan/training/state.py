@@ -1,0 +1,76 @@
+"""The run's state: both networks (wrapped for the step, raw for saving), the EMA, both optimisers, the
+loss scaler and the progress. `distgan/training/checkpoint.py` saves and loads exactly this."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from distgan.config import Config
+from distgan.ddp import GlobalBatchNorm
+from distgan.ema import EMA
+from distgan.models import Discriminator, Generator, build_discriminator, build_generator
+
+
+@dataclass
+class Progress:
+    """Where the run is: G updates done, and the loader position (epoch, batches done in it) to resume at."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+@dataclass
+class TrainState:
+    G: nn.Module  # as the step calls it: DDP-wrapped (and compiled) where asked
+    D: nn.Module
+    g_module: Generator  # the raw modules: saved, averaged, checked across ranks
+    d_module: Discriminator
+    d_for_g: nn.Module  # D as the G step calls it: unwrapped, so no D gradient is all-reduced there
+    ema: EMA
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    progress: Progress = field(default_factory=Progress)
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"g": self.opt_g, "d": self.opt_d}
+
+
+def build_state(cfg: Config, accelerator: Accelerator, shape: tuple[int, int, int], num_classes: int,
+                capturable: bool) -> TrainState:
+    """The networks, optimisers and scaler of a fresh run (a resume then loads into them).
+
+    `capturable`: Adam keeps its step counter on the device, where a CUDA graph can update it.
+    """
+    device, world = accelerator.device, accelerator.num_processes
+    G = build_generator(cfg.model, *shape, num_classes)
+    D = build_discriminator(cfg.model, *shape, num_classes)
+    if cfg.model.sync_bn and world > 1:  # batch statistics of the global batch, whatever the world size
+        G, D = GlobalBatchNorm.convert(G), GlobalBatchNorm.convert(D)
+    if cfg.train.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    lr_scale = {"none": 1.0, "linear": float(world), "sqrt": math.sqrt(world)}[cfg.optim.lr_scaling]
+    adam = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    if capturable:
+        adam["capturable"] = True
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr * lr_scale, betas=tuple(cfg.optim.g_betas), **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr * lr_scale, betas=tuple(cfg.optim.d_betas), **adam)
+    G, D = accelerator.prepare(G, D)
+    g_module, d_module = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
+    ema = EMA(g_module, cfg.optim.ema_decay)
+    d_for_g = d_module
+    if cfg.train.compile:
+        mode = None if cfg.train.compile_mode == "default" else cfg.train.compile_mode
+        G, D, d_for_g = (torch.compile(m, mode=mode) for m in (G, D, d_module))
+    fp16 = cfg.train.mixed_precision == "fp16"
+    # In bf16/fp32 the scaler (scale fixed at 1) is the guard that skips a step whose gradients are not
+    # finite, on the device, without a host sync.
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0)
+    return TrainState(G, D, g_module, d_module, d_for_g, ema, opt_g, opt_d, scaler)

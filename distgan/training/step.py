@@ -1,0 +1,112 @@
+"""The GAN step: `d_steps` discriminator updates (each on a fresh real batch), one generator update, the EMA.
+
+The GAN-specific DDP points:
+- D sees real and fake in ONE forward (`D(cat(real, fake))`): a second forward
+  of a BatchNorm D under DDP before its backward fails in-place;
+- the G update calls D's *unwrapped* module with its weights frozen, so no D
+  gradient is computed or all-reduced during the G step; a BatchNorm D sees the
+  same real+fake batch there too (fake alone would give other batch statistics,
+  which G learns to game).
+Loss scaling: one GradScaler for both optimisers; per-optimiser unscale and clip.
+
+The in-place contract: the same object runs eagerly and as a CUDA graph
+(`distgan/training/graph.py`), and a graph replays the kernels it recorded on the
+tensors it recorded. So everything the step changes is changed in place: the
+weights and optimiser state (the optimisers do so), the EMA, and the running
+statistics below, whose names `GANStep.IN_PLACE` lists; rebinding one of them
+raises at once instead of silently breaking the replay.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Callable
+
+import torch
+
+from distgan.config import Config
+from distgan.data import normalize_images
+from distgan.losses import decision_threshold, discriminator_loss, generator_loss, gradient_penalty
+from distgan.training.state import TrainState
+
+STAT_KEYS = ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled")  # averaged over each log interval
+DeviceBatch = tuple[torch.Tensor, torch.Tensor | None]  # uint8 NHWC images and int64 labels, on the device
+
+
+def d_confidence(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """Mean D output on the scale people read: a probability for bce, the raw score otherwise."""
+    return torch.sigmoid(logits.float()).mean() if kind == "bce" else logits.float().mean()
+
+
+def fooled_rate(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """How often D takes a fake for real (its decision threshold depends on the loss)."""
+    return (fake_logits.float() > decision_threshold(kind, real_logits)).float().mean()
+
+
+class GANStep:
+    """`step(reals, ema_step)`: one training step on device batches; `ema_step` may be a device tensor."""
+
+    IN_PLACE = ("stat_sums", "bad_total", "bad_run")
+
+    def __init__(self, cfg: Config, state: TrainState, num_classes: int,
+                 autocast: Callable[[], AbstractContextManager]):
+        self.cfg, self.state, self.num_classes, self.autocast = cfg, state, num_classes, autocast
+        self.device = next(state.g_module.parameters()).device
+        self.d_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in state.d_module.modules())
+        self.fp16 = cfg.train.mixed_precision == "fp16"
+        # One vector of sums: a handful of kernels per step, not dozens.
+        self.stat_sums = torch.zeros(len(STAT_KEYS), device=self.device)
+        self.bad_total = torch.zeros((), device=self.device)  # non-finite steps since the start
+        self.bad_run = torch.zeros((), device=self.device)  # consecutive non-finite steps
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self.IN_PLACE and name in self.__dict__:
+            raise AttributeError(f"GANStep.{name} is changed in place only (a CUDA graph of the step keeps "
+                                 f"updating the tensor it recorded); use {name}.copy_() or .zero_()")
+        super().__setattr__(name, value)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+        scaler = self.state.scaler
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # per optimiser: clip sees true gradients
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        scaler.step(optimizer)  # skipped on the device when a gradient is not finite
+        scaler.update(None if self.fp16 else 1.0)
+        optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self, reals: list[DeviceBatch], ema_step: int | torch.Tensor) -> None:
+        cfg, s, kind, B = self.cfg, self.state, self.cfg.loss.kind, self.cfg.data.batch_size
+        for d_iter, (images, labels) in enumerate(reals):
+            real = normalize_images(images)
+            z = torch.randn(B, cfg.model.nz, device=self.device)
+            fake_labels = torch.randint(0, self.num_classes, (B,), device=self.device) if self.num_classes else None
+            with torch.set_grad_enabled(d_iter == len(reals) - 1), self.autocast():
+                fake = s.G(z, fake_labels)  # kept with its graph for the G step on the last D step
+            with self.autocast():
+                both = torch.cat([real, fake.detach()]).contiguous(memory_format=torch.channels_last)
+                both_labels = torch.cat([labels, fake_labels]) if self.num_classes else None
+                real_logits, fake_logits = s.D(both, both_labels).split(B)
+                loss_d = discriminator_loss(kind, real_logits, fake_logits, cfg.loss.real_label)
+                if kind == "wgan-gp":
+                    loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(s.d_module, real, fake.detach(), labels)
+            self.optimizer_step(s.opt_d, loss_d, s.d_module.parameters())
+        s.d_module.requires_grad_(False)
+        with self.autocast():
+            if self.d_batchnorm:  # same real+fake batch statistics as in the D step, or G games them
+                both = torch.cat([real, fake]).contiguous(memory_format=torch.channels_last)
+                fake_scores = s.d_for_g(both, both_labels)[B:]
+            else:
+                fake_scores = s.d_for_g(fake, fake_labels)
+            loss_g = generator_loss(kind, fake_scores)
+        self.optimizer_step(s.opt_g, loss_g, s.g_module.parameters())
+        s.d_module.requires_grad_(True)
+        s.ema.update(s.g_module, ema_step)
+        with torch.no_grad():
+            stats = torch.stack([loss_d.detach().float(), loss_g.detach().float(),
+                                 d_confidence(kind, real_logits), d_confidence(kind, fake_logits),
+                                 fooled_rate(kind, real_logits, fake_logits)])
+            bad = (~torch.isfinite(stats[:2])).any().float()
+            self.bad_total.add_(bad)
+            self.bad_run.add_(bad).mul_(bad)
+            self.stat_sums.add_(torch.nan_to_num(stats, nan=0.0, posinf=0.0, neginf=0.0))
