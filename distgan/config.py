@@ -202,8 +202,22 @@ def validate(cfg: Config) -> None:
     if cfg.train.cuda_graph is True and cfg.train.compile:
         raise ConfigError("config keys 'train.cuda_graph' and 'train.compile' exclude each other: the whole-step "
                           "graph already replays every kernel of the step")
+    _check_combinations(cfg)
     if cfg.data.path in ("", "???"):
         raise ConfigError("config key 'data.path' is required (the directory with dataset.json)")
+
+
+def _check_combinations(cfg: Config) -> None:
+    """Loss x discriminator options that cannot train correctly, refused with the keys named."""
+    m, loss = cfg.model, cfg.loss
+    d_batchnorm = m.d_batchnorm and not m.spectral_norm and m.arch != "mlp"  # as models.DiscriminatorSpec builds D
+    if loss.kind == "wgan-gp" and d_batchnorm:
+        raise ConfigError("config keys 'loss.kind'=wgan-gp and 'model.d_batchnorm'=true: the gradient penalty "
+                          "is per sample, but a BatchNorm D makes each sample's score depend on its batch; set "
+                          "model.d_batchnorm=false (or model.spectral_norm=true)")
+    if loss.kind == "wgan-gp" and loss.gp_weight == 0:
+        raise ConfigError("config keys 'loss.kind'=wgan-gp and 'loss.gp_weight'=0: without its penalty the "
+                          "critic is unconstrained and its scores diverge; use gp_weight 10 (the paper's)")
 
 
 def to_yaml(cfg: Config) -> str:

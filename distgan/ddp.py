@@ -11,7 +11,6 @@ import datetime
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 
@@ -79,6 +78,22 @@ def check_consistent(modules: dict[str, nn.Module], control: Control) -> None:
                 raise RuntimeError(f"{name}.{key} differs across ranks ({low.item()} vs {high.item()})")
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) whose gradient is the all_reduce(SUM) of the output's gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over the global batch of all ranks (`model.sync_bn`); on any device and backend.
 
@@ -99,7 +114,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()
         count = torch.full((1,), xf.numel() / xf.shape[1], device=x.device)
-        totals = dist_nn.all_reduce(torch.cat([xf.sum(dims), xf.square().sum(dims), count]))
+        totals = _SumOverRanks.apply(torch.cat([xf.sum(dims), xf.square().sum(dims), count]))
         channels = x.shape[1]
         n = totals[-1]
         mean = totals[:channels] / n

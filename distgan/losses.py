@@ -80,12 +80,10 @@ def gradient_penalty(
     gradient, which bf16 rounds too coarsely. The graph is kept
     (create_graph=True) so the penalty trains D; multiply by a weight (10 in
     the paper) and add it to the D loss. D sees the interpolates as one batch,
-    so a D with BatchNorm breaks the per-sample penalty: use d_batchnorm=False
-    or spectral norm with wgan-gp.
-
-    Caveat: `accelerate.prepare` with mixed precision wraps D's forward in its
-    own autocast, which re-enables it inside this function; such a D computes
-    the penalty in the autocast dtype.
+    so a D with BatchNorm breaks the per-sample penalty (the config refuses
+    wgan-gp with d_batchnorm). Pass D's own forward, not one that
+    `accelerate.prepare` wrapped in its autocast under mixed precision (the
+    trainer does), or the autocast comes back on inside.
     """
     real, fake = real.detach().float(), fake.detach().float()
     alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device)

@@ -48,7 +48,8 @@ def save_checkpoint(accelerator: Accelerator, control: Control, run_path: Path, 
             (staging / DISCRIMINATOR_SPEC).write_text(json.dumps(state.d_module.spec.to_dict(), indent=2))
             progress = {"step": state.progress.step, "epoch": state.progress.epoch, "batch": state.progress.batch}
             (staging / "state.json").write_text(json.dumps({**progress, **info}, indent=2))
-    except OSError as exc:  # a full disk, a quota, a lost mount: this rank's part is not on disk
+    except Exception as exc:  # noqa: BLE001  a full disk, a quota, a lost mount (safetensors and torch.save
+        # wrap OSError in their own types): this rank's part is not on disk, and every rank must learn of it
         error = f"{type(exc).__name__}: {exc}"
     if control.any(error is not None):
         if accelerator.is_main_process:

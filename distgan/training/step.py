@@ -54,6 +54,9 @@ class GANStep:
         self.device = next(state.g_module.parameters()).device
         self.d_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in state.d_module.modules())
         self.fp16 = cfg.train.mixed_precision == "fp16"
+        # The penalty differentiates through a gradient, in fp32: D's own forward, not the autocast one
+        # accelerate.prepare patched in under mixed precision (it would re-enable autocast inside).
+        self.d_for_penalty = state.d_module.__dict__.get("_original_forward", state.d_module)
         # One vector of sums: a handful of kernels per step, not dozens.
         self.stat_sums = torch.zeros(len(STAT_KEYS), device=self.device)
         self.bad_total = torch.zeros((), device=self.device)  # non-finite steps since the start
@@ -89,7 +92,7 @@ class GANStep:
                 real_logits, fake_logits = s.D(both, both_labels).split(B)
                 loss_d = discriminator_loss(kind, real_logits, fake_logits, cfg.loss.real_label)
                 if kind == "wgan-gp":
-                    loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(s.d_module, real, fake.detach(), labels)
+                    loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(self.d_for_penalty, real, fake.detach(), labels)
             self.optimizer_step(s.opt_d, loss_d, s.d_module.parameters())
         s.d_module.requires_grad_(False)
         with self.autocast():
