@@ -15,8 +15,10 @@ from pathlib import Path
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from distgan.augment import parse_policy
 from distgan.losses import LOSS_KINDS
 from distgan.models import ModelConfig
+from distgan.schedule import SCHEDULES
 
 
 @dataclass
@@ -36,6 +38,8 @@ class LossConfig:
     real_label: float = 1.0  # 0.9 = one-sided label smoothing (bce, lsgan)
     gp_weight: float = 10.0  # wgan-gp only
     d_steps: int = 1  # D updates per G update, each on a fresh real batch
+    r1_gamma: float = 0.0  # R1 penalty gamma / 2 * E||grad_x D(x_real)||^2 (Mescheder et al. 2018); 0 = off
+    r1_every: int = 16  # lazy R1 (StyleGAN2): on one D step in r1_every, weighted x r1_every
 
 
 @dataclass
@@ -47,6 +51,21 @@ class OptimConfig:
     grad_clip: float = 0.0  # max grad norm per network; 0 = off
     ema_decay: float = 0.999  # EMA of G's weights for samples and export; warmed up: min(decay, (1+t)/(10+t))
     lr_scaling: str = "none"  # none | linear (lr x world size) | sqrt
+    schedule: str = "constant"  # constant | warmup (linear) | cosine (after the warm-up, down to min_lr_ratio)
+    warmup_steps: int = 0  # linear warm-up steps of warmup and cosine
+    min_lr_ratio: float = 0.0  # cosine: the final lr as a share of the initial one
+
+
+@dataclass
+class AugConfig:
+    """Differentiable augmentation of D's input (distgan/augment.py, distgan/ada.py)."""
+
+    policy: str = ""  # comma list of color, translation, cutout; "" = off
+    p: float = 1.0  # probability of each op per image; with adaptive, the initial p
+    adaptive: bool = False  # ADA: tune p so that E[sign(D(real))] stays at target
+    target: float = 0.6  # ADA's target for E[sign(D(real))]
+    speed_images: int = 500_000  # real images for the adaptive p to cross [0, 1]
+    interval: int = 4  # adjust the adaptive p every N steps
 
 
 @dataclass
@@ -98,6 +117,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -112,6 +132,7 @@ CHOICES = {
     "data.on_corrupt": ("raise", "skip"),
     "loss.kind": LOSS_KINDS,
     "optim.lr_scaling": ("none", "linear", "sqrt"),
+    "optim.schedule": SCHEDULES,
     "train.mixed_precision": (None, "no", "bf16", "fp16"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "log.log_with": ("none", "wandb", "tensorboard"),
@@ -205,6 +226,40 @@ def validate(cfg: Config) -> None:
     _check_combinations(cfg)
     if cfg.data.path in ("", "???"):
         raise ConfigError("config key 'data.path' is required (the directory with dataset.json)")
+    _validate_small_data(cfg)
+
+
+def _validate_small_data(cfg: Config) -> None:
+    """Augmentation, R1 and the lr schedule."""
+    try:
+        parse_policy(cfg.aug.policy)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'aug.policy': {exc}") from None
+    if not 0.0 <= cfg.aug.p <= 1.0:
+        raise ConfigError(f"config key 'aug.p' must be in [0, 1], got {cfg.aug.p}")
+    if cfg.aug.adaptive and not cfg.aug.policy.strip():
+        raise ConfigError("config key 'aug.adaptive' needs augmentations to adapt: set 'aug.policy'")
+    if cfg.aug.adaptive and cfg.loss.kind == "wgan-gp":
+        raise ConfigError("config key 'aug.adaptive': E[sign(D(real))] needs a D with a decision threshold "
+                          "(bce, hinge, lsgan), not wgan-gp")
+    if not -1.0 < cfg.aug.target < 1.0:
+        raise ConfigError(f"config key 'aug.target' must be in (-1, 1) (E[sign(D(real))]), got {cfg.aug.target}")
+    for key, value in {"aug.speed_images": cfg.aug.speed_images, "aug.interval": cfg.aug.interval,
+                       "loss.r1_every": cfg.loss.r1_every}.items():
+        if value < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {value}")
+    if cfg.loss.r1_gamma < 0:
+        raise ConfigError(f"config key 'loss.r1_gamma' must be >= 0, got {cfg.loss.r1_gamma}")
+    if not 0 <= cfg.optim.warmup_steps <= cfg.train.steps:
+        raise ConfigError(f"config key 'optim.warmup_steps' must be in [0, train.steps={cfg.train.steps}], "
+                          f"got {cfg.optim.warmup_steps}")
+    if cfg.optim.schedule == "warmup" and cfg.optim.warmup_steps < 1:
+        raise ConfigError("config key 'optim.warmup_steps' must be >= 1 with optim.schedule=warmup")
+    if cfg.optim.schedule == "constant" and cfg.optim.warmup_steps:
+        raise ConfigError("config key 'optim.warmup_steps' has no effect with optim.schedule=constant; "
+                          "use optim.schedule=warmup")
+    if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
+        raise ConfigError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {cfg.optim.min_lr_ratio}")
 
 
 def _check_combinations(cfg: Config) -> None:
@@ -214,6 +269,10 @@ def _check_combinations(cfg: Config) -> None:
     if loss.kind == "wgan-gp" and d_batchnorm:
         raise ConfigError("config keys 'loss.kind'=wgan-gp and 'model.d_batchnorm'=true: the gradient penalty "
                           "is per sample, but a BatchNorm D makes each sample's score depend on its batch; set "
+                          "model.d_batchnorm=false (or model.spectral_norm=true)")
+    if loss.r1_gamma > 0 and d_batchnorm:
+        raise ConfigError("config keys 'loss.r1_gamma' > 0 and 'model.d_batchnorm'=true: R1 penalises each real "
+                          "image's gradient, but a BatchNorm D makes each score depend on its batch; set "
                           "model.d_batchnorm=false (or model.spectral_norm=true)")
     if loss.kind == "wgan-gp" and loss.gp_weight == 0:
         raise ConfigError("config keys 'loss.kind'=wgan-gp and 'loss.gp_weight'=0: without its penalty the "

@@ -1,4 +1,4 @@
-"""GAN losses on discriminator logits, and the WGAN-GP gradient penalty.
+"""GAN losses on discriminator logits, and the gradient penalties: WGAN-GP and R1.
 
 Every loss is written on raw logits with stable primitives (softplus,
 binary_cross_entropy_with_logits, relu) and computed in float32, so logits
@@ -68,6 +68,31 @@ def generator_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * (fake - 1.0).square().mean()
 
 
+def _input_gradient(
+    discriminator: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+) -> torch.Tensor:
+    """grad_x sum D(x) at `images`, with the graph kept (create_graph=True) so a penalty on it trains D.
+
+    Runs D in float32 or wider with autocast off: a penalty differentiates
+    through a gradient, which bf16 rounds too coarsely. D sees `images` as one
+    batch, so a D with BatchNorm couples the per-sample gradients (the config
+    refuses these penalties with a BatchNorm D). Pass D's own forward, not one
+    that `accelerate.prepare` wrapped in its autocast under mixed precision (the
+    trainer does), or the autocast comes back on inside.
+    """
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        logits = discriminator(images, labels)
+        (grad,) = torch.autograd.grad(logits.float().sum(), images, create_graph=True)
+    return grad
+
+
+def _penalty_input(images: torch.Tensor) -> torch.Tensor:
+    """A detached leaf copy in float32 (float64 stays float64) that records gradients."""
+    return images.detach().to(torch.promote_types(images.dtype, torch.float32)).requires_grad_(True)
+
+
 def gradient_penalty(
     discriminator: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
     real: torch.Tensor,
@@ -76,24 +101,39 @@ def gradient_penalty(
 ) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): mean (||grad_x D(x_hat)|| - 1)^2 on random interpolates x_hat.
 
-    Runs D in float32 with autocast off: the penalty differentiates through a
-    gradient, which bf16 rounds too coarsely. The graph is kept
-    (create_graph=True) so the penalty trains D; multiply by a weight (10 in
-    the paper) and add it to the D loss. D sees the interpolates as one batch,
-    so a D with BatchNorm breaks the per-sample penalty (the config refuses
-    wgan-gp with d_batchnorm). Pass D's own forward, not one that
-    `accelerate.prepare` wrapped in its autocast under mixed precision (the
-    trainer does), or the autocast comes back on inside.
+    Multiply by a weight (10 in the paper) and add it to the D loss. Precision,
+    BatchNorm and autocast caveats: `_input_gradient`.
     """
-    real, fake = real.detach().float(), fake.detach().float()
-    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device)
-    interpolates = (alpha * real + (1.0 - alpha) * fake).requires_grad_(True)
-    with torch.autocast(device_type=real.device.type, enabled=False):
-        logits = discriminator(interpolates, labels)
-        (grad,) = torch.autograd.grad(logits.float().sum(), interpolates, create_graph=True)
-        # The epsilon keeps the norm differentiable where the gradient is exactly 0.
-        grad_norm = torch.sqrt(grad.flatten(1).square().sum(dim=1) + 1e-12)
-        return (grad_norm - 1.0).square().mean()
+    dtype = torch.promote_types(real.dtype, torch.float32)
+    real, fake = real.detach().to(dtype), fake.detach().to(dtype)
+    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=dtype)
+    interpolates = _penalty_input(alpha * real + (1.0 - alpha) * fake)
+    grad = _input_gradient(discriminator, interpolates, labels)
+    # The epsilon keeps the norm differentiable where the gradient is exactly 0.
+    grad_norm = torch.sqrt(grad.flatten(1).square().sum(dim=1) + 1e-12)
+    return (grad_norm - 1.0).square().mean()
+
+
+def r1_penalty(
+    discriminator: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    real: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    gamma: float = 10.0,
+) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): gamma / 2 * mean over reals of ||grad_x D(x)||^2; add it to the D loss.
+
+    Penalising D's slope on the real images makes GAN training locally
+    convergent: at the equilibrium D is flat on the data instead of
+    oscillating around it. Lazy regularisation (StyleGAN2,
+    `loss.r1_every` = k): compute it on one D step in k and add it times k,
+    so its average weight is unchanged at 1/k of the cost.
+
+    `discriminator` is called as discriminator(images, labels); with
+    augmentation, pass one that augments first, so the slope is D's on what
+    it sees. Precision, BatchNorm and autocast caveats: `_input_gradient`.
+    """
+    grad = _input_gradient(discriminator, _penalty_input(real), labels)
+    return 0.5 * gamma * grad.flatten(1).square().sum(dim=1).mean()
 
 
 def decision_threshold(kind: str, real_logits: torch.Tensor) -> torch.Tensor:

@@ -344,6 +344,57 @@ def test_cli_prepare_verify_show(idx_dataset, tmp_path, capsys):
     assert data_cli(["prepare", "fashion-mnist", "--src", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
 
 
+def stored_split(out, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Every image and label of a split, read back from its shards."""
+    from distgan.data.loader import read_manifest
+    from distgan.data.shards import iter_shard_chunks
+
+    manifest = read_manifest(str(out))
+    chunks = [c for shard in manifest.split(split).shards for c in iter_shard_chunks(str(out / shard.name), manifest)]
+    return np.concatenate([c.images for c in chunks]), np.concatenate([c.labels for c in chunks])
+
+
+def test_cli_prepare_limit_keeps_a_seeded_subset_of_train(idx_dataset, tmp_path, capsys):
+    raw_dir, arrays = idx_dataset  # 1000 train, 200 test images, each identifiable by its pixels
+    prepare = ["prepare", "mnist", "--src", str(raw_dir), "--samples-per-shard", "40"]
+    for name, limit, seed in (("a", 100, 3), ("b", 100, 3), ("c", 100, 4), ("small", 30, 3)):
+        assert data_cli([*prepare, "--out", str(tmp_path / name), "--limit", str(limit), "--seed", str(seed)]) == 0
+    assert "train: 100 images (a seeded subset of 1000, seed 3)" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    assert manifest["source"]["limit"] == {"split": "train", "images": 100, "of": 1000, "seed": 3}
+    assert manifest["splits"]["train"]["num_samples"] == 100 and manifest["splits"]["test"]["num_samples"] == 200
+    # The same seed gives the same shards, byte for byte; another seed other images.
+    assert manifest["splits"] == json.loads((tmp_path / "b" / "dataset.json").read_text())["splits"]
+    images, labels = stored_split(tmp_path / "a")
+    ids = image_ids(images)
+    assert len(set(ids.tolist())) == 100
+    assert np.array_equal(images, arrays["train"][0][ids]) and np.array_equal(labels, arrays["train"][1][ids])
+    assert set(image_ids(stored_split(tmp_path / "c")[0]).tolist()) != set(ids.tolist())
+    # A smaller limit with the same seed takes a subset of the larger one's images.
+    assert set(image_ids(stored_split(tmp_path / "small")[0]).tolist()) < set(ids.tolist())
+    assert len(stored_split(tmp_path / "a", "test")[0]) == 200  # the test split stays whole
+    assert data_cli([*prepare, "--out", str(tmp_path / "d"), "--limit", "1001"]) == 2
+    assert "--limit 1001: the train split of mnist has 1000 images; choose 1..1000" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "dataset.json").exists()
+
+
+def test_limit_applies_after_the_folder_test_split(tmp_path):
+    from distgan.data.sources import limit_split
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(30):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(folder / f"{i:02d}.png")
+    raw = read_folder_dataset(folder, 8, 3, False, 0.2, seed=1)
+    limited = limit_split(raw, 10, seed=1)
+    assert limited.splits["train"].num_samples == 10 and limited.splits["test"].num_samples == 6
+    train_values = set(limited.splits["train"].load(np.arange(10))[:, 0, 0, 0].tolist())
+    test_values = set(raw.splits["test"].load(np.arange(6))[:, 0, 0, 0].tolist())
+    assert len(train_values) == 10 and not train_values & test_values
+    with pytest.raises(DataError, match="no 'valid' split to limit"):
+        limit_split(raw, 5, seed=1, split="valid")
+
+
 def test_failed_prepare_leaves_no_partial_shards(tmp_path):
     from distgan.data.sources import RawDataset, RawSplit
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from distgan.losses import LOSS_KINDS, discriminator_loss, generator_loss, gradient_penalty
+from distgan.losses import LOSS_KINDS, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from distgan.models import ModelConfig, build_discriminator, build_generator
 
 
@@ -135,6 +135,71 @@ def test_gradient_penalty_on_a_real_discriminator() -> None:
     # Biases do not move grad_x D (LeakyReLU is piecewise linear), so only the weights are trained.
     weights = [p for name, p in D.named_parameters() if not name.endswith("bias")]
     assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in weights)
+
+
+class SmoothD(nn.Module):
+    """A tiny conv D with smooth activations (tanh, softplus), so central differences converge."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(2, 3, 3, 2, 1), nn.Tanh(), nn.Conv2d(3, 4, 3, 2, 1), nn.Softplus(),
+                                 nn.Flatten(), nn.Linear(4 * 2 * 2, 1))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x).flatten()
+
+
+def test_r1_matches_finite_differences_of_d() -> None:
+    D = SmoothD().double()
+    real = torch.rand(3, 2, 5, 5, dtype=torch.float64) * 2 - 1
+    gamma, h = 4.0, 1e-6
+    penalty = r1_penalty(D, real, gamma=gamma)
+    # grad_x D per image, one pixel at a time: (D(x + h e) - D(x - h e)) / 2h.
+    grads = torch.zeros_like(real)
+    with torch.no_grad():
+        for index in range(real[0].numel()):
+            step = torch.zeros_like(real).view(3, -1)
+            step[:, index] = h
+            step = step.view_as(real)
+            grads.view(3, -1)[:, index] = (D(real + step) - D(real - step)) / (2 * h)
+    expected = gamma / 2 * grads.flatten(1).square().sum(1).mean()
+    assert penalty.dtype == torch.float64
+    torch.testing.assert_close(penalty, expected, rtol=1e-7, atol=0)
+
+
+def test_r1_trains_d_with_the_gradient_of_the_penalty() -> None:
+    """The penalty keeps its graph: its gradient in D's weights matches finite differences of its value."""
+    D = SmoothD().double()
+    real = torch.rand(3, 2, 5, 5, dtype=torch.float64) * 2 - 1
+    r1_penalty(D, real, gamma=10.0).backward()
+    h = 1e-6
+    for name, param in D.named_parameters():
+        numeric = torch.zeros_like(param)
+        for i in range(param.numel()):
+            with torch.no_grad():
+                param.view(-1)[i] += h
+            up = r1_penalty(D, real, gamma=10.0).item()
+            with torch.no_grad():
+                param.view(-1)[i] -= 2 * h
+            down = r1_penalty(D, real, gamma=10.0).item()
+            with torch.no_grad():
+                param.view(-1)[i] += h
+            numeric.view(-1)[i] = (up - down) / (2 * h)
+        # The last bias shifts D but not its slope: no gradient, and none numerically either.
+        grad = torch.zeros_like(param) if param.grad is None else param.grad
+        torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-7, msg=name)
+    assert D.net[5].bias.grad is None and D.net[0].weight.grad.abs().sum() > 0
+
+
+def test_r1_of_a_linear_critic_and_under_autocast() -> None:
+    w = 3 * unit_direction((1, 8, 8))
+    critic = LinearCritic(w)
+    real = torch.rand(4, 1, 8, 8) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        penalty = r1_penalty(critic, real.bfloat16(), labels=torch.arange(4), gamma=10.0)
+    assert critic.input_dtypes == [torch.float32] and penalty.dtype == torch.float32
+    assert penalty.item() == pytest.approx(10.0 / 2 * 9.0, rel=1e-5)  # ||grad|| = ||w|| = 3 for every image
 
 
 @pytest.mark.parametrize("kind", LOSS_KINDS)

@@ -12,7 +12,7 @@ from PIL import Image
 from distgan.data.loader import read_manifest
 from distgan.data.manifest import MANIFEST_NAME, DataError
 from distgan.data.shards import iter_shard_chunks, verify, write_shards
-from distgan.data.sources import read_celeba_dataset, read_folder_dataset, read_idx_dataset
+from distgan.data.sources import limit_split, read_celeba_dataset, read_folder_dataset, read_idx_dataset
 
 
 def image_grid(images: np.ndarray, ncols: int = 8, min_side: int = 512) -> Image.Image:
@@ -45,10 +45,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             raise DataError("folder needs --src DIR")
         raw = read_folder_dataset(args.src, args.size, args.channels, args.resize,
                                   args.test_fraction, args.seed)
+    if args.limit is not None:
+        raw = limit_split(raw, args.limit, args.seed)
     manifest = write_shards(raw, args.out, args.samples_per_shard, args.chunk_size, args.seed,
                             args.overwrite)
+    limit = manifest.source.get("limit")
     for name, split in manifest.splits.items():
-        print(f"{name}: {split.num_samples} images in {len(split.shards)} shards")
+        limited = limit is not None and limit["split"] == name
+        subset = f" (a seeded subset of {limit['of']}, seed {limit['seed']})" if limited else ""
+        print(f"{name}: {split.num_samples} images{subset} in {len(split.shards)} shards")
     print(f"wrote {args.out / MANIFEST_NAME}")
     return 0
 
@@ -105,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--test-fraction", type=float, default=0.1, help="(folder) share held out as test")
     prep.add_argument("--samples-per-shard", type=int, default=10_000)
     prep.add_argument("--chunk-size", type=int, default=256, help="images per tar member")
-    prep.add_argument("--seed", type=int, default=0, help="seed of the one-time shuffle into shards")
+    prep.add_argument("--limit", type=int, metavar="N",
+                      help="keep a seeded random N of the train split (the same N for the same --seed; "
+                           "other splits stay whole): a small training set")
+    prep.add_argument("--seed", type=int, default=0,
+                      help="seed of the one-time shuffle into shards (and of --limit's subset)")
     prep.add_argument("--overwrite", action="store_true")
     prep.set_defaults(func=cmd_prepare)
 

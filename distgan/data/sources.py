@@ -7,6 +7,7 @@ shard by shard (in parallel) rather than all held in memory as files.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import zipfile
@@ -14,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -59,6 +60,9 @@ IDX_DOWNLOADS = {
     },
 }
 
+# Seeds --limit's subset with (seed, this), apart from the shard shuffle's stream, which shares the seed.
+LIMIT_STREAM = 17
+
 # Where distributions put the raw files (Debian: dataset-fashion-mnist).
 STANDARD_PLACES = {
     "fashion-mnist": ["/usr/share/datasets/fashion-mnist", "~/.cache/distgan/fashion-mnist"],
@@ -84,8 +88,33 @@ class RawDataset:
     channels: int
     classes: list[str]
     splits: dict[str, RawSplit]
-    source: dict[str, str] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
     preprocessing: str = ""
+
+
+def limit_split(raw: RawDataset, limit: int, seed: int, split: str = "train") -> RawDataset:
+    """`raw` with only `limit` images of `split`, a seeded random subset; other splits stay whole.
+
+    The subset is the first `limit` of one seeded permutation, so a seed picks
+    the same images every time, and a smaller limit picks a subset of a larger
+    one's (nested training sets for a quality-vs-size curve). The source
+    records the limit, the seed and the split's full size.
+    """
+    if split not in raw.splits:
+        raise DataError(f"{raw.name}: no {split!r} split to limit; it has {sorted(raw.splits)}")
+    full = raw.splits[split]
+    if not 1 <= limit <= full.num_samples:
+        raise DataError(f"--limit {limit}: the {split} split of {raw.name} has {full.num_samples} images; "
+                        f"choose 1..{full.num_samples}")
+    chosen = np.sort(np.random.default_rng([seed, LIMIT_STREAM]).permutation(full.num_samples)[:limit])
+    splits = dict(raw.splits)
+    splits[split] = RawSplit(labels=full.labels[chosen], load=partial(_load_subset, full.load, chosen))
+    source = {**raw.source, "limit": {"split": split, "images": limit, "of": full.num_samples, "seed": seed}}
+    return dataclasses.replace(raw, splits=splits, source=source)
+
+
+def _load_subset(load: Callable[[np.ndarray], np.ndarray], chosen: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    return load(chosen[indices])
 
 
 # --- IDX (MNIST, Fashion-MNIST) -------------------------------------------------
