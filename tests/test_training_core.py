@@ -212,3 +212,29 @@ def test_global_batchnorm_over_two_ranks_equals_one_process_on_the_whole_batch(t
         torch.testing.assert_close(got["running_mean"], bn.running_mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got["running_var"], bn.running_var, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got["weight_grad"], bn.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_augmentation_r1_and_a_schedule_train_and_resume_exactly(shards, tmp_path):
+    """Adaptive p, lazy R1 and a cosine schedule: logged, checkpointed, and a resume ends bitwise where an
+    uninterrupted run does."""
+    data, _ = shards
+    small = ["aug.policy=color,translation,cutout", "aug.adaptive=true", "aug.p=0.2", "aug.interval=2",
+             "aug.speed_images=500", "loss.r1_gamma=1.0", "loss.r1_every=2", "optim.schedule=cosine",
+             "optim.warmup_steps=4", "train.checkpoint_every=4", "model.d_batchnorm=false", "train.log_every=1"]
+    assert training.train(tiny(data, tmp_path / "straight", "train.steps=8", *small)) == "completed"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert training.train(tiny(data, tmp_path / "resumed", "train.steps=4", *small)) == "completed"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert training.train(tiny(data, tmp_path / "resumed", "train.steps=8", *small)) == "completed"
+    rows = [json.loads(line) for line in (tmp_path / "straight/t/metrics.jsonl").read_text().splitlines()]
+    assert len({r["aug/p"] for r in rows}) > 1 and all(0 <= r["aug/p"] <= 1 for r in rows)  # p moved
+    lrs = [r["lr/g"] for r in rows]
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < len(lrs) - 1 and lrs[:peak + 1] == sorted(lrs[:peak + 1])  # warm-up, then decay
+    assert lrs[peak:] == sorted(lrs[peak:], reverse=True) and lrs[-1] < lrs[peak]
+    last = lambda run: tmp_path / run / "t/checkpoints/step-0000008"  # noqa: E731
+    for name in ("model.safetensors", "model_1.safetensors", "ema.safetensors", "augment.safetensors"):
+        a, b = load_file(str(last("straight") / name)), load_file(str(last("resumed") / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    resumed = [json.loads(line) for line in (tmp_path / "resumed/t/metrics.jsonl").read_text().splitlines()]
+    assert [r["lr/g"] for r in resumed] == [r["lr/g"] for r in rows]

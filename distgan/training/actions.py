@@ -83,6 +83,8 @@ class RunActions:
             "lr/g": s.opt_g.param_groups[0]["lr"], "lr/d": s.opt_d.param_groups[0]["lr"],
             "train/bad_steps": bad_steps, "data/skipped": skipped,
         })
+        if s.augment_p is not None:
+            values.update({"aug/p": s.augment_p.p.item(), "aug/r_t": s.augment_p.r_t.item()})
         if self.accelerator.device.type == "cuda":
             values["mem/gpu_gb"] = torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30
         self.monitor.log(step, values)
@@ -93,6 +95,13 @@ class RunActions:
                 f"or mixed_precision=bf16")
         self.step.stat_sums.zero_()
         self.since_log, self.t_log = 0, time.perf_counter()
+
+    def adapt_augmentation(self) -> None:
+        """ADA: move p by the heuristic of every rank's real logits since the last adjustment (on the device)."""
+        stats = self.state.augment_p.stats()
+        if self.accelerator.num_processes > 1:
+            stats = self.accelerator.reduce(stats, "sum")
+        self.state.augment_p.adjust(stats)
 
     @torch.no_grad()
     def sample(self, step: int) -> None:

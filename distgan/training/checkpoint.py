@@ -1,7 +1,8 @@
 """Checkpoints of the training state: written whole or not at all, on every rank together.
 
     runs/NAME/checkpoints/step-0001000/   accelerator.save_state (G, D, RNG per rank),
-                                          optimizers.pt, ema.safetensors, discriminator.json, state.json
+                                          optimizers.pt, ema.safetensors, discriminator.json, state.json,
+                                          augment.safetensors (with aug.policy)
 
 Every rank writes its part into `.tmp-step-…`; the ranks then agree (one flag on the
 control channel) that every part is on disk, and rank 0 renames the directory into
@@ -27,6 +28,8 @@ from distgan.ddp import Control
 from distgan.training.errors import TrainingError
 from distgan.training.state import TrainState
 
+AUGMENT_STATE = "augment.safetensors"  # the augmentation probability p and the adaptive sums
+
 
 def save_checkpoint(accelerator: Accelerator, control: Control, run_path: Path, state: TrainState,
                     info: dict[str, Any], keep: int) -> Path:
@@ -45,6 +48,8 @@ def save_checkpoint(accelerator: Accelerator, control: Control, run_path: Path, 
                         "scaler": state.scaler.state_dict()}, staging / "optimizers.pt")
             save_file({k: v.detach().contiguous().cpu() for k, v in state.ema.state_dict().items()},
                       str(staging / "ema.safetensors"))
+            if state.augment_p is not None:
+                save_file(dict(state.augment_p.state_dict()), str(staging / AUGMENT_STATE))
             (staging / DISCRIMINATOR_SPEC).write_text(json.dumps(state.d_module.spec.to_dict(), indent=2))
             progress = {"step": state.progress.step, "epoch": state.progress.epoch, "batch": state.progress.batch}
             (staging / "state.json").write_text(json.dumps({**progress, **info}, indent=2))
@@ -87,6 +92,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> 
     # Loaded on the host, copied into the EMA's tensors wherever they live (safetensors refuses
     # a device like "cpu:0", which a multi-process CPU run has).
     state.ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+    if state.augment_p is not None and (path / AUGMENT_STATE).is_file():  # else: the run had no augmentation
+        state.augment_p.load_state_dict(load_file(str(path / AUGMENT_STATE)))
     info = json.loads((path / "state.json").read_text())
     state.progress.step, state.progress.epoch, state.progress.batch = info["step"], info["epoch"], info["batch"]
     return info

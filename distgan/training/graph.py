@@ -35,7 +35,7 @@ def batches_to_device(batches: list[HostBatch], device: torch.device) -> list[Ho
             for images, labels in batches]
 
 
-def use_step_graph(train_cfg: TrainConfig, device: torch.device, world: int) -> bool:
+def use_step_graph(train_cfg: TrainConfig, device: torch.device, world: int, lazy_r1: bool = False) -> bool:
     """train.cuda_graph: null (auto) replays the step as a CUDA graph where it can, i.e. one CUDA process and
     no torch.compile; true insists (an error where it cannot); false never."""
     wanted = train_cfg.cuda_graph
@@ -44,6 +44,13 @@ def use_step_graph(train_cfg: TrainConfig, device: torch.device, world: int) -> 
     if device.type != "cuda":
         if wanted:
             log.warning("train.cuda_graph needs a CUDA device; training eagerly on %s", device.type)
+        return False
+    if lazy_r1:
+        if wanted:
+            raise TrainingError("train.cuda_graph replays one fixed step, but lazy R1 (loss.r1_every > 1) "
+                                "changes the step every r1_every-th time: set loss.r1_every=1 or "
+                                "train.cuda_graph=null")
+        log.info("loss.r1_every > 1: the step runs eagerly (a CUDA graph replays one fixed step)")
         return False
     if world > 1:
         if wanted:

@@ -46,7 +46,7 @@ def train(cfg: Config) -> str:
         raise TrainingError(f"model.conditional needs class labels; {cfg.data.path} has none")
     num_classes = manifest.num_classes if cfg.model.conditional else 0
     evaluator = TrainingEvaluator(cfg, accelerator, manifest, run_dir.path, num_classes, control)  # fails early
-    graphed = use_step_graph(cfg.train, device, world)
+    graphed = use_step_graph(cfg.train, device, world, lazy_r1=cfg.loss.r1_gamma > 0 and cfg.loss.r1_every > 1)
     state = build_state(cfg, accelerator, (manifest.channels, manifest.height, manifest.width), num_classes,
                         capturable=graphed)
     resume_from = run_dir.resolve_resume(cfg.train.resume)
@@ -61,6 +61,7 @@ def train(cfg: Config) -> str:
         if saved.get("world_size", world) != world:  # resume after as many images of the epoch
             state.progress.batch = min(state.progress.batch * saved["world_size"] // world, len(loader))
     progress = state.progress
+    state.start_schedules(cfg)
     run_dir.start(cfg, progress.step if resume_from else None, changes)
     tracker_config = {k: str(v) if isinstance(v, list) else v for k, v in flat_config(cfg).items()}
     accelerator.init_trackers(cfg.log.project, config=tracker_config, init_kwargs=run_dir.tracker_kwargs(cfg))
@@ -82,6 +83,8 @@ def train(cfg: Config) -> str:
                     progress.epoch, progress.batch, batch = next(batches)
                     host.append((batch.images, batch.labels if num_classes else None))
                 run_step(host, progress.step)
+                for scheduler in state.schedulers:
+                    scheduler.step()
                 progress.step += 1
                 actions.since_log += 1
                 monitor.advance(1)
@@ -89,6 +92,8 @@ def train(cfg: Config) -> str:
                 periodic = [actions.due(every, at) for every in (t.log_every, t.sample_every, t.checkpoint_every)]
                 if evaluator.due(at) or any(periodic) or at % t.sync_every == 0:
                     stop = actions.sync(at, signals)
+                if cfg.aug.adaptive and at % cfg.aug.interval == 0:
+                    actions.adapt_augmentation()
                 if periodic[0]:
                     actions.log(at)
                 if at % t.sample_every == 0:

@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 import torch
 from accelerate import Accelerator
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
+from distgan.ada import AdaptiveP
 from distgan.config import Config
 from distgan.ddp import GlobalBatchNorm
 from distgan.ema import EMA
 from distgan.models import Discriminator, Generator, build_discriminator, build_generator
+from distgan.schedule import LRSchedule, lr_scheduler
 
 
 @dataclass
@@ -36,7 +39,18 @@ class TrainState:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    base_lrs: tuple[float, float]  # the config's rates after lr_scaling, which a schedule scales
+    augment_p: AdaptiveP | None = None  # the augmentation probability (fixed or adaptive); None: no augmentation
     progress: Progress = field(default_factory=Progress)
+    schedulers: list[LambdaLR] = field(default_factory=list)  # none for a constant rate
+
+    def start_schedules(self, cfg: Config) -> None:
+        """The lr schedules at the current step (a pure function of it: a resume continues them exactly)."""
+        if cfg.optim.schedule == "constant":
+            return
+        schedule = LRSchedule(cfg.optim.schedule, cfg.train.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
+        self.schedulers = [lr_scheduler(opt, schedule, [base], start_step=self.progress.step)
+                           for opt, base in zip((self.opt_g, self.opt_d), self.base_lrs)]
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -47,7 +61,8 @@ def build_state(cfg: Config, accelerator: Accelerator, shape: tuple[int, int, in
                 capturable: bool) -> TrainState:
     """The networks, optimisers and scaler of a fresh run (a resume then loads into them).
 
-    `capturable`: Adam keeps its step counter on the device, where a CUDA graph can update it.
+    `capturable`: Adam keeps its step counter (and a scheduled lr) on the device, where a CUDA graph
+    can update it.
     """
     device, world = accelerator.device, accelerator.num_processes
     G = build_generator(cfg.model, *shape, num_classes)
@@ -60,8 +75,12 @@ def build_state(cfg: Config, accelerator: Accelerator, shape: tuple[int, int, in
     adam = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     if capturable:
         adam["capturable"] = True
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr * lr_scale, betas=tuple(cfg.optim.g_betas), **adam)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr * lr_scale, betas=tuple(cfg.optim.d_betas), **adam)
+    base_lrs = (cfg.optim.g_lr * lr_scale, cfg.optim.d_lr * lr_scale)
+    g_lr, d_lr = base_lrs
+    if capturable and cfg.optim.schedule != "constant":  # a replayed graph reads the lr the scheduler fills in
+        g_lr, d_lr = (torch.tensor(lr, device=device) for lr in base_lrs)
+    opt_g = torch.optim.Adam(G.parameters(), lr=g_lr, betas=tuple(cfg.optim.g_betas), **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=d_lr, betas=tuple(cfg.optim.d_betas), **adam)
     G, D = accelerator.prepare(G, D)
     g_module, d_module = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
     ema = EMA(g_module, cfg.optim.ema_decay)
@@ -73,4 +92,8 @@ def build_state(cfg: Config, accelerator: Accelerator, shape: tuple[int, int, in
     # In bf16/fp32 the scaler (scale fixed at 1) is the guard that skips a step whose gradients are not
     # finite, on the device, without a host sync.
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0)
-    return TrainState(G, D, g_module, d_module, d_for_g, ema, opt_g, opt_d, scaler)
+    augment_p = None
+    if cfg.aug.policy.strip():
+        augment_p = AdaptiveP(cfg.aug.target, cfg.aug.speed_images, initial_p=cfg.aug.p,
+                              threshold=0.5 if cfg.loss.kind == "lsgan" else 0.0).to(device)
+    return TrainState(G, D, g_module, d_module, d_for_g, ema, opt_g, opt_d, scaler, base_lrs, augment_p)

@@ -24,9 +24,10 @@ from typing import Callable
 
 import torch
 
+from distgan.augment import augment, parse_policy
 from distgan.config import Config
 from distgan.data import normalize_images
-from distgan.losses import decision_threshold, discriminator_loss, generator_loss, gradient_penalty
+from distgan.losses import decision_threshold, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from distgan.training.state import TrainState
 
 STAT_KEYS = ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled")  # averaged over each log interval
@@ -57,6 +58,8 @@ class GANStep:
         # The penalty differentiates through a gradient, in fp32: D's own forward, not the autocast one
         # accelerate.prepare patched in under mixed precision (it would re-enable autocast inside).
         self.d_for_penalty = state.d_module.__dict__.get("_original_forward", state.d_module)
+        self.policy = parse_policy(cfg.aug.policy)
+        self.d_updates = 0  # a host counter for lazy R1 (so a graphed step needs r1_every = 1: graph.py)
         # One vector of sums: a handful of kernels per step, not dozens.
         self.stat_sums = torch.zeros(len(STAT_KEYS), device=self.device)
         self.bad_total = torch.zeros((), device=self.device)  # non-finite steps since the start
@@ -67,6 +70,20 @@ class GANStep:
             raise AttributeError(f"GANStep.{name} is changed in place only (a CUDA graph of the step keeps "
                                  f"updating the tensor it recorded); use {name}.copy_() or .zero_()")
         super().__setattr__(name, value)
+
+    def seen_by_d(self, images: torch.Tensor) -> torch.Tensor:
+        """Every image D sees, real or fake, in the D and the G step: augmented when aug.policy is set."""
+        return augment(images, self.policy, self.state.augment_p.p) if self.policy else images
+
+    def r1(self, real: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Lazy R1 (StyleGAN2): on one D update in r1_every, weighted by r1_every; zero elsewhere."""
+        loss = self.cfg.loss
+        due = loss.r1_gamma > 0 and self.d_updates % loss.r1_every == 0
+        self.d_updates += 1
+        if not due:
+            return torch.zeros((), device=self.device)
+        penalty = r1_penalty(lambda x, y: self.d_for_penalty(self.seen_by_d(x), y), real, labels, loss.r1_gamma)
+        return loss.r1_every * penalty
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
         scaler = self.state.scaler
@@ -87,20 +104,24 @@ class GANStep:
             with torch.set_grad_enabled(d_iter == len(reals) - 1), self.autocast():
                 fake = s.G(z, fake_labels)  # kept with its graph for the G step on the last D step
             with self.autocast():
-                both = torch.cat([real, fake.detach()]).contiguous(memory_format=torch.channels_last)
+                both = self.seen_by_d(torch.cat([real, fake.detach()]).contiguous(memory_format=torch.channels_last))
                 both_labels = torch.cat([labels, fake_labels]) if self.num_classes else None
                 real_logits, fake_logits = s.D(both, both_labels).split(B)
                 loss_d = discriminator_loss(kind, real_logits, fake_logits, cfg.loss.real_label)
                 if kind == "wgan-gp":
                     loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(self.d_for_penalty, real, fake.detach(), labels)
+                if cfg.loss.r1_gamma > 0:
+                    loss_d = loss_d + self.r1(real, labels)
+            if cfg.aug.adaptive:
+                s.augment_p.accumulate(real_logits)
             self.optimizer_step(s.opt_d, loss_d, s.d_module.parameters())
         s.d_module.requires_grad_(False)
         with self.autocast():
             if self.d_batchnorm:  # same real+fake batch statistics as in the D step, or G games them
-                both = torch.cat([real, fake]).contiguous(memory_format=torch.channels_last)
+                both = self.seen_by_d(torch.cat([real, fake]).contiguous(memory_format=torch.channels_last))
                 fake_scores = s.d_for_g(both, both_labels)[B:]
             else:
-                fake_scores = s.d_for_g(fake, fake_labels)
+                fake_scores = s.d_for_g(self.seen_by_d(fake), fake_labels)
             loss_g = generator_loss(kind, fake_scores)
         self.optimizer_step(s.opt_g, loss_g, s.g_module.parameters())
         s.d_module.requires_grad_(True)
