@@ -8,6 +8,7 @@ the GPU stream; the trainer asks on a cadence (`train.sync_every`), never per st
 from __future__ import annotations
 
 import datetime
+import re
 
 import torch
 import torch.distributed as dist
@@ -48,17 +49,29 @@ class Control:
         return [f"rank {r}: {m}" for r, m in enumerate(gathered) if m]
 
     def lost_ranks(self, timeout_s: float = 10.0) -> str:
-        """After a collective failed: which rank is gone (rank 0 learns all; the others learn of rank 0)."""
+        """After a collective failed: which rank is gone. Rank 0 asks every rank (a monitored barrier names
+        those that do not answer); the others can only tell that rank 0 stopped answering them."""
         if not self.active:
             return "no other rank"
+        rank, world = dist.get_rank(), self.world_size
         try:
             dist.monitored_barrier(self.group, timeout=datetime.timedelta(seconds=timeout_s), wait_all_ranks=True)
         except RuntimeError as exc:
-            if dist.get_rank() != 0:
-                return "rank 0"
-            text = str(exc).splitlines()[0]
-            return text.split(" failed to pass")[0].replace("Ranks", "rank(s)").replace("Rank", "rank")
-        return "none (every rank answered; the failed collective was another fault)"
+            if rank != 0:
+                return "rank 0 (or the rank that stopped first)"
+            found = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(exc))
+            if found:
+                return f"rank(s) {found.group(1).strip()}"
+            return "rank 1" if world == 2 else f"one of ranks 1..{world - 1} ({str(exc).splitlines()[0][:200]})"
+        return "no rank (every rank answered; the failed collective was another fault)"
+
+
+def is_lost_peer(exc: BaseException) -> bool:
+    """A collective that failed because another process went away (gloo and NCCL say it in their own words)."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(
+        sign in text for sign in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                                  "NCCL communicator was aborted", "ProcessGroupGloo", "gloo/transport"))
 
 
 @torch.no_grad()

@@ -238,3 +238,41 @@ def test_augmentation_r1_and_a_schedule_train_and_resume_exactly(shards, tmp_pat
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     resumed = [json.loads(line) for line in (tmp_path / "resumed/t/metrics.jsonl").read_text().splitlines()]
     assert [r["lr/g"] for r in resumed] == [r["lr/g"] for r in rows]
+
+
+def rank_pid(launcher: subprocess.Popen, rank: int) -> int:
+    for child in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split():
+        if f"\0RANK={rank}\0" in "\0" + Path(f"/proc/{child}/environ").read_text() + "\0":
+            return int(child)
+    raise AssertionError(f"rank {rank} of launcher {launcher.pid} not found")
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_named_by_the_other_which_exits_and_the_run_resumes_bitwise(shards, tmp_path):
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+
+    def command(run_dir: Path, steps: int) -> list[str]:
+        return LAUNCH_2_CPU + [str(REPO / "distgan/train.py"), "--config", str(REPO / "configs/fashion_dcgan.yaml"),
+                               f"data.path={data}", f"run_dir={run_dir}", "name=t", *TINY, f"train.steps={steps}"]
+
+    proc = subprocess.Popen(command(tmp_path / "killed", 4000), env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (tmp_path / "killed/t/checkpoints/step-0000008/state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before step 8"
+        time.sleep(0.1)
+    os.kill(rank_pid(proc, 1), signal.SIGKILL)
+    killed_at = time.time()
+    stderr = proc.communicate(timeout=90)[1]
+    assert time.time() - killed_at < 60 and proc.returncode != 0
+    assert "distgan-train: error: lost contact with rank 1 at step" in stderr
+    last = max(int(p.name.split("-")[1]) for p in (tmp_path / "killed/t/checkpoints").glob("step-*"))
+    assert last >= 8 and last % 4 == 0
+    # train.resume=auto goes on from the last checkpoint and ends where an uninterrupted run does.
+    for run_dir in (tmp_path / "killed", tmp_path / "straight"):
+        done = subprocess.run(command(run_dir, last + 4), env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    final = f"t/checkpoints/step-{last + 4:07d}"
+    for name in ("model.safetensors", "model_1.safetensors", "ema.safetensors"):
+        a, b = (load_file(str(tmp_path / run / final / name)) for run in ("killed", "straight"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name

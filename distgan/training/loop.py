@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import logging
 
-import torch.distributed as dist
-
 from distgan.config import Config
 from distgan.data import ShardLoader
-from distgan.ddp import Control
+from distgan.ddp import Control, is_lost_peer
 from distgan.metrics.during_training import TrainingEvaluator
 from distgan.monitor import RunMonitor
 from distgan.training.actions import RunActions, manifest_digest
@@ -111,8 +109,11 @@ def train(cfg: Config) -> str:
             monitor.finish()
             run_dir.mark_completed(progress.step)
         log.info("%s at step %d; checkpoints in %s", status, progress.step, run_dir.path / "checkpoints")
-    except dist.DistError as exc:  # a peer died: name it, rather than wait for a collective's timeout
-        raise TrainingError(f"lost contact with {control.lost_ranks()} at step {progress.step} ({exc}); "
+    except RuntimeError as exc:  # a peer died: name it, rather than wait for a collective's timeout
+        if not (control.active and is_lost_peer(exc)):
+            raise
+        raise TrainingError(f"lost contact with {control.lost_ranks()} at step {progress.step} "
+                            f"({str(exc).splitlines()[0][:160]}); "
                             f"resume from the last checkpoint with train.resume=auto") from exc
     finally:
         accelerator.end_training()
