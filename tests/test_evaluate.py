@@ -329,3 +329,26 @@ def test_two_process_eval_gathers_features_from_both_ranks(world, tmp_path):
     assert [r["step"] for r in rows if "eval/fid" in r] == [3, 6]  # one line each: rank 0 only
     _, info = load_generator(tmp_path / "t" / "generator_best")
     assert info["eval"]["n"] == 64  # ceil(63 / 2) per rank, gathered
+
+
+def test_fid_during_a_bf16_run_equals_distgan_eval_on_the_same_weights(world, tmp_path, monkeypatch):
+    """Training-time evaluation runs the EMA generator in fp32, like the exported model and distgan-eval."""
+    from accelerate.state import AcceleratorState
+
+    from distgan.metrics.generated import TorchSource
+
+    data, cache = world
+    monkeypatch.setenv("DISTGAN_CACHE", str(cache))
+    cfg = load_config(REPO / "configs/fashion_house.yaml",
+                      [f"data.path={data}", f"run_dir={tmp_path}", "name=t", *TINY, "train.steps=4",
+                       "train.mixed_precision=bf16", "eval.every=4", "eval.n=64"])
+    try:
+        assert trainer.train(cfg) == "completed"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    logged = [json.loads(line) for line in (tmp_path / "t/metrics.jsonl").read_text().splitlines()]
+    during = [r["eval/fid"] for r in logged if "eval/fid" in r]
+    # Rank 0 of one process draws its latents with seed cfg.seed * 7919 + 1 (metrics/during_training.py).
+    result = evaluate(TorchSource.from_dir(tmp_path / "t/generator_best"), data, n=64, features="domain",
+                      seed=1, batch_size=500, progress=False)
+    assert during == [pytest.approx(result["metrics"]["fid"], rel=1e-6)]
