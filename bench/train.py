@@ -97,20 +97,21 @@ def _sync(device: torch.device) -> None:
 
 
 def trainer_run(arch: str, tag: str, overrides: list[str], data: Path, batch: int, steps: int, warmup: int,
-                workers: int, run_dir: Path) -> float:
-    """distgan's trainer as users run it; median images/s of the log intervals after the first."""
+                workers: int, run_dir: Path, repo: Path = REPO) -> float:
+    """distgan's trainer (of the checkout `repo`) as users run it; median images/s of the log intervals after
+    the first."""
     name = f"{arch}-{tag}"
     interval = max(steps // 5, 1)
     total = warmup + 5 * interval
-    cmd = [sys.executable, str(REPO / "distgan" / "train.py"), "--config", str(REPO / CONFIGS[arch]),
+    cmd = [sys.executable, str(repo / "distgan" / "train.py"), "--config", str(repo / CONFIGS[arch]),
            f"name={name}", f"run_dir={run_dir}", f"data.path={data}", f"data.batch_size={batch}",
            f"data.num_workers={workers}", f"train.steps={total}", f"train.log_every={interval}",
            f"train.sample_every={10**9}", f"train.checkpoint_every={10**9}",
            "log.log_with=none", "train.resume=none", *overrides]
     if warmup % interval:
         raise SystemExit(f"--warmup {warmup} must be a multiple of the log interval {interval}")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    subprocess.run(cmd, check=True, env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
     timed = [line["perf/images_per_s"] for line in lines if line["step"] > warmup]
     return statistics.median(timed)
@@ -127,6 +128,8 @@ def main() -> None:
                         "(on one GPU the default replays the whole step as one CUDA graph)")
     parser.add_argument("--variant", action="append", default=[], metavar="TAG:KEY=VALUE,...",
                         help="one more trainer variant, e.g. nchw:train.channels_last=false (repeatable)")
+    parser.add_argument("--baseline-repo", type=Path, help="also time the trainer of another distgan checkout "
+                        "(e.g. a worktree of the commit before a change) in the same turns, as variant 'baseline'")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=0, help="plain loop and trainer take turns this many times; "
                         "medians are reported (default: 3 on CPU, whose speed drifts between runs; 1 on CUDA)")
@@ -140,6 +143,9 @@ def main() -> None:
     workers = args.workers or (4 if device.type == "cuda" else 1)
     args.rounds = args.rounds or (1 if device.type == "cuda" else 3)
     variants = [("fp32" if p == "no" else p, [f"train.mixed_precision={p}"]) for p in args.precisions.split(",")]
+    repos = {"baseline": args.baseline_repo.resolve()} if args.baseline_repo else {}
+    if args.baseline_repo:
+        variants.append(("baseline", ["train.mixed_precision=no"]))
     if args.compile:
         compiled = ["train.compile=true", f"train.compile_mode={args.compile_mode}"]
         variants += [(f"{tag}_compiled", [*o, *compiled]) for tag, o in variants]
@@ -170,7 +176,7 @@ def main() -> None:
                 for tag, overrides in variants:
                     try:
                         speeds[tag].append(trainer_run(arch, tag, overrides, data, args.batch, steps, warmup,
-                                                       workers, tmp / f"runs-{round_}"))
+                                                       workers, tmp / f"runs-{round_}", repos.get(tag, REPO)))
                     except subprocess.CalledProcessError as exc:  # one broken variant must not hide the others
                         print(f"{arch:8s} distgan {tag:14s} FAILED (exit {exc.returncode}):\n"
                               + "\n".join(exc.stderr.splitlines()[-15:]), flush=True)
