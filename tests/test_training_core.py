@@ -194,8 +194,6 @@ def test_global_batchnorm_over_two_ranks_equals_one_process_on_the_whole_batch(t
     proc = subprocess.run(LAUNCH_2_CPU + probe, env=run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from distgan.ddp import GlobalBatchNorm  # noqa: F401  (the probe's module; one process here)
-
     torch.manual_seed(0)
     x = torch.randn(8, 3, 5, 5, requires_grad=True)
     bn = torch.nn.BatchNorm2d(3)
