@@ -24,8 +24,10 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from distgan.artifacts import DISCRIMINATOR_SPEC, checkpoint_name, list_checkpoints
+from distgan.config import Config
 from distgan.ddp import Control
 from distgan.training.errors import TrainingError
+from distgan.training.run_dir import RunDirectory
 from distgan.training.state import TrainState
 
 AUGMENT_STATE = "augment.safetensors"  # the augmentation probability p and the adaptive sums
@@ -97,3 +99,21 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> 
     info = json.loads((path / "state.json").read_text())
     state.progress.step, state.progress.epoch, state.progress.batch = info["step"], info["epoch"], info["batch"]
     return info
+
+
+def resume(cfg: Config, accelerator: Accelerator, run_dir: RunDirectory, checkpoint: Path | None, state: TrainState,
+           data_digest: str, batches_per_epoch: int) -> dict:
+    """Load `checkpoint` (if any) into `state` once the run directory's rules allow it; returns the config
+    changes to record. On another world size the loader position becomes as many images of the epoch."""
+    if checkpoint is None:
+        return {}
+    saved = json.loads((checkpoint / "state.json").read_text())
+    changes = run_dir.check_resume(cfg, saved, data_digest)  # before loading, so a changed width is named
+    try:
+        load_checkpoint(accelerator, checkpoint, state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise TrainingError(f"{checkpoint} does not fit this config's networks: {str(exc)[:500]}") from exc
+    world = accelerator.num_processes
+    if saved.get("world_size", world) != world:
+        state.progress.batch = min(state.progress.batch * saved["world_size"] // world, batches_per_epoch)
+    return changes

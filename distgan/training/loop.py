@@ -9,7 +9,6 @@ collective, every `train.sync_every` steps and before every periodic action.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from distgan.config import Config
@@ -18,7 +17,7 @@ from distgan.ddp import Control, is_lost_peer
 from distgan.metrics.during_training import TrainingEvaluator
 from distgan.monitor import RunMonitor
 from distgan.training.actions import RunActions, manifest_digest
-from distgan.training.checkpoint import load_checkpoint
+from distgan.training.checkpoint import resume
 from distgan.training.errors import TrainingError
 from distgan.training.graph import EagerStep, GraphedStep, use_step_graph
 from distgan.training.run_dir import RunDirectory, flat_config
@@ -48,16 +47,7 @@ def train(cfg: Config) -> str:
     state = build_state(cfg, accelerator, (manifest.channels, manifest.height, manifest.width), num_classes,
                         capturable=graphed)
     resume_from = run_dir.resolve_resume(cfg.train.resume)
-    changes = {}
-    if resume_from is not None:
-        saved = json.loads((resume_from / "state.json").read_text())
-        changes = run_dir.check_resume(cfg, saved, manifest_digest(manifest))  # before loading: names the keys
-        try:
-            load_checkpoint(accelerator, resume_from, state)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise TrainingError(f"{resume_from} does not fit this config's networks: {str(exc)[:500]}") from exc
-        if saved.get("world_size", world) != world:  # resume after as many images of the epoch
-            state.progress.batch = min(state.progress.batch * saved["world_size"] // world, len(loader))
+    changes = resume(cfg, accelerator, run_dir, resume_from, state, manifest_digest(manifest), len(loader))
     progress = state.progress
     state.start_schedules(cfg)
     run_dir.start(cfg, progress.step if resume_from else None, changes)
