@@ -12,6 +12,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $@
 
+$(VENV)/.installed-serve: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[serve]'
+	touch $@
+
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
@@ -38,7 +42,7 @@ endif
 LAUNCH += --num_machines 1 --mixed_precision no --dynamo_backend no
 DEMO_CONFIG ?= configs/fashion_house.yaml
 
-demo: $(DATA)/dataset.json
+demo: $(DATA)/dataset.json | $(VENV)/.installed-serve
 	$(VENV)/bin/distgan-data verify $(DATA)
 	mkdir -p $(RUN)
 	$(VENV)/bin/distgan-data show $(DATA) --n 64 --out $(RUN)/real_grid.png
@@ -54,6 +58,9 @@ demo: $(DATA)/dataset.json
 	@echo "ONNX:           $(RUN)/generator.onnx (+ generator.opt.onnx), parity-checked against torch"
 	@echo "ONNX samples:   $(RUN)/onnx_grid.png (onnxruntime only: distgan-sample, or export/generate.py)"
 	@echo "checkpoints:    $(RUN)/checkpoints/ (make demo again resumes; rm -r $(RUN) to start over)"
+	@echo
+	@echo "explore it in a browser (then open http://127.0.0.1:8000/; from a laptop: ssh -L 8000:127.0.0.1:8000 THIS_HOST):"
+	@echo "  $(VENV)/bin/distgan-serve $(RUN)/generator.onnx"
 
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
 test: $(VENV)/.installed-dev
@@ -64,6 +71,7 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/loader.py
 	$(PY) bench/infer.py
 	$(PY) bench/train.py
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -1,20 +1,40 @@
-"""An exported generator at run time, with onnxruntime and numpy only.
+"""An exported generator at run time (onnxruntime, numpy, pillow; never torch), and the one latent convention.
 
-Deployment machines need not have torch, so nothing here imports it (a test runs
-`distgan-sample` and checks `torch` never enters `sys.modules`). Everything a client
-needs is in the model's `metadata_props` (keys below, written by `distgan.export`):
-the latent size and distribution, the image shape, the class names, and how the
-output is laid out.
+Deployment machines need not have torch (a test checks `distgan-sample` never imports it).
+This file is also the deployment kit's runtime (`export/runtime.py` links to it), so it
+imports nothing from distgan. What a client needs is in the model's `metadata_props`.
+
+The latent convention, written here only: `distgan-sample`, `distgan-serve` (page and API)
+and `export/generate.py` all draw through `OnnxGenerator.sample` / `.interpolate`, so one
+request gives byte-identical PNGs from each.
+- A seed (0 .. 2**32 - 1) is one image: z = numpy.random.default_rng(seed).standard_normal(nz,
+  dtype=float32); n images from seed s are the images of seeds s .. s + n - 1.
+- Class: a name (any case) or index gives every image that class; none gives seed s class
+  s mod K (every class in turn); "all" draws each seed in every class, a row per seed.
+- Truncation psi (0 .. 2): z * psi, towards the mean of N(0, I); 1 is z as drawn.
+- A walk from seed a to seed b: `steps` frames of the spherical interpolation of their
+  latents at t = i / (steps - 1), exactly a's and b's latents at the ends, psi applied
+  after, the class of a's image held.
+- PNG: pillow's encoder, text chunks naming the model's sha256 and the request.
+Not this convention: the training-time sample grids (torch.randn with a torch.Generator,
+distgan/training/actions.py) and the latents `distgan-eval` scores (distgan/metrics/generated.py:
+one torch stream per seed, which keeps the per-rank seeds of evaluation during training
+on disjoint samples). Their images are not these seeds' images.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image, PngImagePlugin
 
 PREFIX = "distgan."
 # The contract with every client: all values are strings.
@@ -22,10 +42,21 @@ REQUIRED_KEYS = (
     "family", "nz", "channels", "height", "width", "num_classes", "class_names", "output_range",
     "output_layout", "output_dtype", "step", "dataset", "distgan_version", "config_hash", "quantization",
 )
+MAX_SEED = 2**32 - 1
+PSI_RANGE = (0.0, 2.0)
+ALL_CLASSES = "all"  # the class value that draws every class (a class named "all" is reachable by its index)
 
 
 class ModelError(ValueError):
     """A file that is not a usable distgan ONNX generator, or inputs it cannot take."""
+
+
+class InputError(ModelError):
+    """A request parameter out of its valid range; `field` names the parameter."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -76,9 +107,105 @@ class GeneratorInfo:
         return info
 
 
-def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:
-    """float [B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C], rounded as the uint8-output graph does."""
-    return np.round(np.clip((images + 1.0) * 127.5, 0, 255)).astype(np.uint8).transpose(0, 2, 3, 1)
+# --- the latent convention -------------------------------------------------------------
+
+
+def check_int(field: str, value: object, low: int, high: int | None = None, why: str = "") -> int:
+    """`value` as an int in low .. high (no bound above when None), or an InputError naming `field`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(field, f"{value!r} is not an integer")
+    if value < low or (high is not None and value > high):
+        raise InputError(field, f"{value} is out of range; valid: {low}..{'' if high is None else high}{why}")
+    return int(value)
+
+
+def seed_range(field: str, seed: object, n: int) -> np.ndarray:
+    """The seeds seed .. seed + n - 1, checked against 0 .. MAX_SEED."""
+    seed = check_int(field, seed, 0, MAX_SEED - n + 1, f" (n = {n} images use seeds up to seed + {n - 1})" * (n > 1))
+    return np.arange(seed, seed + n, dtype=np.int64)
+
+
+def check_psi(psi: object) -> float:
+    low, high = PSI_RANGE
+    if isinstance(psi, bool) or not isinstance(psi, (int, float, np.floating)) or not low <= psi <= high:
+        raise InputError("psi", f"{psi!r} is out of range; valid: a number in {low:g}..{high:g}")
+    return float(psi)
+
+
+def latents(seeds: np.ndarray, nz: int) -> np.ndarray:
+    """float32 [len(seeds), nz]: row i is the latent of seeds[i] (default_rng(seed) is Generator(PCG64(seed)))."""
+    rows = [np.random.Generator(np.random.PCG64(int(s))).standard_normal(nz, dtype=np.float32) for s in seeds]
+    return np.array(rows, np.float32).reshape(len(rows), nz)
+
+
+def truncate(z: np.ndarray, psi: float) -> np.ndarray:
+    """Pull latents towards the mean of N(0, I) (zero): psi = 1 is z itself, 0 the mean."""
+    return z if psi == 1.0 else (z * np.float32(psi)).astype(np.float32)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """Spherical interpolation per row: stays on the shell where N(0, I) latents live, unlike a straight line.
+    Exactly `a` at t = 0 and `b` at t = 1."""
+    if t == 0.0 or t == 1.0:
+        return (a if t == 0.0 else b).copy()
+    na, nb = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
+    omega = np.arccos(np.clip(np.sum(a / na * (b / nb), axis=1, keepdims=True), -1.0, 1.0))
+    so = np.sin(omega)
+    safe = np.where(so < 1e-6, 1.0, so)
+    mixed = np.where(so < 1e-6, (1 - t) * a + t * b, (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / safe)
+    return mixed.astype(np.float32)
+
+
+# --- images and files ------------------------------------------------------------------
+
+
+def grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
+    """uint8 [B, H, W, C] -> one uint8 image, `columns` tiles a row (default: a square), black between tiles.
+    A single image is returned as it is."""
+    b, h, w, c = images.shape
+    if b == 1:
+        return images[0]
+    cols = columns or math.ceil(math.sqrt(b))
+    rows = math.ceil(b / cols)
+    out = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding, c), np.uint8)
+    for i, image in enumerate(images):
+        y, x = padding + (i // cols) * (h + padding), padding + (i % cols) * (w + padding)
+        out[y:y + h, x:x + w] = image
+    return out
+
+
+def to_pil(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def encode_png(image: np.ndarray, text: dict[str, str]) -> bytes:
+    """The PNG every distgan client writes for `image` (uint8 [H, W, C]), `text` as its text chunks.
+    zlib level 1: encoding is most of the cost of serving a grid, and level 6 saved ~7% of the bytes at ~1.5x
+    the time (a 64-image grid, DCGAN-28 on Fashion-MNIST and DCGAN-64)."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)  # latin-1 as tEXt, anything else as iTXt
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG", pnginfo=info, compress_level=1)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """Images drawn by the convention, with what says how to draw them again."""
+
+    images: np.ndarray  # uint8 [rows * columns, H, W, C], row-major
+    z: np.ndarray  # float32 [rows * columns, nz], the latents the model was given (psi applied)
+    columns: int  # tiles per grid row
+    seeds: np.ndarray  # int64 per image
+    labels: np.ndarray | None  # int64 class id per image; None for an unconditional model
+    text: dict[str, str]  # the PNG's text chunks: the model's sha256 and the request
+    name: str  # a file name that carries the same
+    args: tuple[str, ...]  # the distgan-sample arguments (after --onnx FILE) that draw it again
+
+    def png(self) -> bytes:
+        """The grid (or the single image) as the PNG every client writes."""
+        return encode_png(grid(self.images, self.columns), self.text)
 
 
 class OnnxGenerator:
@@ -89,42 +216,110 @@ class OnnxGenerator:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX file")
+        data = self.path.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Clients work between runs (latents, PNG, HTTP): workers that spin after a run took the cores from that
+        # work (one DCGAN-64 image drawn as PNG on 2 cores: 16-22 ms spinning, 2-10 ms not; the run alike).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, options, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise ModelError(f"{self.path}: onnxruntime cannot load it: {exc}") from exc
-        self.info = GeneratorInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.info = GeneratorInfo.from_metadata(self.metadata, str(self.path))
         inputs = {i.name for i in self.session.get_inputs()}
         expected = {"z", "labels"} if self.info.num_classes else {"z"}
         if inputs != expected:
             raise ModelError(f"{self.path}: inputs are {sorted(inputs)}, expected {sorted(expected)}")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs != ["images"]:
+            raise ModelError(f"{self.path}: outputs are {outputs}, expected ['images']")
 
     @property
     def conditional(self) -> bool:
         return self.info.num_classes > 0
 
     def latents(self, n: int, seed: int) -> np.ndarray:
-        """The n standard-normal latents of `seed`: the same seed gives the same images everywhere."""
-        return np.random.default_rng(seed).standard_normal((n, self.info.nz), dtype=np.float32)
+        """The latents of seeds seed .. seed + n - 1: the same seed gives the same image everywhere."""
+        return latents(seed_range("seed", seed, n), self.info.nz)
 
     def class_id(self, name: str) -> int:
         """A class name (case-insensitive) or index -> its id."""
         names = self.info.class_names
         if not names:
-            raise ModelError(f"{self.path}: the model is unconditional; it has no classes (got {name!r})")
+            raise InputError("class", f"the model is unconditional; it has no classes (got {name!r})")
         lowered = [n.lower() for n in names]
         if name.lower() in lowered:
             return lowered.index(name.lower())
         if name.isdigit() and int(name) < len(names):
             return int(name)
-        raise ModelError(f"unknown class {name!r}; valid: {', '.join(names)}")
+        raise InputError("class", f"unknown class {name!r}; valid: {', '.join(names)} "
+                                  f"(or an index 0..{len(names) - 1}, or {ALL_CLASSES})")
 
-    def default_labels(self, n: int) -> np.ndarray | None:
-        """Every class in turn (conditional models), or None."""
-        return np.arange(n, dtype=np.int64) % self.info.num_classes if self.conditional else None
+    def default_labels(self, n: int, seed: int = 0) -> np.ndarray | None:
+        """The classes of seeds seed .. seed + n - 1 when none is asked for: seed mod K, or None (unconditional)."""
+        return (np.arange(seed, seed + n, dtype=np.int64) % self.info.num_classes) if self.conditional else None
+
+    def _rows(self, seed: int, n: int, class_name: str | None,
+              seed_field: str = "seed") -> tuple[np.ndarray, np.ndarray | None, int, str]:
+        """The seeds and labels of the images a request draws (row-major), the grid's columns, the class as text."""
+        check_int("n", n, 1)
+        seeds = seed_range(seed_field, seed, n)
+        k = self.info.num_classes
+        if class_name is None:
+            described = f"every class in turn (seed mod {k})" if k else ""
+            return seeds, self.default_labels(n, int(seed)), math.ceil(math.sqrt(n)), described
+        if class_name.lower() == ALL_CLASSES and k:
+            return np.repeat(seeds, k), np.tile(np.arange(k, dtype=np.int64), n), k, ALL_CLASSES
+        label = self.class_id(class_name)
+        return seeds, np.full(n, label, np.int64), math.ceil(math.sqrt(n)), self.info.class_names[label]
+
+    def _drawing(self, images: np.ndarray, z: np.ndarray, columns: int, seeds: np.ndarray, labels: np.ndarray | None,
+                 request: dict[str, int], name: str, described: str, psi: float) -> Drawing:
+        """The drawing with its PNG text, file name and distgan-sample arguments."""
+        text = {f"{PREFIX}model_sha256": self.sha256, **{PREFIX + k: str(v) for k, v in request.items()}}
+        flags = {"seed": "--seed", "seed_a": "--seed", "n": "--n", "seed_b": "--interpolate", "steps": "--steps"}
+        args = [a for k, v in request.items() for a in (flags[k], str(v))]
+        parts = [self.sha256[:12], name]
+        if described:  # conditional models
+            text[f"{PREFIX}class"] = described
+            every = described.startswith("every")
+            slug = re.sub(r"[^a-z0-9]+", "-", described.lower()).strip("-") or "class"
+            parts.append("every-class" if every else slug)
+            args += [] if every else ["--class", described]
+        text[f"{PREFIX}psi"] = repr(psi)
+        parts.append(f"psi{psi!r}")
+        args += [] if psi == 1.0 else ["--psi", repr(psi)]
+        return Drawing(images, z, columns, seeds, labels, text, "_".join(parts) + ".png", tuple(args))
+
+    def sample(self, seed: int = 0, n: int = 1, class_name: str | None = None, psi: float = 1.0) -> Drawing:
+        """The images of seeds seed .. seed + n - 1 (with class "all": each of them in every class)."""
+        psi = check_psi(psi)
+        seeds, labels, columns, described = self._rows(seed, n, class_name)
+        z = truncate(latents(seeds, self.info.nz), psi)
+        name = f"seed{seed}" if n == 1 else f"seed{seed}-{seed + n - 1}"
+        return self._drawing(self.images(z, labels), z, columns, seeds, labels, {"seed": seed, "n": n}, name,
+                             described, psi)
+
+    def interpolate(self, seed_a: int, seed_b: int, steps: int, class_name: str | None = None, psi: float = 1.0,
+                    n: int = 1) -> Drawing:
+        """A row of `steps` frames for each image of `sample(seed_a, n, class_name)`, walking to the latent of
+        its counterpart from seed_b (seed_b + i), the class held; frames 0 and steps - 1 are the two images."""
+        psi = check_psi(psi)
+        steps = check_int("steps", steps, 2)
+        seeds, labels, _, described = self._rows(seed_a, n, class_name, seed_field="seed_a")
+        seeds_b = seeds - seeds[0] + seed_range("seed_b", seed_b, n)[0]
+        za, zb = latents(seeds, self.info.nz), latents(seeds_b, self.info.nz)
+        path = np.stack([slerp(za, zb, i / (steps - 1)) for i in range(steps)], axis=1)  # [rows, steps, nz]
+        labels = None if labels is None else np.repeat(labels, steps)
+        z = truncate(path.reshape(-1, self.info.nz), psi)
+        name = f"walk{seed_a}-{seed_b}_steps{steps}" + (f"_n{n}" if n > 1 else "")
+        return self._drawing(self.images(z, labels), z, steps, np.repeat(seeds, steps), labels,
+                             {"seed_a": seed_a, "n": n, "seed_b": seed_b, "steps": steps}, name, described, psi)
+
+    # --- raw arrays --------------------------------------------------------------------
 
     def _check(self, z: np.ndarray, labels: np.ndarray | None) -> None:
         nz = self.info.nz
@@ -160,3 +355,8 @@ class OnnxGenerator:
                             None if labels is None else labels[start:start + batch_size])
             out.append(part if self.info.output_dtype == "uint8" else to_uint8_nhwc(part))
         return np.concatenate(out)
+
+
+def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:
+    """float [B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C], rounded as the uint8-output graph does."""
+    return np.round(np.clip((images + 1.0) * 127.5, 0, 255)).astype(np.uint8).transpose(0, 2, 3, 1)

@@ -1,113 +1,108 @@
 """`distgan-sample`: images from an exported generator with onnxruntime, numpy and pillow only.
 
-    distgan-sample --onnx FILE --n 64 --seed 0 (--grid out.png | --outdir DIR | --npz FILE)
-                   [--class sandal] [--interpolate STEPS --gif out.gif]
+    distgan-sample --onnx FILE [--seed S] [--n N] [--class NAME|INDEX|all] [--psi P]
+                   (--grid out.png | --outdir DIR | --npz FILE)
+    distgan-sample --onnx FILE --seed A --interpolate B --steps S (--grid strip.png | --gif walk.gif | --npz FILE)
 
 No torch: this is what runs where only the ONNX file is deployed (a test checks
-`torch` is never imported). The same seed gives the same images; nz, image shape,
-output format and class names come from the model's metadata.
+`torch` is never imported). Seeds, classes, truncation and interpolation follow the
+one convention in `distgan.runtime`, so the same arguments give the same PNG bytes as
+`distgan-serve` and `export/generate.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from distgan.runtime import ModelError, OnnxGenerator
-
-
-def grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
-    """uint8 [B, H, W, C] -> one uint8 [rows * (H + p) + p, cols * (W + p) + p, C] image, black between tiles."""
-    b, h, w, c = images.shape
-    cols = nrow or math.ceil(math.sqrt(b))
-    rows = math.ceil(b / cols)
-    out = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding, c), np.uint8)
-    for i, image in enumerate(images):
-        y, x = padding + (i // cols) * (h + padding), padding + (i % cols) * (w + padding)
-        out[y:y + h, x:x + w] = image
-    return out
+from distgan.runtime import ALL_CLASSES, Drawing, ModelError, OnnxGenerator, grid, to_pil
 
 
-def to_pil(image: np.ndarray) -> Image.Image:
-    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write beside the target, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
-def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
-    """Spherical interpolation per row: stays on the shell where N(0, I) latents live, unlike a straight line."""
-    na, nb = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
-    omega = np.arccos(np.clip(np.sum(a / na * (b / nb), axis=1, keepdims=True), -1.0, 1.0))
-    so = np.sin(omega)
-    safe = np.where(so < 1e-6, 1.0, so)
-    mixed = np.where(so < 1e-6, (1 - t) * a + t * b, (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / safe)
-    return mixed.astype(np.float32)
+def write_gif(drawing: Drawing, rows: int, path: Path) -> None:
+    """The walk as an animation: frame t shows every row's frame t, forward then back."""
+    steps = drawing.columns
+    frames = drawing.images.reshape(rows, steps, *drawing.images.shape[1:])
+    order = list(range(steps)) + list(range(steps - 2, 0, -1))
+    pictures = [to_pil(grid(frames[:, t])) for t in order]
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=80, loop=0)
+    os.replace(tmp, path)
 
 
-def interpolation_frames(model: OnnxGenerator, z: np.ndarray, labels: np.ndarray | None, seed: int,
-                         steps: int) -> list[np.ndarray]:
-    """Grids walking from the latents of `seed` to those of `seed + 1` and back, `steps` frames each way."""
-    target = model.latents(len(z), seed + 1)
-    ts = [i / steps for i in range(steps)]
-    path = [slerp(z, target, t) for t in ts] + [slerp(target, z, t) for t in ts]
-    return [grid(model.images(frame, labels)) for frame in path]
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="distgan-sample",
                                      description="Sample an exported distgan generator with onnxruntime (no torch).")
     parser.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="a model from distgan-export")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the first image's seed: image i is seed + i, the same image everywhere (default 0)")
     parser.add_argument("--n", type=int, default=64, help="number of images (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="latent seed: the same seed gives the same images")
-    out = parser.add_mutually_exclusive_group()
-    out.add_argument("--grid", type=Path, metavar="PNG", help="one grid image")
-    out.add_argument("--outdir", type=Path, metavar="DIR", help="one PNG per image: DIR/00000.png ...")
-    out.add_argument("--npz", type=Path, metavar="FILE", help="images (uint8 NHWC), z and labels in one .npz")
     parser.add_argument("--class", dest="class_name", metavar="NAME",
-                        help="conditional models: this class for every image (default: every class in turn)")
-    parser.add_argument("--interpolate", type=int, metavar="STEPS",
-                        help="with --gif: frames per leg of a loop from seed's latents to seed+1's and back")
-    parser.add_argument("--gif", type=Path, help="with --interpolate: the animated grid")
+                        help="conditional models: a class name or index for every image, or 'all' (each seed in every "
+                             "class, a row per seed); default: seed mod K, every class in turn")
+    parser.add_argument("--psi", type=float, default=1.0, help="truncation: z * psi, in 0..2 (default 1: none)")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--grid", type=Path, metavar="PNG", help="one grid image (with --interpolate: a row of frames "
+                                                              "per image)")
+    out.add_argument("--outdir", type=Path, metavar="DIR", help="one PNG per image, named by model, seed, class, psi")
+    out.add_argument("--npz", type=Path, metavar="FILE", help="images (uint8 NHWC), z, seeds and labels in one .npz")
+    parser.add_argument("--interpolate", type=int, metavar="SEED_B",
+                        help="walk from each image to the one of SEED_B (+ i), spherically, the class held")
+    parser.add_argument("--steps", type=int, default=16, help="with --interpolate: frames per walk (default 16)")
+    parser.add_argument("--gif", type=Path, help="with --interpolate: the walk animated, forward and back")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: one per core)")
     args = parser.parse_args(argv)
-    if (args.interpolate is None) != (args.gif is None):
-        parser.error("--interpolate STEPS and --gif FILE go together")
+    if args.gif and args.interpolate is None:
+        parser.error("--gif needs --interpolate SEED_B")
+    if args.interpolate is not None and args.outdir:
+        parser.error("--interpolate writes --grid, --gif or --npz, not --outdir")
     if not (args.grid or args.outdir or args.npz or args.gif):
-        parser.error("say where the images go: --grid, --outdir, --npz (and/or --interpolate with --gif)")
-    if args.n < 1 or (args.interpolate is not None and args.interpolate < 1):
-        parser.error("--n and --interpolate must be >= 1")
+        parser.error("say where the images go: --grid, --outdir, --npz (or --gif with --interpolate)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         model = OnnxGenerator(args.onnx, threads=args.threads)
-        if args.class_name is not None:
-            labels = np.full(args.n, model.class_id(args.class_name), np.int64)
+        if args.interpolate is None:
+            drawing = model.sample(args.seed, args.n, args.class_name, args.psi)
         else:
-            labels = model.default_labels(args.n)
-        z = model.latents(args.n, args.seed)
-        images = model.images(z, labels)
+            drawing = model.interpolate(args.seed, args.interpolate, args.steps, args.class_name, args.psi, args.n)
     except (FileNotFoundError, ModelError) as exc:
-        parser.exit(2, f"distgan-sample: error: {exc}\n")
+        print(f"distgan-sample: error: {exc}", file=sys.stderr)
+        return 2
+    what = f"{len(drawing.images)} images, seed {args.seed}"
     if args.grid:
-        args.grid.parent.mkdir(parents=True, exist_ok=True)
-        to_pil(grid(images)).save(args.grid)
-        print(f"wrote {args.grid} ({args.n} images, seed {args.seed})")
+        write_atomic(args.grid, drawing.png())
+        print(f"wrote {args.grid} ({what})")
     if args.outdir:
-        args.outdir.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(images):
-            to_pil(image).save(args.outdir / f"{i:05d}.png")
-        print(f"wrote {args.n} images to {args.outdir}/ (seed {args.seed})")
+        every = (args.class_name or "").lower() == ALL_CLASSES  # one file per (seed, class)
+        for seed, label in zip(drawing.seeds.tolist(), [None] * len(drawing.seeds) if drawing.labels is None
+                               else drawing.labels.tolist()):
+            single = model.sample(seed, 1, str(label) if every else args.class_name, args.psi)
+            write_atomic(args.outdir / single.name, single.png())
+        print(f"wrote {len(drawing.images)} images to {args.outdir}/ ({what})")
     if args.npz:
+        extra = {"labels": drawing.labels} if drawing.labels is not None else {}
         args.npz.parent.mkdir(parents=True, exist_ok=True)
-        extra = {"labels": labels} if labels is not None else {}
-        np.savez(args.npz, images=images, z=z, **extra)
-        print(f"wrote {args.npz} (images uint8 {list(images.shape)}, z{', labels' if extra else ''})")
+        np.savez(args.npz, images=drawing.images, z=drawing.z, seeds=drawing.seeds, **extra)
+        print(f"wrote {args.npz} (images uint8 {list(drawing.images.shape)}, z, seeds{', labels' if extra else ''})")
     if args.gif:
-        frames = [to_pil(f) for f in interpolation_frames(model, z, labels, args.seed, args.interpolate)]
-        args.gif.parent.mkdir(parents=True, exist_ok=True)
-        frames[0].save(args.gif, save_all=True, append_images=frames[1:], duration=80, loop=0)
-        print(f"wrote {args.gif} ({len(frames)} frames, seed {args.seed} -> {args.seed + 1} and back)")
+        write_gif(drawing, len(drawing.images) // drawing.columns, args.gif)
+        print(f"wrote {args.gif} ({drawing.columns} frames, seed {args.seed} -> {args.interpolate}, and back)")
     return 0
 
 

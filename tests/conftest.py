@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -148,3 +152,87 @@ def pattern_gan(pattern_shards, tmp_path_factory) -> Path:
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     return out / "t"
+
+
+# --- small generators, exported ------------------------------------------------------
+
+GENERATOR_INFO = {"step": 7, "dataset": "synthetic", "config_hash": "0123456789abcdef", "distgan_version": "0.1.0"}
+
+
+def generator_dir(tmp_path: Path, arch: str, shape: tuple[int, int, int], conditional: bool = False, ngf: int = 4,
+                  classes: list[str] | None = None) -> Path:
+    """A generator/ directory with outputs of order 1 and BatchNorms with non-trivial running statistics
+    (conditional with `classes`, or with five classes c0..c4 when only `conditional` is set)."""
+    import torch
+    import torch.nn as nn
+
+    from distgan.artifacts import save_generator
+    from distgan.models import ModelConfig, build_generator
+
+    classes = classes or ([f"c{i}" for i in range(5)] if conditional else [])
+    torch.manual_seed(0)
+    g = build_generator(ModelConfig(arch=arch, nz=16, ngf=ngf, mlp_hidden=16, conditional=bool(classes)), *shape,
+                        len(classes))
+    for m in g.modules():  # torch's default init, not DCGAN's N(0, 0.02): outputs of order 1, not 1e-4
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            m.reset_parameters()
+    with torch.no_grad():
+        for _ in range(3):  # train-mode forwards move the running statistics away from 0 and 1
+            g(torch.randn(32, 16) * 3 + 1, torch.randint(0, len(classes), (32,)) if classes else None)
+    save_generator(g.eval(), tmp_path / arch, {**GENERATOR_INFO, "classes": classes, "image_shape": list(shape)})
+    return tmp_path / arch
+
+
+# --- distgan-serve: two small exported generators and a running server ---------------
+
+SERVE_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Sandal", "Ankle boot"]
+# The session server's limits (small, so the tests can reach them).
+SERVE_LIMITS = {"--max-n": 32, "--max-steps": 12, "--max-images": 50, "--max-query-bytes": 512}
+
+
+@pytest.fixture(scope="session")
+def serve_models(tmp_path_factory) -> dict[str, Path]:
+    """A conditional 28x28 grayscale generator and an unconditional 64x64 RGB one, exported once a session."""
+    from distgan.export import export_onnx
+
+    root = tmp_path_factory.mktemp("serve-models")
+    cond = generator_dir(root / "cond", "dcgan28", (1, 28, 28), classes=SERVE_CLASSES)
+    rgb = generator_dir(root / "rgb", "dcgan64", (3, 64, 64))
+    return {"cond": export_onnx(cond, root / "fashion28.onnx").path,
+            "rgb": export_onnx(rgb, root / "faces64.onnx").path}
+
+
+def start_server(log: Path, *args: str | Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """`distgan-serve ARGS` in a subprocess (output to `log`); returns it once it prints the URL it serves."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "distgan.serve.cli", *map(str, args)], env=run_env(
+            OMP_NUM_THREADS="1"), stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"^serving (http://\S+)$", log.read_text(), re.MULTILINE)
+        if found:
+            return proc, found.group(1)
+        if proc.poll() is not None:
+            raise AssertionError(f"distgan-serve exited with {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"distgan-serve printed no URL in {timeout} s:\n{log.read_text()}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def served(serve_models, tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
+    """One server for the session: both models (the conditional one first), default host, SERVE_LIMITS."""
+    limits = [str(a) for pair in SERVE_LIMITS.items() for a in pair]
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    proc, url = start_server(log, serve_models["cond"], serve_models["rgb"], "--port", "0", "--threads", "1", *limits)
+    yield url.rstrip("/"), proc
+    stop_server(proc)

@@ -18,22 +18,19 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from conftest import REPO, make_idx_dataset, run_env
-from distgan.artifacts import load_generator, save_generator
+from conftest import REPO, generator_dir, make_idx_dataset, run_env
+from distgan.artifacts import load_generator
 from distgan.export import ExportError, export_onnx
 from distgan.export import onnx as export_module
 from distgan.export.cli import main as export_main
 from distgan.export.rewrite import inference_generator
 from distgan.metrics import domain_features, fid
 from distgan.metrics.generated import OnnxSource
-from distgan.models import ModelConfig, build_generator
 from distgan.runtime import PREFIX, REQUIRED_KEYS, ModelError, OnnxGenerator
 
 TINY = ["model.ngf=8", "model.ndf=8", "data.batch_size=16", "data.num_workers=0", "data.shuffle_buffer=64",
         "log.sample_grid=4", "train.steps=4", "train.log_every=2", "train.sample_every=100",
         "train.checkpoint_every=100"]
-INFO = {"step": 7, "dataset": "synthetic", "classes": [], "image_shape": None, "config_hash": "0123456789abcdef",
-        "distgan_version": "0.1.0"}
 
 
 @pytest.fixture(scope="module")
@@ -71,22 +68,6 @@ def torch_images(run: Path, z: np.ndarray, labels: np.ndarray | None = None) -> 
     generator, _ = load_generator(run)
     with torch.inference_mode():
         return generator(torch.from_numpy(z), None if labels is None else torch.from_numpy(labels)).numpy()
-
-
-def generator_dir(tmp_path: Path, arch: str, shape: tuple[int, int, int], conditional: bool = False) -> Path:
-    """A generator/ directory with outputs of order 1 and BatchNorms with non-trivial running statistics."""
-    torch.manual_seed(0)
-    classes = [f"c{i}" for i in range(5)] if conditional else []
-    g = build_generator(ModelConfig(arch=arch, nz=16, ngf=4, mlp_hidden=16, conditional=conditional), *shape,
-                        len(classes))
-    for m in g.modules():  # torch's default init, not DCGAN's N(0, 0.02): outputs of order 1, not 1e-4
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            m.reset_parameters()
-    with torch.no_grad():
-        for _ in range(3):  # train-mode forwards move the running statistics away from 0 and 1
-            g(torch.randn(32, 16) * 3 + 1, torch.randint(0, 5, (32,)) if conditional else None)
-    save_generator(g.eval(), tmp_path / arch, {**INFO, "classes": classes, "image_shape": list(shape)})
-    return tmp_path / arch
 
 
 # --- export ------------------------------------------------------------------------
@@ -334,22 +315,32 @@ def test_sampler_is_torch_free_deterministic_and_writes_every_output(exported, t
     assert proc.returncode == 0, proc.stderr
     saved = np.load(tmp_path / "s.npz")
     assert saved["images"].shape == (12, 28, 28, 1) and saved["images"].dtype == np.uint8
-    assert saved["labels"].tolist() == [i % 10 for i in range(12)]
+    assert saved["seeds"].tolist() == list(range(3, 15))  # image i is seed 3 + i, of class (3 + i) mod 10
+    assert saved["labels"].tolist() == [(3 + i) % 10 for i in range(12)]
     reference = torch_images(exported["cond"].path.parent, saved["z"], saved["labels"])
     expected = np.round(np.clip((reference + 1) * 127.5, 0, 255)).transpose(0, 2, 3, 1)
     assert np.abs(saved["images"].astype(int) - expected).max() <= 1
 
     proc = sample("--onnx", model, "--n", 3, "--seed", 0, "--outdir", tmp_path / "dir", "--class", "sandal")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    files = sorted(p.name for p in (tmp_path / "dir").iterdir())
+    digest = OnnxGenerator(model).sha256[:12]
+    assert files == [f"{digest}_seed{s}_sandal_psi1.0.png" for s in range(3)]
+    assert sample("--onnx", model, "--n", 1, "--seed", 2, "--class", "SANDAL", "--grid", tmp_path / "one.png",
+                  ).returncode == 0
+    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "dir" / files[2]).read_bytes()
 
     # The walk needs images that visibly change with z: after 4 training steps they differ by ~1e-4, which
     # rounds to the same uint8 frames (and a GIF stores repeated frames once).
     lively = export_onnx(generator_dir(tmp_path, "dcgan28", (1, 28, 28), conditional=True)).path
-    proc = sample("--onnx", lively, "--n", 3, "--seed", 0, "--class", "c1", "--interpolate", 3,
+    proc = sample("--onnx", lively, "--n", 3, "--seed", 0, "--class", "c1", "--interpolate", 5, "--steps", 4,
                   "--gif", tmp_path / "walk.gif")
     assert proc.returncode == 0, proc.stderr
-    assert Image.open(tmp_path / "walk.gif").n_frames == 6
+    assert Image.open(tmp_path / "walk.gif").n_frames == 6  # 4 frames there, 2 back
+    proc = sample("--onnx", lively, "--n", 3, "--seed", 0, "--class", "c1", "--interpolate", 5, "--steps", 4,
+                  "--grid", tmp_path / "walk.png")
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "walk.png").size == (4 * 30 + 2, 3 * 30 + 2)  # a row of 4 frames per image
 
 
 def test_sampler_bad_input_errors(exported, tmp_path):
@@ -403,19 +394,21 @@ def kit_python(request) -> Path:
     return python
 
 
-def test_deployment_kit_runs_where_only_onnxruntime_is_installed(kit_python, exported, tmp_path):
+def test_deployment_kit_runs_where_only_onnxruntime_is_installed(kit_python, serve_models, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     probe = subprocess.run([str(kit_python), "-c", "import torch"], cwd=tmp_path, env=env, capture_output=True)
     assert probe.returncode != 0, "the kit's venv has torch: the test would prove nothing"
-    client = tmp_path / "generate.py"
-    shutil.copy(REPO / "export" / "generate.py", client)  # as a user would: the file alone
-    proc = subprocess.run([str(kit_python), str(client), str(exported["cond"].path), "--n", "12", "--seed", "3",
-                           "--class", "Sandal", "--out", str(tmp_path / "kit.png")],
+    for name in ("generate.py", "runtime.py"):  # as a user would: the two files alone (runtime.py is a link)
+        shutil.copy(REPO / "export" / name, tmp_path / name)
+    model = serve_models["cond"]  # images that change with seed, class and psi
+    args = ["--n", "12", "--seed", "3", "--class", "Sandal", "--psi", "0.5"]
+    proc = subprocess.run([str(kit_python), "generate.py", str(model), *args, "--out", str(tmp_path / "kit.png")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert sample("--onnx", exported["cond"].path, "--n", 12, "--seed", 3, "--class", "Sandal", "--grid",
-                  tmp_path / "ours.png").returncode == 0
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "kit.png")), np.asarray(Image.open(tmp_path / "ours.png")))
-    bad = subprocess.run([str(kit_python), str(client), str(exported["cond"].path), "--class", "sandle"],
+    assert sample("--onnx", model, *args, "--grid", tmp_path / "ours.png").returncode == 0
+    assert (tmp_path / "kit.png").read_bytes() == (tmp_path / "ours.png").read_bytes()  # one convention, one file
+    assert sample("--onnx", model, *args[:-1], "1", "--grid", tmp_path / "psi1.png").returncode == 0
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "psi1.png")), np.asarray(Image.open(tmp_path / "kit.png")))
+    bad = subprocess.run([str(kit_python), "generate.py", str(model), "--class", "sandle"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown class 'sandle'; valid: T-shirt/top" in bad.stderr

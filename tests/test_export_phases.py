@@ -12,28 +12,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from distgan.artifacts import load_generator, save_generator
+from conftest import generator_dir
+from distgan.artifacts import load_generator
 from distgan.export import export_onnx
 from distgan.export.phases import PaddedPhaseConvTranspose, PhaseConvTranspose
 from distgan.export.rewrite import Reshape, inference_generator
-from distgan.models import ModelConfig, build_generator
 from distgan.runtime import OnnxGenerator
-
-INFO = {"step": 1, "dataset": "synthetic", "classes": [], "config_hash": "0123456789abcdef", "distgan_version": "0.1.0"}
-
-
-def generator_dir(tmp_path: Path, arch: str, shape: tuple[int, int, int], ngf: int) -> Path:
-    """A generator/ directory with outputs of order 1 and non-trivial BatchNorm statistics."""
-    torch.manual_seed(0)
-    g = build_generator(ModelConfig(arch=arch, nz=16, ngf=ngf, mlp_hidden=16), *shape, 0)
-    for m in g.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            m.reset_parameters()
-    with torch.no_grad():
-        for _ in range(3):
-            g(torch.randn(32, 16) * 3 + 1)
-    save_generator(g.eval(), tmp_path / arch, {**INFO, "image_shape": list(shape)})
-    return tmp_path / arch
 
 
 @pytest.mark.parametrize("form", [PhaseConvTranspose, PaddedPhaseConvTranspose])

@@ -1,0 +1,1 @@
+../distgan/runtime.py
