@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from distgan.config import Config
-from distgan.data.cli import image_grid
+from distgan.runtime import grid, to_pil, to_uint8_nhwc
 
 log = logging.getLogger("distgan")
 
@@ -52,13 +52,12 @@ class RunMonitor:
         """Save a fixed-noise grid (float [-1, 1] NCHW) as PNG and send it to the trackers."""
         if not self.active:
             return None
-        array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        grid = image_grid(array.permute(0, 2, 3, 1).cpu().numpy())
+        image = to_pil(grid(to_uint8_nhwc(images.float()).cpu().numpy(), columns=8, min_side=512))
         path = self.run_path / "samples" / f"step-{step:07d}.png"
-        grid.save(path)
+        image.save(path)
         for tracker in self.accelerator.trackers:
             if tracker.name in ("wandb", "tensorboard"):
-                picture = np.asarray(grid.convert("RGB"))
+                picture = np.asarray(image.convert("RGB"))
                 if tracker.name == "tensorboard":
                     tracker.log_images({"samples": picture[None]}, step=step, dataformats="NHWC")
                 else:

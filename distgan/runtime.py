@@ -159,8 +159,10 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
 # --- images and files ------------------------------------------------------------------
 
 
-def grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
-    """uint8 [B, H, W, C] -> one uint8 image, `columns` tiles a row (default: a square), black between tiles.
+def grid(images: np.ndarray, columns: int | None = None, padding: int = 2, min_side: int = 0) -> np.ndarray:
+    """uint8 [B, H, W, C] -> one uint8 image, `columns` tiles a row (default: a square), black between tiles,
+    enlarged by a whole factor (nearest) until its longer side reaches `min_side`, so small images stay
+    visible. The one grid of distgan: samples, served pages, training grids, `distgan-data show`.
     A single image is returned as it is."""
     b, h, w, c = images.shape
     if b == 1:
@@ -171,7 +173,8 @@ def grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np
     for i, image in enumerate(images):
         y, x = padding + (i // cols) * (h + padding), padding + (i % cols) * (w + padding)
         out[y:y + h, x:x + w] = image
-    return out
+    scale = max(1, min_side // max(out.shape[:2]))
+    return out.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else out
 
 
 def to_pil(image: np.ndarray) -> Image.Image:
@@ -357,6 +360,16 @@ class OnnxGenerator:
         return np.concatenate(out)
 
 
-def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:
-    """float [B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C], rounded as the uint8-output graph does."""
-    return np.round(np.clip((images + 1.0) * 127.5, 0, 255)).astype(np.uint8).transpose(0, 2, 3, 1)
+def to_uint8_nhwc(images):
+    """float [B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C]: round((x + 1) * 127.5), clipped to 0..255.
+
+    The one conversion of distgan, for numpy arrays here and torch tensors (on their own device, no
+    import of torch needed) in training grids and evaluation; the uint8-output ONNX graph rounds the same.
+    """
+    is_array = isinstance(images, np.ndarray)
+    if images.ndim != 4 or not (images.dtype.kind == "f" if is_array else images.is_floating_point()):
+        raise ValueError(f"expected float images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    scaled = ((images + 1.0) * 127.5).clip(0, 255).round()
+    if is_array:
+        return scaled.astype(np.uint8).transpose(0, 2, 3, 1)
+    return scaled.byte().permute(0, 2, 3, 1)

@@ -16,6 +16,7 @@ from torch_fidelity.metric_kid import mmd2
 from distgan.data import ShardLoader, to_device
 from distgan.data.shards import write_shards
 from distgan.data.sources import RawDataset, RawSplit
+from distgan.runtime import to_uint8_nhwc
 from distgan.metrics import (
     DomainFeatures,
     FeatureStats,
@@ -28,7 +29,6 @@ from distgan.metrics import (
     kid,
     precision_recall,
     reference_stats,
-    to_uint8,
     train_domain_classifier,
 )
 from distgan.metrics import inception
@@ -119,7 +119,9 @@ def test_inception_score_extremes():
 
 def test_to_uint8_inverts_the_loader_conversion_and_extractors_refuse_floats(pattern_classifier):
     images = torch.randint(0, 256, (5, 28, 28, 1), dtype=torch.uint8)
-    assert torch.equal(to_uint8(to_device(images, "cpu")), images)
+    assert torch.equal(to_uint8_nhwc(to_device(images, "cpu")), images)
+    floats = torch.cat([torch.linspace(-1.2, 1.2, 4001), torch.tensor([-1.0, 1.0, 0.0])]).reshape(1, 1, -1, 1)
+    assert np.array_equal(to_uint8_nhwc(floats).numpy(), to_uint8_nhwc(floats.numpy()))  # one rounding everywhere
     model, directory = pattern_classifier
     with pytest.raises(ValueError, match="uint8 images"):
         domain_features(directory)(to_device(images, "cpu"))

@@ -7,27 +7,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from distgan.data.loader import read_manifest
 from distgan.data.manifest import MANIFEST_NAME, DataError
 from distgan.data.shards import iter_shard_chunks, verify, write_shards
 from distgan.data.sources import limit_split, read_celeba_dataset, read_folder_dataset, read_idx_dataset
-
-
-def image_grid(images: np.ndarray, ncols: int = 8, min_side: int = 512) -> Image.Image:
-    """uint8 [n, H, W, C] -> one PIL grid, upscaled (nearest) so small images stay visible."""
-    n, h, w, c = images.shape
-    ncols = min(ncols, n)
-    nrows = -(-n // ncols)
-    pad = 2
-    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, q = divmod(i, ncols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = image
-    picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
-    scale = max(1, min_side // max(picture.size))
-    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+from distgan.runtime import grid, to_pil
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -81,7 +66,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if sum(map(len, images)) >= args.n:
             break
     stacked = np.concatenate(images)[: args.n]
-    image_grid(stacked).save(args.out)
+    to_pil(grid(stacked, columns=8, min_side=512)).save(args.out)
     shown = np.concatenate(labels)[: args.n]
     if manifest.classes:
         counts = {manifest.classes[c]: int((shown == c).sum()) for c in np.unique(shown) if c >= 0}

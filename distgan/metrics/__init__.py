@@ -10,7 +10,7 @@ from distgan.metrics.domain import (
     save_domain_classifier,
     train_domain_classifier,
 )
-from distgan.metrics.features import FeatureExtractor, extract_features, to_uint8
+from distgan.metrics.features import FeatureExtractor, extract_features
 from distgan.metrics.inception import InceptionFeatures, InceptionWeightsError, find_inception_weights
 from distgan.metrics.evaluate import evaluate, format_table
 from distgan.metrics.generated import OnnxSource, TorchSource, open_source
@@ -42,6 +42,5 @@ __all__ = [
     "reference_features",
     "reference_stats",
     "save_domain_classifier",
-    "to_uint8",
     "train_domain_classifier",
 ]

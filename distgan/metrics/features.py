@@ -2,7 +2,7 @@
 
 Input convention: extractors take **uint8 images [N, H, W, C]** (C = 1 or 3) on
 any device, exactly what `ShardLoader` yields. Generated images (float NCHW in
-[-1, 1]) go through `to_uint8` first, so real and fake images are quantised the
+[-1, 1]) go through `distgan.runtime.to_uint8_nhwc` first, so real and fake images are quantised the
 same way, as the reference FID protocols do when they read PNGs.
 """
 
@@ -38,22 +38,12 @@ def user_cache() -> Path:
     return Path(os.environ.get(CACHE_ENV_VAR) or "~/.cache/distgan").expanduser()
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float NCHW in [-1, 1] -> uint8 NHWC; the exact inverse of `distgan.data.to_device`.
-
-    Same rounding as NVlabs' evaluation code (x * 127.5 + 128, clamp, truncate).
-    """
-    if images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"expected float images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-    return (images.detach() * 127.5 + 128).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-
 def check_images(images: torch.Tensor) -> None:
     """Refuse anything but uint8 NHWC with 1 or 3 channels (a float NCHW batch is the usual mistake)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(
             f"expected uint8 images [N, H, W, C] with C in (1, 3), got {images.dtype} "
-            f"{tuple(images.shape)}; convert generator output with distgan.metrics.to_uint8"
+            f"{tuple(images.shape)}; convert generator output with distgan.runtime.to_uint8_nhwc"
         )
 
 

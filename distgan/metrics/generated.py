@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from distgan.artifacts import load_generator
-from distgan.metrics.features import to_uint8
+from distgan.runtime import to_uint8_nhwc
 
 
 @dataclass
@@ -80,7 +80,7 @@ class TorchSource:
             zb = z[start:start + batch_size].to(self.device)
             lb = labels[start:start + batch_size] if labels is not None else None
             images = self.generator(zb, lb.to(self.device) if lb is not None else None)
-            yield GeneratedBatch(to_uint8(images.float()).cpu(), lb)
+            yield GeneratedBatch(to_uint8_nhwc(images.float()).cpu(), lb)
 
 
 REQUIRED_META = ("distgan.nz", "distgan.num_classes", "distgan.channels", "distgan.height", "distgan.width")
@@ -134,7 +134,7 @@ class OnnxSource:
             if lb is not None:
                 feed["labels"] = lb.numpy().astype(np.int64)
             out = torch.from_numpy(self.session.run(None, feed)[0])
-            images = out if self.dtype == "uint8" else to_uint8(out)
+            images = out if self.dtype == "uint8" else to_uint8_nhwc(out)
             c, h, w = self.info.image_shape
             if tuple(images.shape[1:]) != (h, w, c):
                 raise ValueError(f"{self.path}: output shape {tuple(out.shape)} does not fit the metadata "
