@@ -5,6 +5,7 @@ processes, two emulated nodes rendezvousing over loopback, and USR1 -> checkpoin
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -112,6 +113,83 @@ def test_training_that_ends_while_the_usr1_trap_runs_is_not_a_failure(tmp_path):
               "( sleep 0.2; kill -USR1 $$ ) &\ndistgan_run bash -c 'sleep 0.5; exit 0'\n")
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- bash 4.2 (CentOS 7, still on clusters) ---------------------------------------------------------
+
+# Expansions and builtins newer than bash 4.2. Bash 4.2 does not reject ${a[*]@Q}: it drops the @Q
+# without a word, so a quoting bug would pass every run that has no space or quote in its arguments.
+NEWER_THAN_BASH_42 = {
+    r"\$\{[^}]*@[QEPAaKkUuL]\}": "${var@X} transformations (bash 4.4)",
+    r"\b(local|declare|typeset)\s+-\w*n": "namerefs (bash 4.3)",
+    r"\bwait\s+-\w*[nf]": "wait -n / -f (bash 4.3 / 5.0)",
+    r"\b(mapfile|readarray)\b[^\n]*\s-d\b": "mapfile -d (bash 4.4)",
+    r"\[\s*-\d+\s*\]\}": "negative array subscripts (bash 4.3)",
+}
+OLD_BASH = Path(os.environ.get("DISTGAN_TEST_OLD_BASH", "/opt/bash-4.2/bin/bash"))
+
+
+def old_bash_version() -> str | None:
+    """The version of the bash 4.2 that the real test runs the job scripts with, if this machine has one."""
+    if not os.access(OLD_BASH, os.X_OK):
+        return None
+    out = subprocess.run([str(OLD_BASH), "-c", "echo $BASH_VERSION"], capture_output=True, text=True).stdout
+    return out.strip() if out.startswith("4.2.") else None
+
+
+@pytest.mark.parametrize("script", ["common.sh", "single_node.sbatch", "multi_node.sbatch"])
+def test_job_scripts_use_nothing_newer_than_bash_42(script):
+    text = (REPO / "slurm" / script).read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    found = [f"{what}: {m.group(0)!r}" for pattern, what in NEWER_THAN_BASH_42.items()
+             for m in re.finditer(pattern, code)]
+    assert not found, f"slurm/{script} needs a bash newer than 4.2: {found}"
+
+
+ARGV_PROBE = """#!{bash}
+# Stands in for the interpreter: records the argument vector it was given, NUL-separated.
+printf '%s\\0' "$@" > "{out}.$SLURM_NODEID"
+readlink /proc/$PPID/exe > "{out}.parent"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(old_bash_version() is None,
+                    reason=f"no bash 4.2 at {OLD_BASH} (DISTGAN_TEST_OLD_BASH): build GNU bash-4.2 with "
+                           "./configure --prefix=/opt/bash-4.2 --without-bash-malloc && make install")
+def test_job_scripts_pass_every_argument_intact_under_bash_42(slurm_cluster, tmp_path):
+    """Both job scripts run by bash 4.2 (their own shell and the one srun starts on each node) hand the
+    launcher exactly the arguments bash 5 would: with spaces, quotes and an empty value among them."""
+    shells = tmp_path / "old-bash"
+    shells.mkdir()
+    (shells / "bash").symlink_to(OLD_BASH)
+    odd = ["log.project=my project's \"runs\"", "log.wandb_entity=", "data.path=/data/a b"]
+    run_dir = tmp_path / "runs with space"
+    for name in ("single_node", "multi_node"):
+        out = tmp_path / f"{name}.argv"
+        probe = tmp_path / f"{name}-python"
+        probe.write_text(ARGV_PROBE.format(bash=OLD_BASH, out=out))
+        probe.chmod(0o755)
+        script = tmp_path / f"{name}.sbatch"  # slurmd runs the script with its #! line: bash 4.2
+        script.write_text((REPO / "slurm" / f"{name}.sbatch").read_text().replace("#!/bin/bash", f"#!{OLD_BASH}", 1))
+        env = {"DISTGAN_HOME": str(REPO), "DISTGAN_PYTHON": str(probe), "DISTGAN_CPU": "1",
+               "DISTGAN_RUN_DIR": str(run_dir), "DISTGAN_CONFIG": "configs/fashion_house.yaml",
+               "PATH": f"{shells}:{os.environ['PATH']}"}
+        job = slurm_cluster.sbatch(script, args=odd, env=env, cwd=tmp_path,
+                                   sbatch_args=["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2",
+                                                f"--output={tmp_path}/{name}-%j.out", f"--job-name={name}"])
+        assert slurm_cluster.wait(job, timeout=60) == "COMPLETED"
+        log = (tmp_path / f"{name}-{job}.out").read_text()
+        argv = Path(f"{out}.0").read_text().split("\0")[:-1]
+        train = argv[argv.index("distgan/train.py"):]
+        assert train == ["distgan/train.py", "--config", "configs/fashion_house.yaml", *odd,
+                         f"run_dir={run_dir}", f"name={name}"], log
+        assert argv[:2] == ["-m", "accelerate.commands.launch"]
+        if name == "multi_node":
+            assert argv[argv.index("--machine_rank") + 1] == "0"
+        else:  # the launcher's parent is the batch shell itself
+            assert Path(f"{out}.parent").read_text().strip() == str(OLD_BASH.resolve())
 
 
 # -- the sbatch scripts on a real cluster --------------------------------------------------------
