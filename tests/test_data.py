@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import subprocess
 import sys
 import tarfile
 import threading
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FASHION_MNIST_DIR, image_ids, write_idx
+from conftest import FASHION_MNIST_DIR, REPO, image_ids, run_env, write_idx
 from distgan.data import DataError, ShardLoader
 from distgan.data.cli import main as data_cli
 from distgan.data.manifest import Manifest
@@ -359,16 +360,50 @@ def test_failed_prepare_leaves_no_partial_shards(tmp_path):
     assert list((tmp_path / "out").rglob("*")) == []
 
 
-def test_shards_are_plain_webdataset_and_reproducible(shards, idx_dataset, tmp_path):
-    import webdataset as wds
-
+def test_shards_are_reproducible(shards, idx_dataset, tmp_path):
     out, _ = shards
-    samples = list(wds.WebDataset(str(out / "train-000000.tar"), shardshuffle=False).decode())
-    assert samples[0]["images.npy"].shape == (64, 28, 28, 1)
-    assert samples[0]["labels.npy"].dtype == np.int64
     again = tmp_path / "again"
     write_shards(read_idx_dataset("fashion-mnist", idx_dataset[0]), again, samples_per_shard=150, chunk_size=64)
     assert (again / "train-000000.tar").read_bytes() == (out / "train-000000.tar").read_bytes()
+
+
+def readme_python_after(marker: str) -> str:
+    """The first ```python block of README.md after `marker`, as written there."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("```python\n", text.index(marker)) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+def test_readmes_plain_webdataset_read_works_and_unpickles_nothing(shards, tmp_path):
+    """README's plain-webdataset example, run as written on a shard that also carries a pickle member:
+    it reads the arrays and never unpickles, where webdataset's .decode() would run the pickle's code."""
+    import webdataset as wds
+
+    out, arrays = shards
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    import pickle
+
+    payload = pickle.dumps(Evil())
+    with tarfile.open(out / "train-000000.tar", "a") as tar:  # a third member of the last chunk
+        info = tarfile.TarInfo("train-000000-000002.meta.pyd")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    (tmp_path / "DIR").symlink_to(out)
+    proc = subprocess.run([sys.executable, "-c", readme_python_after("plain webdataset reads them")],
+                          cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["train-000000-000000 (64, 28, 28, 1) (64,)",
+                                        "train-000000-000001 (64, 28, 28, 1) (64,)",
+                                        "train-000000-000002 (22, 28, 28, 1) (22,)"]
+    assert not marker.exists()
+    for _ in wds.WebDataset(str(out / "train-000000.tar"), shardshuffle=False).decode():
+        pass
+    assert marker.exists()  # what README warns of
 
 
 @pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
