@@ -268,31 +268,35 @@ def test_corrupt_shard_of_the_right_size(shards):
     assert len(set(image_ids(images))) == 1000 - 150
 
 
-def test_pickle_member_is_never_unpickled(shards, tmp_path):
-    out, _ = shards
-    marker = tmp_path / "pwned"
+class FileMaker:
+    """Unpickling one of these creates `path`: the proof that something ran a pickle's code."""
 
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
+    def __init__(self, path):
+        self.path = path
 
-    import pickle
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
 
-    payload = pickle.dumps(Evil())
-    victim = out / "train-000000.tar"
-    with tarfile.open(victim, "a") as tar:
-        info = tarfile.TarInfo("train-000000-999999.data.pyd")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    # An object array hidden in a .npy member is refused too.
-    evil_npy = io.BytesIO()
-    np.save(evil_npy, np.array([Evil()], dtype=object), allow_pickle=True)
-    victim2 = out / "train-000001.tar"
-    with tarfile.open(victim2, "a") as tar:
-        for ext, data in (("images.npy", evil_npy.getvalue()), ("labels.npy", evil_npy.getvalue())):
-            info = tarfile.TarInfo(f"train-000001-999999.{ext}")
+
+def append_members(tar_path, members: dict[str, bytes]) -> None:
+    with tarfile.open(tar_path, "a") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def test_pickle_member_is_never_unpickled(shards, tmp_path):
+    import pickle
+
+    out, _ = shards
+    marker = tmp_path / "pwned"
+    append_members(out / "train-000000.tar", {"train-000000-999999.data.pyd": pickle.dumps(FileMaker(marker))})
+    # An object array hidden in a .npy member is refused too.
+    evil_npy = io.BytesIO()
+    np.save(evil_npy, np.array([FileMaker(marker)], dtype=object), allow_pickle=True)
+    append_members(out / "train-000001.tar", {f"train-000001-999999.{ext}": evil_npy.getvalue()
+                                              for ext in ("images.npy", "labels.npy")})
     problems = "\n".join(verify(out))
     assert "unexpected member 'train-000000-999999.data.pyd'" in problems
     assert "train-000001.tar: train-000001-999999" in problems
@@ -379,20 +383,11 @@ def test_readmes_plain_webdataset_read_works_and_unpickles_nothing(shards, tmp_p
     it reads the arrays and never unpickles, where webdataset's .decode() would run the pickle's code."""
     import webdataset as wds
 
-    out, arrays = shards
-    marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
     import pickle
 
-    payload = pickle.dumps(Evil())
-    with tarfile.open(out / "train-000000.tar", "a") as tar:  # a third member of the last chunk
-        info = tarfile.TarInfo("train-000000-000002.meta.pyd")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
+    out, _ = shards
+    marker = tmp_path / "pwned"  # a third member of the last chunk:
+    append_members(out / "train-000000.tar", {"train-000000-000002.meta.pyd": pickle.dumps(FileMaker(marker))})
     (tmp_path / "DIR").symlink_to(out)
     proc = subprocess.run([sys.executable, "-c", readme_python_after("plain webdataset reads them")],
                           cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=60)
