@@ -1,9 +1,13 @@
 """Loader throughput: distgan's shards beside a per-sample PNG WebDataset and torchvision's FashionMNIST.
 
-All four read the same images in one run on this machine. Prints a table, then
-one JSON line with every figure (images per second).
+All read the same images in one run on this machine. distgan's loader is timed twice on the
+same shards, in alternating rounds (median of each): with the format-2 manifest, which checks
+every chunk read against its checksum, and with the same manifest as format 1 (no per-chunk
+sums: only a shard one worker reads end to end is checked, against its whole-file sha256),
+which is what the loader did before per-chunk checks. Prints a table, then one JSON line
+with every figure (images per second).
 
-    python bench/loader.py [--batch-size 128] [--workers 2] [--epochs 3]
+    python bench/loader.py [--batch-size 128] [--workers 2] [--epochs 3] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
+import warnings
 from datetime import date
 from pathlib import Path
 
@@ -25,7 +31,9 @@ import torch
 import webdataset as wds
 
 from distgan.data import ShardLoader
-from distgan.data.shards import write_shards
+from distgan.data.loader import OldManifestWarning
+from distgan.data.manifest import MANIFEST_NAME, Manifest
+from distgan.data.shards import iter_shard_chunks, write_shards
 from distgan.data.sources import STANDARD_PLACES, RawDataset, RawSplit, read_idx_dataset
 
 
@@ -60,9 +68,56 @@ def time_epochs(make_iter, epochs: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def bench_distgan(data: Path, batch: int, workers: int, epochs: int) -> float:
-    loader = ShardLoader(str(data), "train", batch, num_workers=workers, seed=0)
+def bench_distgan(data: Path, batch: int, workers: int, epochs: int, rank: int = 0, world: int = 1) -> float:
+    """One rank's images/s (rank `rank` of `world`, run alone: a rank reads its share without the others)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OldManifestWarning)
+        loader = ShardLoader(str(data), "train", batch, rank=rank, world_size=world, num_workers=workers, seed=0)
     return time_epochs(lambda e: ((b.images, b.labels) for b in loader.epoch(e)), epochs)
+
+
+def as_format_1(data: Path, out: Path) -> Path:
+    """The same shards (linked) under a format-1 manifest: no per-chunk checksums, as before they existed."""
+    out.mkdir()
+    for tar in data.glob("*.tar"):
+        (out / tar.name).symlink_to(tar)
+    manifest = json.loads((data / MANIFEST_NAME).read_text())
+    manifest["format_version"] = 1
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            del shard["chunk_xxh3_128"]
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return out
+
+
+def bench_checks(data: Path, tmp: Path, batch: int, workers: int, epochs: int, rounds: int, world: int,
+                 ) -> tuple[float, float]:
+    """Median images/s of rank 0 of `world` under a format-1 manifest and with every chunk checked, the two
+    taking turns `rounds` times. With 1 rank and 2 workers each worker reads whole 10k shards, which format 1
+    checks too (whole-file sha256); rank 0 of 4 reads no shard from start to end: format 1 checks nothing."""
+    before = tmp / f"{data.name}-format1"
+    if not before.exists():
+        as_format_1(data, before)
+    turns = [[bench_distgan(d, batch, workers, epochs, 0, world) for d in (before, data)] for _ in range(rounds)]
+    return statistics.median(t[0] for t in turns), statistics.median(t[1] for t in turns)
+
+
+def chunk_read_cpu_us(data: Path, rounds: int) -> tuple[float, float]:
+    """CPU microseconds per image of reading every chunk of a split in this process, without and with the
+    per-chunk checksum (median of `rounds` alternating passes): the check's own cost, which a machine
+    shared with other work does not blur the way it blurs images/s."""
+    manifest = Manifest.from_json((data / MANIFEST_NAME).read_text(), str(data))
+    shards = manifest.splits["train"].shards
+
+    def cpu_us(checked: bool) -> float:
+        start, count = time.process_time(), 0
+        for shard in shards:
+            for chunk in iter_shard_chunks(str(data / shard.name), manifest, shard if checked else None):
+                count += len(chunk.images)
+        return (time.process_time() - start) / count * 1e6
+
+    turns = [[cpu_us(checked) for checked in (False, True)] for _ in range(rounds)]
+    return statistics.median(t[0] for t in turns), statistics.median(t[1] for t in turns)
 
 
 def write_png_shards(raw: RawDataset, out: Path, per_shard: int = 10_000) -> list[str]:
@@ -116,6 +171,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rgb64-images", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating turns of format 1 and format 2")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -126,21 +182,35 @@ def main() -> None:
         png_urls = write_png_shards(fashion, tmp / "png")
         raw_dir = Path(STANDARD_PLACES["fashion-mnist"][0]) if fashion.name == "fashion-mnist" else None
         b, w, e = args.batch_size, args.workers, args.epochs
-        figures = {
-            "fashion_img_s": bench_distgan(tmp / "fashion", b, w, e),
-            "rgb64_img_s": bench_distgan(tmp / "rgb64", b, w, e),
-            "png_baseline_img_s": bench_png_webdataset(png_urls, b, w, 1),
-            "torchvision_img_s": bench_torchvision(raw_dir, tmp, b, w, 1),
-        }
-    print(f"{'loader':<40} images/s   (batch {b}, {w} workers, {os.cpu_count()} cores)")
-    names = {"fashion_img_s": f"distgan shards, {fashion.name} 28x28",
-             "rgb64_img_s": "distgan shards, 64x64 RGB",
-             "png_baseline_img_s": "per-sample PNG WebDataset, 28x28",
-             "torchvision_img_s": "torchvision FashionMNIST + DataLoader"}
+        figures, names = {}, {}
+        for name, title in (("fashion", f"{fashion.name} 28x28"), ("rgb64", "64x64 RGB")):
+            for world, label in ((1, ""), (4, "_rank0of4")):
+                before, after = bench_checks(tmp / name, tmp, b, w, e, args.rounds, world)
+                who = "1 rank" if world == 1 else "rank 0 of 4"
+                figures[f"{name}{label}_format1_img_s"], figures[f"{name}{label}_img_s"] = before, after
+                names[f"{name}{label}_format1_img_s"] = f"distgan, {title}, {who}, format 1 (before)"
+                names[f"{name}{label}_img_s"] = f"distgan, {title}, {who}, every chunk checked"
+            unchecked, checked = chunk_read_cpu_us(tmp / name, args.rounds)
+            figures[f"{name}_read_cpu_us_per_img"] = unchecked
+            figures[f"{name}_check_cpu_us_per_img"] = checked - unchecked
+            names[f"{name}_read_cpu_us_per_img"] = f"{title}: CPU us/image to read chunks, unchecked"
+            names[f"{name}_check_cpu_us_per_img"] = f"{title}: CPU us/image the chunk check adds"
+        figures.update(png_baseline_img_s=bench_png_webdataset(png_urls, b, w, 1),
+                       torchvision_img_s=bench_torchvision(raw_dir, tmp, b, w, 1))
+    names.update(png_baseline_img_s="per-sample PNG WebDataset, 28x28",
+                 torchvision_img_s="torchvision FashionMNIST + DataLoader")
+    print(f"{'loader':<58} images/s   (batch {b}, {w} workers, {os.cpu_count()} cores)")
     for key, value in figures.items():
-        print(f"{names[key]:<40} {'n/a' if value is None else f'{value:>10,.0f}'}")
-    figures = {k: (None if v is None else round(v)) for k, v in figures.items()}
-    figures.update(dataset=fashion.name, batch_size=b, workers=w, cores=os.cpu_count(),
+        shown = "n/a" if value is None else f"{value:>10,.2f}" if "_us_" in key else f"{value:>10,.0f}"
+        print(f"{names[key]:<58} {shown}")
+    ratios = {}
+    for key, value in figures.items():
+        if key.endswith("_img_s") and (before := key.replace("_img_s", "_format1_img_s")) in figures:
+            ratios[key.replace("_img_s", "_checked_vs_format1")] = round(value / figures[before], 3)
+    for key, ratio in ratios.items():
+        print(f"{key}: {ratio:.3f}")
+    figures = {k: (None if v is None else round(v, 3 if "_us_" in k else None)) for k, v in figures.items()} | ratios
+    figures.update(dataset=fashion.name, batch_size=b, workers=w, rounds=args.rounds, cores=os.cpu_count(),
                    cpu=platform.processor() or platform.machine(), date=str(date.today()))
     print(json.dumps(figures))
 

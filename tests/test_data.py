@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FASHION_MNIST_DIR, REPO, image_ids, run_env, write_idx
+from conftest import (FASHION_MNIST_DIR, REPO, flip_byte, image_ids, run_env, straddling_shard, tar_members,
+                      write_idx)
 from distgan.data import DataError, ShardLoader
 from distgan.data.cli import main as data_cli
 from distgan.data.manifest import Manifest
@@ -245,19 +246,27 @@ def test_truncated_shard_is_named_by_loader_and_verify(shards, capsys):
 
 def test_corrupt_shard_of_the_right_size(shards):
     out, _ = shards
-    victim = out / "train-000002.tar"
+    victim = out / "train-000002.tar"  # 150 images: chunks 0 and 1 of 64, chunk 2 of 22
     pristine = victim.read_bytes()
-    flipped = bytearray(pristine)
-    flipped[3000] ^= 0xFF  # one pixel: only the checksum can tell
-    victim.write_bytes(bytes(flipped))
+    members = tar_members(victim)
+    flip_byte(victim, members["train-000002-000001.images.npy"][1] + 3000)  # one pixel: only a checksum can tell
     loader = ShardLoader(str(out), "train", 10, num_workers=0, drop_last=False)
-    with pytest.raises(DataError, match="train-000002.tar: sha256 does not match"):
+    with pytest.raises(DataError, match=r"train-000002.tar: chunk 1 \(train-000002-000001\): checksum does not match"):
+        collect(loader)
+    assert any("train-000002.tar: chunk 1 (train-000002-000001): checksum" in p for p in verify(out))
+    victim.write_bytes(pristine)
+    flip_byte(victim, members["train-000002-000002.labels.npy"][1] + 130)  # a label of the last chunk
+    with pytest.raises(DataError, match=r"train-000002.tar: chunk 2 \(train-000002-000002\): checksum does not match"):
+        collect(loader)
+    victim.write_bytes(pristine)
+    flip_byte(victim, members["train-000002-000001.labels.npy"][0] + 20)  # a tar header, mid-shard
+    with pytest.raises(DataError, match=r"train-000002.tar: chunk 1 \(train-000002-000001\) is incomplete"):
         collect(loader)
     broken = bytearray(pristine)
     header = pristine.find(b"\x93NUMPY")
     broken[header:header + 80] = b"\xff" * 80  # the first .npy member's header
     victim.write_bytes(bytes(broken))
-    with pytest.raises(DataError, match="train-000002.tar: .*not a valid .npy"):
+    with pytest.raises(DataError, match=r"train-000002.tar: chunk 0 \(train-000002-000000\): checksum does not match"):
         collect(loader)
     assert any("train-000002.tar: sha256" in p for p in verify(out))
     # The opt-in for long runs: skip, count, and keep the batch count.
@@ -266,6 +275,44 @@ def test_corrupt_shard_of_the_right_size(shards):
     assert len(batches) == len(skipping) == 100
     assert skipping.skipped == 150
     assert len(set(image_ids(images))) == 1000 - 150
+
+
+def test_every_chunk_is_checked_whatever_part_of_the_shard_a_rank_reads(shards):
+    """The whole-file sha256 only checks a shard one worker reads from start to end; a rank reading the
+    second half of a shard must still find a flipped byte in it, and the rank reading its first half,
+    which holds no bad byte, reads on."""
+    out, _ = shards
+    name, head = straddling_shard(out, world=2, batch=16, seed=4, drop_last=True)
+    last = (150 - 1) // 64 if name != "train-000006.tar" else (100 - 1) // 64
+    assert head < last * 64  # rank 1 reads the last chunk, rank 0 does not
+    key = f"{name[:-4]}-{last:06d}"
+    flip_byte(out / name, tar_members(out / name)[f"{key}.images.npy"][1] + 200)
+    ranks = [ShardLoader(str(out), "train", 16, rank=r, world_size=2, num_workers=2, seed=4) for r in (0, 1)]
+    assert len(collect(ranks[0])[0]) == len(ranks[0])
+    with pytest.raises(DataError, match=rf"{name}: chunk {last} \({key}\): checksum does not match"):
+        collect(ranks[1])
+
+
+def test_format_1_manifest_still_loads_and_says_what_it_lacks(shards):
+    """Shards of distgan before per-chunk sums: they load, with one warning per process, and a shard read
+    end to end is still checked against its whole-file sha256, as before."""
+    out, _ = shards
+    manifest = json.loads((out / "dataset.json").read_text())
+    manifest["format_version"] = 1
+    for shard in manifest["splits"]["train"]["shards"] + manifest["splits"]["test"]["shards"]:
+        del shard["chunk_xxh3_128"]
+    (out / "dataset.json").write_text(json.dumps(manifest))
+    code = ("import sys; from distgan.data import ShardLoader\n"
+            "for _ in range(2): ShardLoader(sys.argv[1], 'train', 10, num_workers=0)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=run_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("OldManifestWarning") == 1 and "without per-chunk checksums" in proc.stderr
+    flip_byte(out / "train-000002.tar", 3000)
+    loader = ShardLoader(str(out), "train", 10, num_workers=0, drop_last=False)
+    with pytest.raises(DataError, match=r"train-000002.tar: sha256 does not match"):
+        collect(loader)
+    assert verify(out) == [f"{out / 'train-000002.tar'}: sha256 does not match the manifest"]
 
 
 class FileMaker:
@@ -299,7 +346,7 @@ def test_pickle_member_is_never_unpickled(shards, tmp_path):
                                               for ext in ("images.npy", "labels.npy")})
     problems = "\n".join(verify(out))
     assert "unexpected member 'train-000000-999999.data.pyd'" in problems
-    assert "train-000001.tar: train-000001-999999" in problems
+    assert "train-000001.tar: chunk 3 (train-000001-999999).images.npy: dtype object" in problems
     assert not marker.exists()
 
 

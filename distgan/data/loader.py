@@ -18,14 +18,17 @@ Within a worker a shuffle buffer (seeded by seed, epoch and range) mixes images
 across chunks. Workers yield uint8 NHWC tensors; the float conversion happens
 on the device (`to_device`). In a DDP job every batch ends with a tiny all-reduce
 on a gloo group that carries an error flag, so a bad shard stops every rank at
-once with the name of the file instead of leaving the others waiting.
+once with the name of the file instead of leaving the others waiting. Every
+chunk a worker hands on has been checked against its checksum in the manifest.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Literal
@@ -44,6 +47,10 @@ from distgan.data.shards import iter_shard_chunks
 log = logging.getLogger(__name__)
 
 OnCorrupt = Literal["raise", "skip"]
+
+
+class OldManifestWarning(UserWarning):
+    """The data's manifest predates per-chunk checksums (shown once per dataset and process)."""
 
 
 class Batch:
@@ -233,8 +240,8 @@ class ShardStream(IterableDataset):
         world_size: int, seed: int, shuffle_buffer: int, drop_last: bool, on_corrupt: OnCorrupt,
     ):
         self.manifest, self.urls = manifest, urls
-        self.counts = [s.num_samples for s in manifest.split(split).shards]
-        self.sha256 = [s.sha256 for s in manifest.split(split).shards]
+        self.shards = manifest.split(split).shards
+        self.counts = [s.num_samples for s in self.shards]
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.drop_last, self.on_corrupt = drop_last, on_corrupt
@@ -251,10 +258,17 @@ class ShardStream(IterableDataset):
     def set_position(self, epoch: int, start_batch: int, endless: bool = False) -> None:
         self.epoch, self.start_batch, self.endless = epoch, start_batch, endless
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """Yield messages of up to `group` consecutive batches: (images, labels, skipped).
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int] | DataError]:
+        """Yield messages of up to `group` consecutive batches: (images, labels, skipped); a DataError
+        ends the stream as its last message, so the rank raises it in its own words (raised in a worker,
+        the DataLoader would re-raise it as a worker traceback)."""
+        try:
+            yield from self._messages()
+        except DataError as exc:
+            yield exc
 
-        The DataLoader asks its workers strictly in turn, so the message due next
+    def _messages(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The DataLoader asks its workers strictly in turn, so the message due next
         comes from worker `sent % num_workers`, `sent` counting the messages of
         all workers so far; each worker rotates its role in the epoch to match.
         """
@@ -357,10 +371,12 @@ class ShardStream(IterableDataset):
             position += take
 
     def _read_shard(self, shard: int, lo: int, hi: int):
+        """Samples [lo, hi) of one shard; the chunks that hold them are checked against their checksums."""
         url, seen, delivered = self.urls[shard], 0, 0
         whole = lo == 0 and hi == self.counts[shard]
+        needed = range(lo // self.manifest.chunk_size, (hi - 1) // self.manifest.chunk_size + 1)
         try:
-            for chunk in iter_shard_chunks(url, self.manifest, self.sha256[shard] if whole else None):
+            for chunk in iter_shard_chunks(url, self.manifest, self.shards[shard], needed):
                 n = len(chunk.images)
                 a, b = max(lo - seen, 0), min(hi - seen, n)
                 if a < b:
@@ -418,7 +434,15 @@ class ShardLoader:
             error = exc
         self._raise_if_any_failed(error)
         self.manifest = manifest
-        self._check_same_plan_everywhere(f"{manifest.to_json()}|{split}|{batch_size}|{len(self)}")
+        if not manifest.has_chunk_sums and rank == 0:
+            warnings.warn(OldManifestWarning(
+                f"{data}: dataset.json is format {manifest.format_version} (distgan "
+                f"{manifest.distgan_version or '?'}), without per-chunk checksums: only a shard that one worker "
+                f"reads from start to end is checked, against its whole-file sha256. `distgan-data prepare "
+                f"--overwrite` writes them; `distgan-data verify` checks every file meanwhile"), stacklevel=2)
+        # A digest, not the manifest: its chunk sums make it large, and every rank sends it to every rank.
+        plan = hashlib.sha256(f"{manifest.to_json()}|{split}|{batch_size}|{len(self)}".encode()).hexdigest()
+        self._check_same_plan_everywhere(plan)
         self.num_workers = num_workers
         self._loader_kwargs = dict(
             batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
@@ -458,7 +482,10 @@ class ShardLoader:
             error = None
             if not pending:
                 try:
-                    images, labels, skipped = next(messages)
+                    message = next(messages)
+                    if isinstance(message, DataError):
+                        raise message
+                    images, labels, skipped = message
                     pending.extend(zip(images.split(B), labels.split(B)))
                     self.skipped += skipped
                 except StopIteration:
