@@ -6,6 +6,7 @@ Also runs as `python -m distgan.train` or `distgan-train` (one process).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from distgan.config import ConfigError, load_config  # noqa: E402
 from distgan.data import DataError  # noqa: E402
 from distgan.trainer import TrainingError, train  # noqa: E402
 
+STOPPED = "STOPPED"  # in the run directory: the last start stopped cleanly, with a checkpoint, before the end
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="distgan-train", description=__doc__.splitlines()[0])
@@ -26,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        train(cfg)
+        (cfg.run_path / STOPPED).unlink(missing_ok=True)
+        if train(cfg) == "stopped" and os.environ.get("RANK", "0") == "0":
+            # The trainer's own outcome, for whoever cannot see the ranks' exit status: torchrun's agent
+            # exits 1 after forwarding a SIGTERM however cleanly the ranks stopped (slurm/common.sh).
+            (cfg.run_path / STOPPED).write_text("stopped on a signal or STOP file; checkpoint written\n")
     except (ConfigError, DataError, TrainingError) as exc:
         print(f"distgan-train: error: {exc}", file=sys.stderr)
         return 2

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from distgan.data.manifest import MANIFEST_NAME, DataError, Manifest
 from distgan.ddp import control_group
 from distgan.data.shards import iter_shard_chunks
+from distgan.data.worker_signals import ignore_stop_signals, stop_signals_blocked
 
 log = logging.getLogger(__name__)
 
@@ -473,9 +474,11 @@ class ShardLoader:
     def _batches(self, epoch: int, start_batch: int, endless: bool) -> Iterator[tuple[int, int, Batch]]:
         self.stream.set_position(epoch, start_batch, endless)
         # Its own generator: creating the iterator must not draw from the global torch RNG,
-        # or a resumed run would draw different noise than an uninterrupted one.
-        messages = iter(DataLoader(self.stream, generator=torch.Generator().manual_seed(epoch),
-                                   **self._loader_kwargs))
+        # or a resumed run would draw different noise than an uninterrupted one. The workers are
+        # born with SIGTERM and SIGINT blocked and never die of them: stopping is the rank's call.
+        with stop_signals_blocked():
+            messages = iter(DataLoader(self.stream, generator=torch.Generator().manual_seed(epoch),
+                                       worker_init_fn=ignore_stop_signals, **self._loader_kwargs))
         pending: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
         B, done = self.stream.batch_size, start_batch
         while endless or done < len(self):
