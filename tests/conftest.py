@@ -78,7 +78,7 @@ def flip_byte(path: Path, offset: int) -> None:
 
 def straddling_shard(data: Path, world: int, batch: int, seed: int, drop_last: bool) -> tuple[str, int]:
     """The shard that rank 0 and rank 1 share in epoch 0, and how many of its samples rank 0 reads."""
-    from distgan.data.loader import plan_epoch
+    from distgan.data.plan import plan_epoch
     from distgan.data.manifest import Manifest
 
     manifest = Manifest.from_json((data / "dataset.json").read_text(), "m")
