@@ -27,6 +27,13 @@
 # resumes from that checkpoint (train.resume=auto) and continues the same W&B run (NAME/wandb_id.txt).
 # The signal is NOT forwarded to the launcher: torchrun's agent has no USR1 handler, so USR1 would kill
 # it (and with it the workers) before they could checkpoint.
+# SIGTERM (scancel, a time limit without --signal, preemption) reaches every rank from SLURM itself;
+# each checkpoints at the next step boundary. Preemption (PreemptMode=REQUEUE with a GraceTime) sends
+# it at once only to job steps, hence the launcher runs under srun in both scripts; a job that then
+# ends within its GraceTime is COMPLETED by SLURM (22.05), not requeued, so the shell requeues a
+# preempted job itself once the ranks have stopped. torchrun's agent forwards the SIGTERM too, waits
+# TORCH_ELASTIC_SHUTDOWN_TIMEOUT for the ranks (then SIGKILL) and exits 1 however cleanly they
+# stopped: the shell judges by the trainer's own mark, $RUN/STOPPED (or COMPLETED).
 
 set -euo pipefail
 
@@ -93,9 +100,14 @@ distgan_setup() {
     fi
     LAUNCH+=(--config_file "${DISTGAN_LAUNCH_CONFIG:-$launch_config}" --num_processes $(( per_node * nodes )))
 
+    # torchrun's agent SIGKILLs the ranks this long after it forwarded a SIGTERM (30 s by default): let
+    # SLURM's GraceTime / KillWait be the limit for one step plus a checkpoint instead.
+    export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}
+
     mkdir -p "$RUN"
-    # A STOP left by a preempted start would stop this one at its first step.
-    rm -f "$RUN/STOP"
+    # A STOP left by a preempted start would stop this one at its first step; a STOPPED would pass
+    # for this start's outcome.
+    rm -f "$RUN/STOP" "$RUN/STOPPED"
     log "job ${SLURM_JOB_ID:-?} start $(( ${SLURM_RESTART_COUNT:-0} + 1 )) on ${SLURM_JOB_NODELIST:-$(hostname)}:" \
         "$nodes node(s) x $per_node process(es), run $RUN, config $config"
 }
@@ -111,15 +123,16 @@ gpus_on_node() {
 }
 
 # distgan_run CMD...: run CMD in the background and wait for it, with the batch shell alive to trap
-# USR1 (a trapped signal interrupts `wait`; the loop waits again). Then: exit with CMD's status if it
-# failed (a crash is never requeued), 0 if the run completed, and requeue the job if it stopped
-# because of USR1.
+# USR1 (a trapped signal interrupts `wait`; the loop waits again). Then judge by the trainer's outcome,
+# not CMD's status alone: COMPLETED -> exit 0; a job SLURM preempted -> requeue it, as SLURM would at
+# the end of the grace time; STOPPED (a checkpoint written on STOP, USR1 or SIGTERM) -> requeue after
+# USR1, else exit 0; neither -> a failure: exit with CMD's status, never requeued.
 distgan_run() {
-    PREEMPTED=0 TERMINATED=0
+    PREEMPTED=0
     trap 'PREEMPTED=1; log "USR1: checkpoint at the next step boundary, then requeue"; touch "$RUN/STOP"' USR1
-    # scancel / PreemptMode=REQUEUE send TERM to every process: the trainer checkpoints on its own (KillWait
-    # permitting); the shell keeps waiting for it and does not requeue (SLURM requeues a preempted job itself).
-    trap 'TERMINATED=1; log "TERM: stopping at the next step boundary, no requeue"; touch "$RUN/STOP"' TERM
+    # scancel / a time limit / PreemptMode=REQUEUE send TERM to every process: the ranks checkpoint on
+    # their own (within KillWait or GraceTime); the shell keeps waiting for them.
+    trap 'log "TERM: the ranks checkpoint at the next step boundary"; touch "$RUN/STOP"' TERM
     "$@" &
     local child=$! rc
     while :; do
@@ -131,19 +144,39 @@ distgan_run() {
         break
     done
     trap - USR1 TERM
-    if (( rc != 0 )); then
-        if (( TERMINATED )); then log "terminated (exit $rc); not requeued"; else log "training failed (exit $rc); not requeued"; fi
-        exit "$rc"
-    fi
+    rm -f "$RUN/STOP"
     if [[ -e $RUN/COMPLETED ]]; then
         log "run completed at step $(< "$RUN/COMPLETED")"
         exit 0
     fi
-    rm -f "$RUN/STOP"
-    if (( PREEMPTED )); then
-        log "checkpoint written; requeueing job $SLURM_JOB_ID"
-        scontrol requeue "$SLURM_JOB_ID" || die "requeue refused; submit again: the run resumes from its checkpoint"
-        exit 0
+    local outcome="training failed (exit $rc)"
+    if [[ -e $RUN/STOPPED ]]; then
+        outcome="every rank stopped with a checkpoint"
+        # torchrun's agent exits 1 after forwarding a SIGTERM, however cleanly the ranks stopped.
+        if (( rc != 0 )); then log "the launcher exited $rc: torchrun re-raises the SIGTERM it forwarded"; fi
+    elif (( rc == 0 )); then
+        outcome="training ended before the end"
     fi
-    log "run stopped before the end (STOP file or TERM); not requeued"
+    # Ended within its GraceTime, a preempted job would be COMPLETED, not requeued: requeue it as SLURM
+    # would at the end of the grace time (the next start resumes from the newest complete checkpoint).
+    if slurm_preempted; then requeue "preempted: $outcome"; fi
+    if [[ ! -e $RUN/STOPPED ]] && (( rc != 0 )); then
+        log "$outcome; not requeued"
+        exit "$rc"
+    fi
+    if (( PREEMPTED )); then requeue "$outcome"; fi
+    log "$outcome (STOP file, scancel or a time limit); not requeued"
+}
+
+requeue() {
+    log "$1; requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID" || die "requeue refused; submit again: the run resumes from its checkpoint"
+    exit 0
+}
+
+# slurm_preempted: SLURM chose this job for preemption (its PreemptTime is set).
+slurm_preempted() {
+    local record
+    record=$(scontrol show job -o "${SLURM_JOB_ID:-none}" 2> /dev/null) || return 1
+    [[ $record =~ PreemptTime=([^ ]+) ]] && [[ ${BASH_REMATCH[1]} != None ]]
 }

@@ -66,6 +66,36 @@ def shards(tmp_path, idx_dataset):
     return out, arrays
 
 
+def tar_members(path: Path) -> dict[str, tuple[int, int, int]]:
+    """Each member's (header offset, data offset, data size) in a tar, by member name."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return {m.name: (m.offset, m.offset_data, m.size) for m in tar.getmembers()}
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Corrupt one byte in place (the file keeps its size, so only a checksum can tell)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def straddling_shard(data: Path, world: int, batch: int, seed: int, drop_last: bool) -> tuple[str, int]:
+    """The shard that rank 0 and rank 1 share in epoch 0, and how many of its samples rank 0 reads."""
+    from distgan.data.plan import plan_epoch
+    from distgan.data.manifest import Manifest
+
+    manifest = Manifest.from_json((data / "dataset.json").read_text(), "m")
+    shards = manifest.splits["train"].shards
+    plan = plan_epoch([s.num_samples for s in shards], 0, seed, 1, world, batch, drop_last)
+    for slot, shard in enumerate(plan.shard_order):
+        start = int(plan.starts[slot])
+        if start < plan.rank_start < start + shards[shard].num_samples:
+            return shards[shard].name, plan.rank_start - start
+    raise AssertionError("no shard straddles the ranks' boundary")
+
+
 def run_env(**extra: str) -> dict[str, str]:
     """Environment for child processes: this interpreter's venv first, no stray accelerate config."""
     env = dict(os.environ)

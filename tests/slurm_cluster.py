@@ -5,6 +5,10 @@ spool, socket, pid and log file under one directory, on random free ports and a 
 cluster name, so concurrent test runs do not collide and nothing touches /etc.
 Two nodes are emulated on one host with ``slurmd -N nX``; their names do not resolve, so
 jobs that need a rendezvous address must use ``SlurmCluster.node_addr`` (127.0.0.1).
+With ``grace_time`` the cluster preempts as production clusters do: two partitions on the same
+nodes, ``low`` (the default) and ``high`` (a higher PriorityTier), PreemptType=preempt/partition_prio,
+PreemptMode=REQUEUE: a ``high`` job that needs the CPUs of a ``low`` one has SLURM send the low
+job SIGTERM, give it ``grace_time`` seconds (then SIGKILL), and requeue it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ TERMINAL_STATES = frozenset(
 ACTIVE_STATES = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,RESIZING,SIGNALING,STAGE_OUT"
 # A Unix socket path is limited to 107 bytes; slurmd puts "<node>_<job>.<step>" sockets in its spool.
 MAX_WORKDIR_LEN = 70
+PREEMPTION_GRACE_TIME = 30  # s: a tiny training job stops and checkpoints well within it
+# s between SLURM's SIGTERM and its SIGKILL on scancel (SLURM's default is 30): the ranks, their launcher and
+# srun must have exited by then; on 2 busy cores a torch process alone takes 2-3 s to tear down.
+PREEMPTION_KILL_WAIT = 20
 _KEY_VALUE = re.compile(r"(\S+?)=(.*?)(?= \S+?=|$)")
 
 
@@ -104,12 +112,14 @@ class SlurmCluster:
 
     node_addr = "127.0.0.1"
 
-    def __init__(self, workdir: Path, nodes: int = 1, cpus_per_node: int = 2) -> None:
+    def __init__(self, workdir: Path, nodes: int = 1, cpus_per_node: int = 2, grace_time: int | None = None,
+                 kill_wait: int = 5) -> None:
         self.workdir = Path(workdir).resolve()
         if len(str(self.workdir)) > MAX_WORKDIR_LEN:
             raise ValueError(f"workdir path too long for Unix sockets (> {MAX_WORKDIR_LEN}): {self.workdir}")
         self.nodes = [f"n{i + 1}" for i in range(nodes)]
         self.cpus_per_node = cpus_per_node
+        self.grace_time, self.kill_wait = grace_time, kill_wait
         self.host = socket.gethostname().split(".")[0]
         self.name = f"t{secrets.token_hex(4)}"
         self.conf = self.workdir / "slurm.conf"
@@ -212,6 +222,14 @@ class SlurmCluster:
                 raise SlurmError(self._job_report(job, info, what))
             time.sleep(poll)
 
+    def wait_ended(self, job: int, timeout: float = 60.0) -> None:
+        """Wait until none of the job's processes is left (its state is no longer COMPLETING either)."""
+        deadline = time.monotonic() + timeout
+        while self.run("squeue", "-h", "-j", str(job), "-t", ACTIVE_STATES, check=False).stdout.strip():
+            if time.monotonic() > deadline:
+                raise SlurmError(self._job_report(job, self.job_info(job), f"still active after {timeout:.0f}s"))
+            time.sleep(0.25)
+
     def signal_batch(self, job: int, sig: str = "USR1") -> None:
         """Signal the batch shell only (its trap); without --batch the signal goes to job steps."""
         self.run("scancel", f"--signal={sig}", "--batch", str(job))
@@ -308,8 +326,8 @@ MailProg=/bin/true
 JobRequeue=1
 ReturnToService=2
 MinJobAge=600
-KillWait=5
-SchedulerParameters=batch_sched_delay=0
+KillWait={self.kill_wait}
+{"" if self.grace_time is not None else "SchedulerParameters=batch_sched_delay=0"}
 StateSaveLocation={state}
 SlurmdSpoolDir={self.workdir}/spool/%n
 SlurmctldPidFile={self.run_dir}/slurmctld.pid
@@ -319,8 +337,20 @@ SlurmdLogFile={self.log_dir}/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 {node_lines}
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+{self._partition_lines()}
 """)
+
+    def _partition_lines(self) -> str:
+        if self.grace_time is None:
+            return "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
+        # bf_interval=1: a preemption whose grace time ran out is carried out at the next scheduling pass,
+        # which is the backfill scheduler's (every 30 s by default).
+        return f"""\
+SchedulerParameters=batch_sched_delay=0,bf_interval=1
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=low Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime={self.grace_time}
+PartitionName=high Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF"""
 
     def _daemon(self, argv: list[str], what: str) -> None:
         """Run a self-daemonising program; its foreground part exits once it is set up."""
@@ -422,10 +452,12 @@ def is_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _cluster(tmp_path_factory: pytest.TempPathFactory, nodes: int) -> Iterator[SlurmCluster]:
+def _cluster(tmp_path_factory: pytest.TempPathFactory, nodes: int, grace_time: int | None = None,
+             kill_wait: int = 5) -> Iterator[SlurmCluster]:
     if reason := unavailable():
         pytest.skip(reason)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), nodes=nodes).start()
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), nodes=nodes, grace_time=grace_time,
+                           kill_wait=kill_wait).start()
     yield cluster
     cluster.stop()
 
@@ -434,6 +466,13 @@ def _cluster(tmp_path_factory: pytest.TempPathFactory, nodes: int) -> Iterator[S
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """A running one-node cluster (node n1, 2 CPUs); stopped and checked for leftovers after the test."""
     yield from _cluster(tmp_path_factory, nodes=1)
+
+
+@pytest.fixture
+def slurm_cluster_preemption(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """One node (n1, 2 CPUs) in two partitions, `low` (the default) and `high`, which preempts `low` with
+    PreemptMode=REQUEUE and a GraceTime of PREEMPTION_GRACE_TIME seconds; KillWait=PREEMPTION_KILL_WAIT."""
+    yield from _cluster(tmp_path_factory, nodes=1, grace_time=PREEMPTION_GRACE_TIME, kill_wait=PREEMPTION_KILL_WAIT)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import subprocess
 import sys
 import tarfile
 import threading
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FASHION_MNIST_DIR, image_ids, write_idx
+from conftest import (FASHION_MNIST_DIR, REPO, flip_byte, image_ids, run_env, straddling_shard, tar_members,
+                      write_idx)
 from distgan.data import DataError, ShardLoader
 from distgan.data.cli import main as data_cli
 from distgan.data.manifest import Manifest
@@ -244,19 +246,27 @@ def test_truncated_shard_is_named_by_loader_and_verify(shards, capsys):
 
 def test_corrupt_shard_of_the_right_size(shards):
     out, _ = shards
-    victim = out / "train-000002.tar"
+    victim = out / "train-000002.tar"  # 150 images: chunks 0 and 1 of 64, chunk 2 of 22
     pristine = victim.read_bytes()
-    flipped = bytearray(pristine)
-    flipped[3000] ^= 0xFF  # one pixel: only the checksum can tell
-    victim.write_bytes(bytes(flipped))
+    members = tar_members(victim)
+    flip_byte(victim, members["train-000002-000001.images.npy"][1] + 3000)  # one pixel: only a checksum can tell
     loader = ShardLoader(str(out), "train", 10, num_workers=0, drop_last=False)
-    with pytest.raises(DataError, match="train-000002.tar: sha256 does not match"):
+    with pytest.raises(DataError, match=r"train-000002.tar: chunk 1 \(train-000002-000001\): checksum does not match"):
+        collect(loader)
+    assert any("train-000002.tar: chunk 1 (train-000002-000001): checksum" in p for p in verify(out))
+    victim.write_bytes(pristine)
+    flip_byte(victim, members["train-000002-000002.labels.npy"][1] + 130)  # a label of the last chunk
+    with pytest.raises(DataError, match=r"train-000002.tar: chunk 2 \(train-000002-000002\): checksum does not match"):
+        collect(loader)
+    victim.write_bytes(pristine)
+    flip_byte(victim, members["train-000002-000001.labels.npy"][0] + 20)  # a tar header, mid-shard
+    with pytest.raises(DataError, match=r"train-000002.tar: chunk 1 \(train-000002-000001\) is incomplete"):
         collect(loader)
     broken = bytearray(pristine)
     header = pristine.find(b"\x93NUMPY")
     broken[header:header + 80] = b"\xff" * 80  # the first .npy member's header
     victim.write_bytes(bytes(broken))
-    with pytest.raises(DataError, match="train-000002.tar: .*not a valid .npy"):
+    with pytest.raises(DataError, match=r"train-000002.tar: chunk 0 \(train-000002-000000\): checksum does not match"):
         collect(loader)
     assert any("train-000002.tar: sha256" in p for p in verify(out))
     # The opt-in for long runs: skip, count, and keep the batch count.
@@ -267,34 +277,76 @@ def test_corrupt_shard_of_the_right_size(shards):
     assert len(set(image_ids(images))) == 1000 - 150
 
 
-def test_pickle_member_is_never_unpickled(shards, tmp_path):
+def test_every_chunk_is_checked_whatever_part_of_the_shard_a_rank_reads(shards):
+    """The whole-file sha256 only checks a shard one worker reads from start to end; a rank reading the
+    second half of a shard must still find a flipped byte in it, and the rank reading its first half,
+    which holds no bad byte, reads on."""
     out, _ = shards
-    marker = tmp_path / "pwned"
+    name, head = straddling_shard(out, world=2, batch=16, seed=4, drop_last=True)
+    last = (150 - 1) // 64 if name != "train-000006.tar" else (100 - 1) // 64
+    assert head < last * 64  # rank 1 reads the last chunk, rank 0 does not
+    key = f"{name[:-4]}-{last:06d}"
+    flip_byte(out / name, tar_members(out / name)[f"{key}.images.npy"][1] + 200)
+    ranks = [ShardLoader(str(out), "train", 16, rank=r, world_size=2, num_workers=2, seed=4) for r in (0, 1)]
+    assert len(collect(ranks[0])[0]) == len(ranks[0])
+    with pytest.raises(DataError, match=rf"{name}: chunk {last} \({key}\): checksum does not match"):
+        collect(ranks[1])
 
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
 
-    import pickle
+def test_format_1_manifest_still_loads_and_says_what_it_lacks(shards):
+    """Shards of distgan before per-chunk sums: they load, with one warning per process, and a shard read
+    end to end is still checked against its whole-file sha256, as before."""
+    out, _ = shards
+    manifest = json.loads((out / "dataset.json").read_text())
+    manifest["format_version"] = 1
+    for shard in manifest["splits"]["train"]["shards"] + manifest["splits"]["test"]["shards"]:
+        del shard["chunk_xxh3_128"]
+    (out / "dataset.json").write_text(json.dumps(manifest))
+    code = ("import sys; from distgan.data import ShardLoader\n"
+            "for _ in range(2): ShardLoader(sys.argv[1], 'train', 10, num_workers=0)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=run_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("OldManifestWarning") == 1 and "without per-chunk checksums" in proc.stderr
+    flip_byte(out / "train-000002.tar", 3000)
+    loader = ShardLoader(str(out), "train", 10, num_workers=0, drop_last=False)
+    with pytest.raises(DataError, match=r"train-000002.tar: sha256 does not match"):
+        collect(loader)
+    assert verify(out) == [f"{out / 'train-000002.tar'}: sha256 does not match the manifest"]
 
-    payload = pickle.dumps(Evil())
-    victim = out / "train-000000.tar"
-    with tarfile.open(victim, "a") as tar:
-        info = tarfile.TarInfo("train-000000-999999.data.pyd")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    # An object array hidden in a .npy member is refused too.
-    evil_npy = io.BytesIO()
-    np.save(evil_npy, np.array([Evil()], dtype=object), allow_pickle=True)
-    victim2 = out / "train-000001.tar"
-    with tarfile.open(victim2, "a") as tar:
-        for ext, data in (("images.npy", evil_npy.getvalue()), ("labels.npy", evil_npy.getvalue())):
-            info = tarfile.TarInfo(f"train-000001-999999.{ext}")
+
+class FileMaker:
+    """Unpickling one of these creates `path`: the proof that something ran a pickle's code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def append_members(tar_path, members: dict[str, bytes]) -> None:
+    with tarfile.open(tar_path, "a") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def test_pickle_member_is_never_unpickled(shards, tmp_path):
+    import pickle
+
+    out, _ = shards
+    marker = tmp_path / "pwned"
+    append_members(out / "train-000000.tar", {"train-000000-999999.data.pyd": pickle.dumps(FileMaker(marker))})
+    # An object array hidden in a .npy member is refused too.
+    evil_npy = io.BytesIO()
+    np.save(evil_npy, np.array([FileMaker(marker)], dtype=object), allow_pickle=True)
+    append_members(out / "train-000001.tar", {f"train-000001-999999.{ext}": evil_npy.getvalue()
+                                              for ext in ("images.npy", "labels.npy")})
     problems = "\n".join(verify(out))
     assert "unexpected member 'train-000000-999999.data.pyd'" in problems
-    assert "train-000001.tar: train-000001-999999" in problems
+    assert "train-000001.tar: chunk 3 (train-000001-999999).images.npy: dtype object" in problems
     assert not marker.exists()
 
 
@@ -410,16 +462,41 @@ def test_failed_prepare_leaves_no_partial_shards(tmp_path):
     assert list((tmp_path / "out").rglob("*")) == []
 
 
-def test_shards_are_plain_webdataset_and_reproducible(shards, idx_dataset, tmp_path):
-    import webdataset as wds
-
+def test_shards_are_reproducible(shards, idx_dataset, tmp_path):
     out, _ = shards
-    samples = list(wds.WebDataset(str(out / "train-000000.tar"), shardshuffle=False).decode())
-    assert samples[0]["images.npy"].shape == (64, 28, 28, 1)
-    assert samples[0]["labels.npy"].dtype == np.int64
     again = tmp_path / "again"
     write_shards(read_idx_dataset("fashion-mnist", idx_dataset[0]), again, samples_per_shard=150, chunk_size=64)
     assert (again / "train-000000.tar").read_bytes() == (out / "train-000000.tar").read_bytes()
+
+
+def readme_python_after(marker: str) -> str:
+    """The first ```python block of README.md after `marker`, as written there."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("```python\n", text.index(marker)) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+def test_readmes_plain_webdataset_read_works_and_unpickles_nothing(shards, tmp_path):
+    """README's plain-webdataset example, run as written on a shard that also carries a pickle member:
+    it reads the arrays and never unpickles, where webdataset's .decode() would run the pickle's code."""
+    import webdataset as wds
+
+    import pickle
+
+    out, _ = shards
+    marker = tmp_path / "pwned"  # a third member of the last chunk:
+    append_members(out / "train-000000.tar", {"train-000000-000002.meta.pyd": pickle.dumps(FileMaker(marker))})
+    (tmp_path / "DIR").symlink_to(out)
+    proc = subprocess.run([sys.executable, "-c", readme_python_after("plain webdataset reads them")],
+                          cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["train-000000-000000 (64, 28, 28, 1) (64,)",
+                                        "train-000000-000001 (64, 28, 28, 1) (64,)",
+                                        "train-000000-000002 (22, 28, 28, 1) (22,)"]
+    assert not marker.exists()
+    for _ in wds.WebDataset(str(out / "train-000000.tar"), shardshuffle=False).decode():
+        pass
+    assert marker.exists()  # what README warns of
 
 
 @pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),

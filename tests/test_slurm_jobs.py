@@ -5,6 +5,7 @@ processes, two emulated nodes rendezvousing over loopback, and USR1 -> checkpoin
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -17,9 +18,12 @@ from accelerate.utils import DistributedType
 
 from conftest import REPO, run_env
 from slurm_cluster import (  # noqa: F401 (fixtures are used by name)
+    PREEMPTION_GRACE_TIME,
+    PREEMPTION_KILL_WAIT,
     SlurmCluster,
     slurm_cluster,
     slurm_cluster_2nodes,
+    slurm_cluster_preemption,
     wait_for_path,
 )
 
@@ -114,15 +118,92 @@ def test_training_that_ends_while_the_usr1_trap_runs_is_not_a_failure(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+# -- bash 4.2 (CentOS 7, still on clusters) ---------------------------------------------------------
+
+# Expansions and builtins newer than bash 4.2. Bash 4.2 does not reject ${a[*]@Q}: it drops the @Q
+# without a word, so a quoting bug would pass every run that has no space or quote in its arguments.
+NEWER_THAN_BASH_42 = {
+    r"\$\{[^}]*@[QEPAaKkUuL]\}": "${var@X} transformations (bash 4.4)",
+    r"\b(local|declare|typeset)\s+-\w*n": "namerefs (bash 4.3)",
+    r"\bwait\s+-\w*[nf]": "wait -n / -f (bash 4.3 / 5.0)",
+    r"\b(mapfile|readarray)\b[^\n]*\s-d\b": "mapfile -d (bash 4.4)",
+    r"\[\s*-\d+\s*\]\}": "negative array subscripts (bash 4.3)",
+}
+OLD_BASH = Path(os.environ.get("DISTGAN_TEST_OLD_BASH", "/opt/bash-4.2/bin/bash"))
+
+
+def old_bash_version() -> str | None:
+    """The version of the bash 4.2 that the real test runs the job scripts with, if this machine has one."""
+    if not os.access(OLD_BASH, os.X_OK):
+        return None
+    out = subprocess.run([str(OLD_BASH), "-c", "echo $BASH_VERSION"], capture_output=True, text=True).stdout
+    return out.strip() if out.startswith("4.2.") else None
+
+
+@pytest.mark.parametrize("script", ["common.sh", "single_node.sbatch", "multi_node.sbatch"])
+def test_job_scripts_use_nothing_newer_than_bash_42(script):
+    text = (REPO / "slurm" / script).read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    found = [f"{what}: {m.group(0)!r}" for pattern, what in NEWER_THAN_BASH_42.items()
+             for m in re.finditer(pattern, code)]
+    assert not found, f"slurm/{script} needs a bash newer than 4.2: {found}"
+
+
+ARGV_PROBE = """#!{bash}
+# Stands in for the interpreter: records the argument vector it was given, NUL-separated.
+printf '%s\\0' "$@" > "{out}.$SLURM_NODEID"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(old_bash_version() is None,
+                    reason=f"no bash 4.2 at {OLD_BASH} (DISTGAN_TEST_OLD_BASH): build GNU bash-4.2 with "
+                           "./configure --prefix=/opt/bash-4.2 --without-bash-malloc && make install")
+def test_job_scripts_pass_every_argument_intact_under_bash_42(slurm_cluster, tmp_path):
+    """Both job scripts run by bash 4.2 (their own shell and the one srun starts on each node) hand the
+    launcher exactly the arguments bash 5 would: with spaces, quotes and an empty value among them."""
+    shells = tmp_path / "old-bash"
+    shells.mkdir()
+    (shells / "bash").symlink_to(OLD_BASH)
+    odd = ["log.project=my project's \"runs\"", "log.wandb_entity=", "data.path=/data/a b"]
+    run_dir = tmp_path / "runs with space"
+    for name in ("single_node", "multi_node"):
+        out = tmp_path / f"{name}.argv"
+        probe = tmp_path / f"{name}-python"
+        probe.write_text(ARGV_PROBE.format(bash=OLD_BASH, out=out))
+        probe.chmod(0o755)
+        script = tmp_path / f"{name}.sbatch"  # slurmd runs the script with its #! line: bash 4.2
+        script.write_text((REPO / "slurm" / f"{name}.sbatch").read_text().replace("#!/bin/bash", f"#!{OLD_BASH}", 1))
+        env = {"DISTGAN_HOME": str(REPO), "DISTGAN_PYTHON": str(probe), "DISTGAN_CPU": "1",
+               "DISTGAN_RUN_DIR": str(run_dir), "DISTGAN_CONFIG": "configs/fashion_house.yaml",
+               "PATH": f"{shells}:{os.environ['PATH']}"}
+        job = slurm_cluster.sbatch(script, args=odd, env=env, cwd=tmp_path,
+                                   sbatch_args=["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2",
+                                                f"--output={tmp_path}/{name}-%j.out", f"--job-name={name}"])
+        assert slurm_cluster.wait(job, timeout=60) == "COMPLETED"
+        log = (tmp_path / f"{name}-{job}.out").read_text()
+        argv = Path(f"{out}.0").read_text().split("\0")[:-1]
+        train = argv[argv.index("distgan/train.py"):]
+        assert train == ["distgan/train.py", "--config", "configs/fashion_house.yaml", *odd,
+                         f"run_dir={run_dir}", f"name={name}"], log
+        assert argv[:2] == ["-m", "accelerate.commands.launch"]
+        if name == "multi_node":
+            assert argv[argv.index("--machine_rank") + 1] == "0"
+
+
 # -- the sbatch scripts on a real cluster --------------------------------------------------------
 
 
 def submit(cluster: SlurmCluster, tmp_path: Path, data: Path, name: str, *overrides: str, nodes: int = 1,
-           procs: int = 2, env: dict[str, str] | None = None) -> tuple[int, Path]:
+           procs: int = 2, env: dict[str, str] | None = None, wandb: bool = False) -> tuple[int, Path]:
     """distgan-submit in CPU mode against ``cluster``; returns (job id, its log file)."""
     cmd = submit_cmd("--config", "configs/fashion_house.yaml", "--name", name, "--run-dir", str(tmp_path / "runs"),
                      "--log-dir", str(tmp_path / "logs"), "--nodes", str(nodes), "--cpu", "--procs-per-node",
                      str(procs), "--cpus-per-task", "2", "--time", "10:00", f"data.path={data}", *TINY, *overrides)
+    if wandb:  # offline: both starts of a requeued job must log to one W&B run
+        cmd.append("log.log_with=wandb")
+        env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
     if nodes > 1:
         cmd += ["--main-addr", cluster.node_addr]  # the emulated node names n1, n2 do not resolve
     job_env = {"DISTGAN_HOME": str(REPO), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
@@ -191,35 +272,100 @@ def test_multi_node_script_rendezvouses_two_nodes_over_loopback(slurm_cluster_2n
     assert (last / "random_states_0.pkl").exists() and (last / "random_states_1.pkl").exists()
 
 
+def assert_resumed_once_to_the_exact_step(run: Path, log: str, job: int, steps: int) -> int:
+    """Two starts of one job in one log, the second resumed from the first's stop: exactly `steps` steps,
+    one unbroken step counter and one W&B run. Returns the step the first start stopped at."""
+    assert log.count(f"job {job} start 1 on n1") == 1 and log.count(f"job {job} start 2 on n1") == 1
+    stopped = int(re.search(r"stopped at step (\d+)", log).group(1))
+    assert 5 <= stopped < steps
+    # Resumed exactly where it stopped: nothing lost beyond the step boundary.
+    assert f"resumed from {run}/checkpoints/step-{stopped:07d}" in log
+    assert (run / "COMPLETED").read_text().strip() == str(steps)
+    assert metric_steps(run) == list(range(5, steps + 1, 5))  # one unbroken counter
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step-{stopped:07d}", f"step-{steps:07d}"]
+    run_id = (run / "wandb_id.txt").read_text().strip()
+    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # both starts in the same W&B run
+    return stopped
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_usr1_checkpoints_requeues_and_resumes_to_the_exact_step(slurm_cluster, shards, tmp_path):
     data, _ = shards
     steps = 200  # ~7 s of training here: the signal, sent right after the first log line, lands mid-run
     job, log = submit(slurm_cluster, tmp_path, data, "pre", f"train.steps={steps}", "train.log_every=5",
-                      "train.sample_every=100", "train.checkpoint_every=1000", "log.log_with=wandb",
-                      env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+                      "train.sample_every=100", "train.checkpoint_every=1000", wandb=True)
     run = tmp_path / "runs" / "pre"
     wait_for_path(run / "metrics.jsonl", timeout=120)
     slurm_cluster.signal_batch(job, "USR1")  # what --signal=B:USR1@120 does before the time limit
     slurm_cluster.requeue_now(job, timeout=60)
     assert slurm_cluster.wait(job, timeout=150) == "COMPLETED"
     assert slurm_cluster.job_info(job)["Restarts"] == "1"
-
     text = log.read_text()  # --open-mode=append: both starts in one log
-    assert text.count(f"job {job} start 1 on n1") == 1 and text.count(f"job {job} start 2 on n1") == 1
     assert text.count("USR1: checkpoint at the next step boundary") == 1
-    assert text.count(f"requeueing job {job}") == 1
+    assert text.count(f"every rank stopped with a checkpoint; requeueing job {job}") == 1
+    assert_resumed_once_to_the_exact_step(run, text, job, steps)
+
+
+HIGH_PRIORITY_JOB = """#!/bin/bash
+echo "$SLURM_JOB_ID ran in $SLURM_JOB_PARTITION" > {out}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_preemption_by_a_higher_priority_job_checkpoints_requeues_and_resumes(slurm_cluster_preemption, shards,
+                                                                               tmp_path):
+    """The real thing: a job of the `high` partition needs the node's CPUs, so SLURM preempts the training job
+    of `low` (PreemptMode=REQUEUE, GraceTime 30 s): SIGTERM from SLURM to the job step, every rank checkpoints
+    at the next step boundary well within the grace time, the job is requeued, the high job runs, and the
+    training job resumes when the node is free and finishes with exactly the requested steps."""
+    cluster, data = slurm_cluster_preemption, shards[0]
+    steps = 300
+    job, log = submit(cluster, tmp_path, data, "low", f"train.steps={steps}", "train.log_every=5",
+                      "train.sample_every=1000", "train.checkpoint_every=1000", wandb=True)
+    run = tmp_path / "runs" / "low"
+    wait_for_path(run / "metrics.jsonl", timeout=120)
+    high_script = tmp_path / "high.sh"
+    high_script.write_text(HIGH_PRIORITY_JOB.format(out=tmp_path / "high.txt"))
+    high = cluster.sbatch(high_script, sbatch_args=["--partition=high", "--cpus-per-task=2",
+                                                    f"--output={tmp_path}/high-%j.out"])
+    cluster.requeue_now(job, timeout=PREEMPTION_GRACE_TIME + 60)
+    assert cluster.wait(high, timeout=60) == "COMPLETED"
+    assert (tmp_path / "high.txt").read_text() == f"{high} ran in high\n"
+    assert cluster.wait(job, timeout=150) == "COMPLETED"
+    info = cluster.job_info(job)
+    assert info["Restarts"] == "1" and cluster.job_info(high)["EndTime"] <= info["StartTime"]  # ISO times
+    text = log.read_text()
+    # SLURM's SIGTERM reached the ranks (the test sent none), and they were done before the grace time ran
+    # out: the script requeued the job itself; SLURM never had to kill it.
+    assert "received SIGTERM: checkpoint at the next step boundary" in text
+    assert text.count("preempted: ") == 1 and text.count(f"requeueing job {job}") == 1, text
+    assert "DUE TO PREEMPTION" not in text and "USR1" not in text
+    assert_resumed_once_to_the_exact_step(run, text, job, steps)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_scancel_leaves_a_complete_checkpoint_and_no_requeue(slurm_cluster_preemption, shards, tmp_path):
+    """scancel: SIGTERM to every process of the job (batch shell, srun, launcher, ranks, loader workers),
+    SIGKILL KillWait (20 s here) later. The job is not requeued, also where preemption is configured."""
+    cluster, data = slurm_cluster_preemption, shards[0]
+    job, log = submit(cluster, tmp_path, data, "cancelled", "train.steps=5000", "train.log_every=5",
+                      "train.sample_every=1000", "train.checkpoint_every=10000")
+    run = tmp_path / "runs" / "cancelled"
+    wait_for_path(run / "metrics.jsonl", timeout=120)
+    cluster.run("scancel", str(job))
+    cluster.wait_ended(job, timeout=PREEMPTION_KILL_WAIT + 30)
+    assert cluster.state(job) == "CANCELLED" and cluster.job_info(job)["Restarts"] == "0"
+    text = log.read_text()
     stopped = int(re.search(r"stopped at step (\d+)", text).group(1))
-    assert 5 <= stopped < steps
-    # Resumed exactly where it stopped: nothing lost beyond the step boundary.
-    assert f"resumed from {run}/checkpoints/step-{stopped:07d}" in text
-    assert (run / "COMPLETED").read_text().strip() == str(steps)
-    assert metric_steps(run) == list(range(5, steps + 1, 5))  # one unbroken counter
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step-{stopped:07d}", f"step-{steps:07d}"]
-    # Both starts logged to the same W&B run.
-    run_id = (run / "wandb_id.txt").read_text().strip()
-    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    last = run / "checkpoints" / f"step-{stopped:07d}"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [last.name]
+    assert json.loads((last / "state.json").read_text())["step"] == stopped
+    assert (last / "random_states_0.pkl").exists() and (last / "random_states_1.pkl").exists()
+    assert (run / "STOPPED").exists() and not (run / "COMPLETED").exists()
+    assert "every rank stopped with a checkpoint" in text and "not requeued" in text and "requeueing" not in text
 
 
 @pytest.mark.slow

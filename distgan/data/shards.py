@@ -17,7 +17,7 @@ from tqdm import tqdm
 import distgan
 from distgan.data.manifest import (
     IMAGES_EXT, LABELS_EXT, MANIFEST_NAME, MEMBER_EXTS, DataError, Manifest, ShardInfo,
-    SplitInfo, decode_array, encode_array,
+    SplitInfo, chunk_digest, decode_array, encode_array,
 )
 from distgan.data.sources import RawDataset
 
@@ -73,10 +73,11 @@ def write_shards(
                         )
                     labels = split.labels[indices].astype(np.int64)
                     name = f"{split_name}-{shard_index:06d}.tar"
-                    _write_one_shard(staging / name, split_name, shard_index, images, labels, chunk_size)
+                    chunk_sums = _write_one_shard(staging / name, split_name, shard_index, images, labels,
+                                                  chunk_size)
                     shards.append(ShardInfo(
                         name=name, num_samples=len(indices), sha256=file_digest(staging / name),
-                        bytes=(staging / name).stat().st_size,
+                        bytes=(staging / name).stat().st_size, chunk_xxh3_128=chunk_sums,
                     ))
                     bar.update(len(indices))
                 splits[split_name] = SplitInfo(num_samples=split.num_samples, shards=shards)
@@ -101,14 +102,17 @@ def write_shards(
 
 def _write_one_shard(
     path: Path, split: str, shard_index: int, images: np.ndarray, labels: np.ndarray, chunk: int
-) -> None:
+) -> list[str]:
+    """Write one shard; returns each chunk's chunk_digest, for the manifest."""
+    sums = []
     with wds.TarWriter(str(path), mtime=REPRODUCIBLE_MTIME, encoder=False) as writer:
         for chunk_index, start in enumerate(range(0, len(images), chunk)):
-            writer.write({
-                "__key__": f"{split}-{shard_index:06d}-{chunk_index:06d}",
-                IMAGES_EXT: encode_array(np.ascontiguousarray(images[start:start + chunk])),
-                LABELS_EXT: encode_array(labels[start:start + chunk]),
-            })
+            members = (encode_array(np.ascontiguousarray(images[start:start + chunk])),
+                       encode_array(labels[start:start + chunk]))
+            sums.append(chunk_digest(*members))
+            writer.write({"__key__": f"{split}-{shard_index:06d}-{chunk_index:06d}",
+                          IMAGES_EXT: members[0], LABELS_EXT: members[1]})
+    return sums
 
 
 @dataclass
@@ -135,21 +139,29 @@ class _HashingReader:
         return self.digest.hexdigest()
 
 
-def iter_shard_chunks(url: str, manifest: Manifest, sha256: str | None = None) -> Iterator[Chunk]:
+def iter_shard_chunks(url: str, manifest: Manifest, shard: ShardInfo | None = None,
+                      check: range | None = None) -> Iterator[Chunk]:
     """Stream one shard (path or any webdataset URL) as validated chunks.
 
     Any member other than the two .npy arrays is refused, so a shard cannot
-    smuggle in a pickle; arrays are loaded with allow_pickle=False. With
-    `sha256`, a shard read to its end is checked against it.
+    smuggle in a pickle; arrays are loaded with allow_pickle=False. With the
+    shard's manifest entry, every chunk whose index is in `check` (default: all)
+    is checked against its checksum before it is decoded, and a shard read to its
+    end must hold the manifest's number of chunks (a corrupt tar header ends a
+    tar stream quietly). A format-1 manifest has no per-chunk sums: there a
+    shard read to its end is checked against the whole file's sha256 instead.
     """
     expected = manifest.image_shape
+    sums = shard.chunk_xxh3_128 if shard is not None else []
+    check = range(len(sums)) if check is None else check
+    whole_file = shard is not None and not sums and check == range(manifest.num_chunks(shard))
     pending: dict[str, bytes] = {}
-    pending_key = None
+    pending_key, index = None, 0  # index: the chunk being read
     try:
         stream = wds.gopen(url, "rb")
     except Exception as exc:
         raise DataError(f"{url}: cannot open ({exc})") from exc
-    reader = _HashingReader(stream) if sha256 else stream
+    reader = _HashingReader(stream) if whole_file else stream
     stopped_early = False
     try:
         for member in wds.tariterators.tar_file_iterator(reader):
@@ -157,31 +169,27 @@ def iter_shard_chunks(url: str, manifest: Manifest, sha256: str | None = None) -
             key, _, ext = fname.partition(".")
             if ext not in MEMBER_EXTS:
                 raise DataError(
-                    f"{url}: unexpected member {fname!r}; distgan shards hold only "
+                    f"{url}: unexpected member {fname!r} at chunk {index}; distgan shards hold only "
                     f"*.{IMAGES_EXT} and *.{LABELS_EXT} (nothing is ever unpickled)"
                 )
             if pending_key is not None and key != pending_key:
-                raise DataError(f"{url}: chunk {pending_key!r} is incomplete (has only {list(pending)})")
+                raise DataError(f"{url}: chunk {index} ({pending_key}) is incomplete (has only {list(pending)})")
             pending_key = key
             pending[ext] = member["data"]
             if len(pending) == len(MEMBER_EXTS):
-                where = f"{url}: {key}"
-                images = decode_array(pending[IMAGES_EXT], np.uint8, where + "." + IMAGES_EXT)
-                labels = decode_array(pending[LABELS_EXT], np.int64, where + "." + LABELS_EXT)
-                if images.ndim != 4 or images.shape[1:] != expected:
-                    raise DataError(f"{where}: images of shape {images.shape[1:]}, expected {expected} (H, W, C)")
-                if labels.shape != (len(images),):
-                    raise DataError(f"{where}: {len(labels)} labels for {len(images)} images")
-                yield Chunk(key, images, labels)
-                pending, pending_key = {}, None
+                yield _checked_chunk(url, index, key, pending, sums if sums and index in check else None, expected)
+                pending, pending_key, index = {}, None, index + 1
         if pending:
-            raise DataError(f"{url}: chunk {pending_key!r} is incomplete at the end of the shard")
-        if sha256 and reader.drain() != sha256:
+            raise DataError(f"{url}: chunk {index} ({pending_key}) is incomplete at the end of the shard")
+        if shard is not None and index != manifest.num_chunks(shard):
+            raise DataError(f"{url}: the tar ends at chunk {index} but the manifest lists "
+                            f"{manifest.num_chunks(shard)} chunks (corrupt tar header or truncated shard)")
+        if whole_file and reader.drain() != shard.sha256:
             raise DataError(f"{url}: sha256 does not match the manifest (corrupt shard)")
     except DataError:
         raise
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-        raise DataError(f"{url}: corrupt or truncated shard ({exc})") from exc
+        raise DataError(f"{url}: corrupt or truncated shard at chunk {index} ({exc})") from exc
     except GeneratorExit:  # the reader wanted only part of the shard
         stopped_early = True
         raise
@@ -192,6 +200,21 @@ def iter_shard_chunks(url: str, manifest: Manifest, sha256: str | None = None) -
             # ... unless we closed it early: a pipe command may then exit non-zero on EPIPE.
             if not stopped_early:
                 raise DataError(f"{url}: reading failed ({exc})") from exc
+
+
+def _checked_chunk(url: str, index: int, key: str, members: dict[str, bytes], sums: list[str] | None,
+                   expected: tuple[int, int, int]) -> Chunk:
+    """One chunk's arrays, its checksum (where `sums` is given) checked before anything is decoded."""
+    where = f"{url}: chunk {index} ({key})"
+    if sums is not None and chunk_digest(members[IMAGES_EXT], members[LABELS_EXT]) != sums[index]:
+        raise DataError(f"{where}: checksum does not match the manifest (corrupt shard)")
+    images = decode_array(members[IMAGES_EXT], np.uint8, f"{where}.{IMAGES_EXT}")
+    labels = decode_array(members[LABELS_EXT], np.int64, f"{where}.{LABELS_EXT}")
+    if images.ndim != 4 or images.shape[1:] != expected:
+        raise DataError(f"{where}: images of shape {images.shape[1:]}, expected {expected} (H, W, C)")
+    if labels.shape != (len(images),):
+        raise DataError(f"{where}: {len(labels)} labels for {len(images)} images")
+    return Chunk(key, images, labels)
 
 
 def verify(directory: Path, deep: bool = True) -> list[str]:
@@ -222,7 +245,8 @@ def verify(directory: Path, deep: bool = True) -> list[str]:
                 continue
             try:
                 count = 0
-                for chunk in iter_shard_chunks(str(path), manifest):
+                # Format 2: every chunk against its own sha256, so the report names the bad one.
+                for chunk in iter_shard_chunks(str(path), manifest, shard if manifest.has_chunk_sums else None):
                     count += len(chunk.images)
                     n = manifest.num_classes
                     bad = chunk.labels[(chunk.labels < 0) | (chunk.labels >= n)] if n else chunk.labels[chunk.labels != -1]

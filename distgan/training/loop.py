@@ -98,6 +98,8 @@ def train(cfg: Config) -> str:
                 actions.sample(progress.step)
             monitor.finish()
             run_dir.mark_completed(progress.step)
+        else:
+            run_dir.mark_stopped(progress.step)
         log.info("%s at step %d; checkpoints in %s", status, progress.step, run_dir.path / "checkpoints")
     except RuntimeError as exc:  # a peer died: name it, rather than wait for a collective's timeout
         if not (control.active and is_lost_peer(exc)):

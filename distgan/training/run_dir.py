@@ -6,6 +6,9 @@
     checkpoints-set-aside/  newer checkpoints abandoned by a resume from an older one (kept, out of the way)
     metrics.jsonl        one line per log step: one unbroken step counter across resumes
     COMPLETED            written when the run reached train.steps
+    STOPPED              written when a start stopped cleanly before the end, its checkpoint written (torchrun's
+                         agent exits 1 after forwarding a SIGTERM however cleanly the ranks stopped, so
+                         slurm/common.sh judges a job by this file)
     STOP                 made by a user or slurm/common.sh: stop at the next sync, with a checkpoint
     wandb_id.txt         the W&B run id, so a resumed run continues the same W&B run
 
@@ -117,6 +120,7 @@ class RunDirectory:
                         ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
         _write_atomically(record, to_yaml(cfg))
         (self.path / "COMPLETED").unlink(missing_ok=True)
+        (self.path / "STOPPED").unlink(missing_ok=True)
         if resumed_step is not None:
             truncate_metrics(self.path / "metrics.jsonl", resumed_step)
             moved = self.set_aside_checkpoints_after(resumed_step)
@@ -147,6 +151,10 @@ class RunDirectory:
     def mark_completed(self, step: int) -> None:
         if self.is_main:
             (self.path / "COMPLETED").write_text(f"{step}\n")
+
+    def mark_stopped(self, step: int) -> None:
+        if self.is_main:
+            _write_atomically(self.path / "STOPPED", f"{step}\n")
 
     def tracker_kwargs(self, cfg: Config) -> dict[str, Any]:
         """Rank 0 alone reads or writes the W&B id file; a resumed run continues the same W&B run."""
