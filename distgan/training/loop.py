@@ -108,5 +108,9 @@ def train(cfg: Config) -> str:
                             f"({str(exc).splitlines()[0][:160]}); "
                             f"resume from the last checkpoint with train.resume=auto") from exc
     finally:
-        accelerator.end_training()
+        try:
+            accelerator.end_training()
+        except OSError as exc:  # e.g. W&B's service, ended by the same SIGTERM (SLURM signals the whole step)
+            log.warning("closing the trackers failed (%s); the run's own files (checkpoint, metrics.jsonl, "
+                        "STOPPED/COMPLETED) are complete", exc)
     return status
