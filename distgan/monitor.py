@@ -24,6 +24,7 @@ class RunMonitor:
         self.active = accelerator.is_main_process
         self.bar = None
         self.postfix: dict[str, str] = {}
+        self.trackers_up = True
         if self.active:
             (run_path / "samples").mkdir(parents=True, exist_ok=True)
             self.bar = tqdm(total=cfg.train.steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -36,7 +37,7 @@ class RunMonitor:
         record = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
         with open(self.run_path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        self.accelerator.log(values, step=step)
+        self._to_trackers(lambda: self.accelerator.log(values, step=step))
         if "loss/d" in values:  # a training line, not an evaluation line
             self.postfix.update(d=f"{values['loss/d']:.3f}", g=f"{values['loss/g']:.3f}",
                                 img_s=f"{values['perf/images_per_s']:.0f}")
@@ -55,14 +56,25 @@ class RunMonitor:
         image = to_pil(grid(to_uint8_nhwc(images.float()).cpu().numpy(), columns=8, min_side=512))
         path = self.run_path / "samples" / f"step-{step:07d}.png"
         image.save(path)
+        picture = np.asarray(image.convert("RGB"))
         for tracker in self.accelerator.trackers:
-            if tracker.name in ("wandb", "tensorboard"):
-                picture = np.asarray(image.convert("RGB"))
-                if tracker.name == "tensorboard":
-                    tracker.log_images({"samples": picture[None]}, step=step, dataformats="NHWC")
-                else:
-                    tracker.log_images({"samples": [picture]}, step=step)
+            if tracker.name == "tensorboard":
+                self._to_trackers(lambda: tracker.log_images({"samples": picture[None]}, step=step, dataformats="NHWC"))
+            elif tracker.name == "wandb":
+                self._to_trackers(lambda: tracker.log_images({"samples": [picture]}, step=step))
         return path
+
+    def _to_trackers(self, send) -> None:
+        """A tracker that fails (W&B's service ended by a job-wide SIGTERM, a full disk under its directory)
+        is dropped with one warning; training and the run's own files go on."""
+        if not self.trackers_up:
+            return
+        try:
+            send()
+        except OSError as exc:
+            self.trackers_up = False
+            log.warning("the trackers failed (%s); no more tracker logging in this run, metrics.jsonl and "
+                        "samples/ go on", exc)
 
     def finish(self) -> None:
         """Loss curves and an animated GIF of the fixed-noise grids over training."""
