@@ -21,7 +21,8 @@ from distgan.data import DataError, ShardLoader
 from distgan.data.cli import main as data_cli
 from distgan.data.manifest import Manifest
 from distgan.data.shards import verify, write_shards
-from distgan.data.sources import read_celeba_dataset, read_folder_dataset, read_idx, read_idx_dataset
+from distgan.data.folders import read_celeba_dataset, read_folder_dataset
+from distgan.data.sources import read_idx, read_idx_dataset
 
 
 def collect(loader: ShardLoader, epoch: int = 0, start: int = 0):

@@ -35,7 +35,7 @@ def tiny(data: Path, run_dir: Path, *extra: str, config: str = "configs/fashion_
 def rgb_shards(tmp_path: Path) -> Path:
     """40 random 64x64 RGB images as shards, for the CelebA config."""
     from distgan.data.shards import write_shards
-    from distgan.data.sources import read_folder_dataset
+    from distgan.data.folders import read_folder_dataset
 
     images = tmp_path / "rgb"
     images.mkdir()

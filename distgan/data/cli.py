@@ -11,7 +11,8 @@ import numpy as np
 from distgan.data.loader import read_manifest
 from distgan.data.manifest import MANIFEST_NAME, DataError
 from distgan.data.shards import iter_shard_chunks, verify, write_shards
-from distgan.data.sources import limit_split, read_celeba_dataset, read_folder_dataset, read_idx_dataset
+from distgan.data.folders import read_celeba_dataset, read_folder_dataset
+from distgan.data.sources import limit_split, read_idx_dataset
 from distgan.runtime import grid, to_pil
 
 
