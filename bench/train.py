@@ -57,6 +57,17 @@ def synthetic_shards(arch: str, out: Path, n: int) -> Path:
     return out
 
 
+def baseline_shards(repo: Path, arch: str, out: Path, n: int) -> Path:
+    """The same synthetic shards written by another checkout's own writer (its shard format may be older)."""
+    code = ("import importlib.util, pathlib; "
+            f"spec = importlib.util.spec_from_file_location('bench_train', {str(repo / 'bench' / 'train.py')!r}); "
+            "bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench); "
+            f"bench.synthetic_shards({arch!r}, pathlib.Path({str(out)!r}), {n})")
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=repo, capture_output=True)
+    return out
+
+
 def plain_loop(arch: str, batch: int, steps: int, warmup: int, device: torch.device) -> float:
     """The pytorch/examples DCGAN step, fp32; images/s over `steps` after `warmup`."""
     cfg = load_config(REPO / CONFIGS[arch])
@@ -168,6 +179,7 @@ def main() -> None:
         for arch in args.archs.split(","):
             n = args.batch * 40 if device.type == "cuda" else args.batch * 10
             data = synthetic_shards(arch, tmp / f"data-{arch}", n)
+            datas = {tag: baseline_shards(repo, arch, tmp / f"data-{arch}-{tag}", n) for tag, repo in repos.items()}
             speeds: dict[str, list[float]] = {"plain": [], **{tag: [] for tag, _ in variants}}
             for round_ in range(args.rounds):  # plain and trainer take turns: a drift of the machine hits both
                 speeds["plain"].append(plain_loop(arch, args.batch, steps, warmup, device))
@@ -175,8 +187,8 @@ def main() -> None:
                       flush=True)
                 for tag, overrides in variants:
                     try:
-                        speeds[tag].append(trainer_run(arch, tag, overrides, data, args.batch, steps, warmup,
-                                                       workers, tmp / f"runs-{round_}", repos.get(tag, REPO)))
+                        speeds[tag].append(trainer_run(arch, tag, overrides, datas.get(tag, data), args.batch, steps,
+                                                       warmup, workers, tmp / f"runs-{round_}", repos.get(tag, REPO)))
                     except subprocess.CalledProcessError as exc:  # one broken variant must not hide the others
                         print(f"{arch:8s} distgan {tag:14s} FAILED (exit {exc.returncode}):\n"
                               + "\n".join(exc.stderr.splitlines()[-15:]), flush=True)
