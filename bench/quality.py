@@ -30,14 +30,14 @@ run logs FID during training and the table adds each variant's FID curve.
     python bench/quality.py --data D --minutes 5 --parallel --phase train   # then, later or elsewhere:
     python bench/quality.py --data D --phase score --features inception --onnx
     python bench/quality.py --data data/fashion-mnist --limit 2000 --config configs/fashion_house.yaml \\
-        --features domain --seeds 0,1 --steps 4000 --jobs 2 --variant none \\
+        --features domain --seeds 0,1 --steps 6000 --jobs 2 --variant none \\
         --variant diffaug:aug.policy=color,translation,cutout,aug.p=1.0
 
 Prints a table per run and one per variant, then one JSON line: fid_<variant> (the
 mean over seeds), fid_seeds_<variant>, fid_sd_<variant>, fid_change_<variant> (vs the
 baseline), kid_<variant>, steps_<variant>, train_seconds_<variant>, cpu_seconds_<variant>,
-images_per_s_<variant>, step_time_ratio_<variant> (vs the baseline), aug_p_<variant>,
-fid_curve_<variant>, fid_house_default, hardware, date.
+images_per_s_<variant>, step_time_ratio_<variant> and cpu_time_ratio_<variant> (vs the
+baseline), aug_p_<variant>, fid_curve_<variant>, fid_house_default, hardware, date.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 
 import torch  # noqa: E402
 
+from bench.variants import parse_variant  # noqa: E402
 from distgan.data.loader import read_manifest  # noqa: E402
 from distgan.metrics.domain import default_domain_dir, find_domain_model  # noqa: E402
 from distgan.metrics.evaluate import evaluate, hardware  # noqa: E402
@@ -128,31 +129,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.phase != "score" and args.steps is None and args.minutes is None:
         parser.error("give --steps and/or --minutes: the benchmark reports figures for a stated budget")
     return args
-
-
-def split_overrides(text: str) -> list[str]:
-    """"aug.policy=color,cutout,aug.p=1" -> ["aug.policy=color,cutout", "aug.p=1"]: a piece with no `=`
-    continues the previous value (a list value such as a policy), one with `=` starts a new override."""
-    items: list[str] = []
-    for piece in text.split(","):
-        if "=" in piece or not items:
-            items.append(piece)
-        else:
-            items[-1] += "," + piece
-    items = [item for item in items if item]
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-    return items
-
-
-def parse_variant(spec: str) -> tuple[str, list[str]]:
-    """"TAG:key=value,key=value" -> (TAG, overrides); "TAG" alone is the base config unchanged."""
-    tag, _, rest = spec.partition(":")
-    if not tag or not all(c.isalnum() or c in "-_." for c in tag):
-        raise ValueError(f"variant {spec!r}: its tag must be a non-empty name of letters, digits, - _ . "
-                         "(it names the run directory)")
-    return tag, split_overrides(rest)
 
 
 def plan_runs(args: argparse.Namespace) -> list[Run]:
@@ -396,6 +372,9 @@ def variant_figures(runs: list[Run], scored: dict[str, dict], baseline: str) -> 
             values["fid_change"] = round(values["fid"] / base["fid"] - 1, 4)
             if values["images_per_s"] and base["images_per_s"]:  # step time = batch / images_per_s
                 values["step_time_ratio"] = round(base["images_per_s"] / values["images_per_s"], 3)
+            if values["cpu_seconds"] and base["cpu_seconds"]:  # the whole run's CPU time, per seed
+                per_seed = values["cpu_seconds"] / len(values["fid_seeds"])
+                values["cpu_time_ratio"] = round(per_seed * len(base["fid_seeds"]) / base["cpu_seconds"], 3)
     return figures
 
 
@@ -414,6 +393,10 @@ def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
         print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
 
 
+def ratio(figures: dict, key: str) -> str | None:
+    return f"{figures[key]:.2f}x" if key in figures else None
+
+
 def report(runs: list[Run], scored: dict[str, dict], figures: dict[str, dict], args: argparse.Namespace,
            baseline: str) -> None:
     print()
@@ -425,12 +408,12 @@ def report(runs: list[Run], scored: dict[str, dict], figures: dict[str, dict], a
     if len(figures) < 2 and all(len(f["fid_seeds"]) < 2 for f in figures.values()):
         return
     print()
-    print(f"per variant (mean over seeds; FID change and step time relative to {baseline!r})")
-    print_table(("variant", "seeds", "FID mean", "sd", "per seed", "FID change", "step time", "aug p"),
+    print(f"per variant (mean over seeds; FID change, step time (wall, from img/s) and CPU time of the whole run "
+          f"relative to {baseline!r})")
+    print_table(("variant", "seeds", "FID mean", "sd", "per seed", "FID change", "step time", "CPU time", "aug p"),
                 [(v, len(f["fid_seeds"]), f["fid"], f["fid_sd"], " ".join(f"{x:.2f}" for x in f["fid_seeds"]),
-                  f"{f['fid_change']:+.1%}" if "fid_change" in f else None,
-                  f"{f['step_time_ratio']:.2f}x" if "step_time_ratio" in f else None, f["aug_p"])
-                 for v, f in figures.items()])
+                  f"{f['fid_change']:+.1%}" if "fid_change" in f else None, ratio(f, "step_time_ratio"),
+                  ratio(f, "cpu_time_ratio"), f["aug_p"]) for v, f in figures.items()])
     curves = {v: dict((int(s), x) for s, x in f["fid_curve"]) for v, f in figures.items() if f["fid_curve"]}
     if curves:
         print()

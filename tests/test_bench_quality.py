@@ -29,7 +29,7 @@ def test_variant_overrides_keep_list_values_whole(quality):
     with pytest.raises(ValueError, match="tag"):
         quality.parse_variant("a b:loss.r1_gamma=1")
     with pytest.raises(ValueError, match="not key=value"):
-        quality.split_overrides("color,aug.p=1")
+        quality.parse_variant("x:color,aug.p=1")
 
 
 def test_plan_runs_variants_times_seeds(quality):
@@ -67,7 +67,8 @@ def test_variant_figures_mean_spread_and_ratios(quality):
     scored = {"none-s0": {**record, "fid": 40.0, "images_per_s": 100.0, "fid_curve": [[50, 45.0], [100, 40.0]]},
               "none-s1": {**record, "fid": 44.0, "images_per_s": 100.0, "fid_curve": [[50, 47.0], [100, 44.0]]},
               "aug-s0": {**record, "fid": 30.0, "images_per_s": 80.0, "aug_p": 0.5, "fid_curve": []},
-              "aug-s1": {**record, "fid": 32.0, "images_per_s": 80.0, "aug_p": 0.7, "fid_curve": []}}
+              "aug-s1": {**record, "fid": 32.0, "images_per_s": 80.0, "aug_p": 0.7, "fid_curve": []},
+              "aug-s2": {**record, "fid": 31.0, "images_per_s": 80.0, "cpu_seconds": 11.0}}  # not planned: ignored
     figures = quality.variant_figures(runs, scored, "none")
     assert figures["none"]["fid"] == 42.0 and figures["none"]["fid_seeds"] == [40.0, 44.0]
     assert figures["none"]["fid_sd"] == pytest.approx(2.828, abs=1e-3)
@@ -75,6 +76,7 @@ def test_variant_figures_mean_spread_and_ratios(quality):
     assert figures["aug"]["fid_change"] == pytest.approx(31 / 42 - 1, abs=1e-4)
     assert figures["aug"]["step_time_ratio"] == 1.25  # 100 / 80 images/s: each step takes 1.25x as long
     assert figures["aug"]["aug_p"] == 0.6 and figures["aug"]["cpu_seconds"] == 16.0
+    assert figures["aug"]["cpu_time_ratio"] == 1.0
     # a variant whose runs all failed is left out; a single seed has no spread
     figures = quality.variant_figures(runs, {"none-s0": scored["none-s0"]}, "none")
     assert list(figures) == ["none"] and figures["none"]["fid_sd"] is None
