@@ -13,6 +13,7 @@ the two take turns three times (`--rounds`) and the medians are compared.
     python bench/train.py                      # CPU: fp32 trainer vs fp32 plain loop
     python bench/train.py --device cuda --precisions no,bf16 --eager [--compile [--compile-mode ...]]
     python bench/train.py --variant nchw:train.channels_last=false   # any trainer overrides
+    python bench/train.py --variant diffaug:aug.policy=color,translation,cutout,aug.p=1   # a list value stays whole
 
 Prints a table, then one JSON line: `<arch>_ratio_<device>[_<precision>]` =
 trainer images/s / plain fp32 images/s, and the absolute figures behind them.
@@ -38,6 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.variants import parse_variant  # noqa: E402
 from distgan.config import load_config  # noqa: E402
 from distgan.data.shards import write_shards  # noqa: E402
 from distgan.data.sources import RawDataset, RawSplit  # noqa: E402
@@ -162,9 +164,7 @@ def main() -> None:
         variants += [(f"{tag}_compiled", [*o, *compiled]) for tag, o in variants]
     if args.eager:
         variants += [(f"{tag}_eager", [*o, "train.cuda_graph=false"]) for tag, o in variants if "compiled" not in tag]
-    for spec in args.variant:
-        tag, _, overrides = spec.partition(":")
-        variants.append((tag, [o for o in overrides.split(",") if o]))
+    variants += [parse_variant(spec) for spec in args.variant]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     hardware = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()

@@ -1,0 +1,107 @@
+"""bench/quality.py's matrix: variants and seeds of one config, a --limit subset, and the per-variant figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variant_overrides_keep_list_values_whole(quality):
+    tag, overrides = quality.parse_variant("diffaug:aug.policy=color,translation,cutout,aug.p=1.0")
+    assert tag == "diffaug"
+    assert overrides == ["aug.policy=color,translation,cutout", "aug.p=1.0"]
+    assert quality.parse_variant("none") == ("none", [])
+    with pytest.raises(ValueError, match="tag"):
+        quality.parse_variant("a b:loss.r1_gamma=1")
+    with pytest.raises(ValueError, match="not key=value"):
+        quality.parse_variant("x:color,aug.p=1")
+
+
+def test_plan_runs_variants_times_seeds(quality):
+    args = quality.parse_args(["--data", "d", "--config", "configs/fashion_house.yaml", "--steps", "10",
+                               "--seeds", "0,1", "--set", "model.ngf=32", "--set", "r1:loss.r1_every=4",
+                               "--variant", "none", "--variant", "r1:loss.r1_gamma=1"])
+    runs = quality.plan_runs(args)
+    assert [r.name for r in runs] == ["none-s0", "none-s1", "r1-s0", "r1-s1"]
+    assert runs[1].overrides == ("model.ngf=32", "seed=1")
+    assert runs[2].overrides == ("model.ngf=32", "loss.r1_every=4", "loss.r1_gamma=1", "seed=0")
+    # the configs form: one variant per file, the config's own seed
+    args = quality.parse_args(["--data", "d", "--configs", "configs/mnist_gan.yaml", "--steps", "10"])
+    assert [(r.name, r.seed) for r in quality.plan_runs(args)] == [("mnist_gan", None)]
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--data", "d", "--variant", "x", "--steps", "1"])  # no --config to vary
+
+
+def test_read_metrics_skips_start_up_and_evaluation_intervals(tmp_path, quality):
+    rows = [{"step": 10, "perf/images_per_s": 5.0},  # start-up
+            {"step": 20, "perf/images_per_s": 100.0}, {"step": 20, "eval/fid": 50.0},
+            {"step": 30, "perf/images_per_s": 1.0},  # held the evaluation at step 20
+            {"step": 40, "perf/images_per_s": 110.0, "aug/p": 0.25, "aug/r_t": 0.7},
+            {"step": 40, "eval/fid": 40.0}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    figures = quality.read_metrics(path)
+    assert figures["images_per_s"] == 105.0
+    assert (figures["aug_p"], figures["aug_r_t"]) == (0.25, 0.7)
+    assert figures["fid_curve"] == [[20, 50.0], [40, 40.0]]
+
+
+def test_variant_figures_mean_spread_and_ratios(quality):
+    runs = [quality.Run(v, Path("c.yaml"), (), s) for v in ("none", "aug") for s in (0, 1)]
+    record = {"kid": 0.1, "steps": 100, "train_seconds": 10.0, "cpu_seconds": 8.0, "aug_p": None}
+    scored = {"none-s0": {**record, "fid": 40.0, "images_per_s": 100.0, "fid_curve": [[50, 45.0], [100, 40.0]]},
+              "none-s1": {**record, "fid": 44.0, "images_per_s": 100.0, "fid_curve": [[50, 47.0], [100, 44.0]]},
+              "aug-s0": {**record, "fid": 30.0, "images_per_s": 80.0, "aug_p": 0.5, "fid_curve": []},
+              "aug-s1": {**record, "fid": 32.0, "images_per_s": 80.0, "aug_p": 0.7, "fid_curve": []},
+              "aug-s2": {**record, "fid": 31.0, "images_per_s": 80.0, "cpu_seconds": 11.0}}  # not planned: ignored
+    figures = quality.variant_figures(runs, scored, "none")
+    assert figures["none"]["fid"] == 42.0 and figures["none"]["fid_seeds"] == [40.0, 44.0]
+    assert figures["none"]["fid_sd"] == pytest.approx(2.828, abs=1e-3)
+    assert figures["none"]["fid_curve"] == [[50, 46.0], [100, 42.0]]
+    assert figures["aug"]["fid_change"] == pytest.approx(31 / 42 - 1, abs=1e-4)
+    assert figures["aug"]["step_time_ratio"] == 1.25  # 100 / 80 images/s: each step takes 1.25x as long
+    assert figures["aug"]["aug_p"] == 0.6 and figures["aug"]["cpu_seconds"] == 16.0
+    assert figures["aug"]["cpu_time_ratio"] == 1.0
+    # a variant whose runs all failed is left out; a single seed has no spread
+    figures = quality.variant_figures(runs, {"none-s0": scored["none-s0"]}, "none")
+    assert list(figures) == ["none"] and figures["none"]["fid_sd"] is None
+
+
+@pytest.mark.slow  # runs `distgan-data prepare` in a subprocess
+def test_limit_prepares_a_subset_once_and_keeps_the_classifier_off_it(tmp_path, idx_dataset, quality):
+    from distgan.data.shards import write_shards
+    from distgan.data.sources import read_idx_dataset
+
+    raw_dir, _ = idx_dataset
+    full = tmp_path / "full"
+    raw = read_idx_dataset("fashion-mnist", raw_dir)
+    write_shards(raw, full, samples_per_shard=500)
+    args = quality.parse_args(["--data", str(full), "--limit", "120", "--steps", "1", "--out-dir",
+                               str(tmp_path / "out")])
+    subset = quality.training_data(args)
+    manifest = json.loads((subset / "dataset.json").read_text())
+    assert manifest["splits"]["train"]["num_samples"] == 120
+    assert manifest["splits"]["test"]["num_samples"] == 200
+    stamp = (subset / "dataset.json").stat().st_mtime_ns
+    assert quality.training_data(args) == subset and (subset / "dataset.json").stat().st_mtime_ns == stamp
+
+    args = quality.parse_args(["--data", str(subset), "--features", "domain", "--steps", "1"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTGAN_CACHE", str(tmp_path / "cache"))  # no classifier there: it would be trained
+        with pytest.raises(SystemExit, match="full set"):
+            quality.ensure_domain_model(args)
