@@ -157,13 +157,13 @@ def main() -> None:
     args.rounds = args.rounds or (1 if device.type == "cuda" else 3)
     variants = [("fp32" if p == "no" else p, [f"train.mixed_precision={p}"]) for p in args.precisions.split(",")]
     repos = {"baseline": args.baseline_repo.resolve()} if args.baseline_repo else {}
-    if args.baseline_repo:
-        variants.append(("baseline", ["train.mixed_precision=no"]))
     if args.compile:
         compiled = ["train.compile=true", f"train.compile_mode={args.compile_mode}"]
         variants += [(f"{tag}_compiled", [*o, *compiled]) for tag, o in variants]
     if args.eager:
         variants += [(f"{tag}_eager", [*o, "train.cuda_graph=false"]) for tag, o in variants if "compiled" not in tag]
+    if args.baseline_repo:  # the other checkout's trainer with its own defaults, fp32
+        variants.append(("baseline", ["train.mixed_precision=no"]))
     variants += [parse_variant(spec) for spec in args.variant]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

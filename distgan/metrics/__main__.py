@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from distgan.data.loader import read_manifest
 from distgan.metrics.domain import default_domain_dir, save_domain_classifier, train_domain_classifier
 
 
@@ -20,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    limit = read_manifest(args.data).source.get("limit")
+    if limit and args.out is None:  # a subset keeps the dataset's name, so it would replace the full set's classifier
+        parser.error(f"{args.data} is a {limit.get('images')}-image subset (distgan-data prepare --limit); the "
+                     f"default place holds the classifier every evaluation of this dataset uses: train it on the "
+                     f"full set, or give --out")
     model = train_domain_classifier(args.data, epochs=args.epochs, batch_size=args.batch_size,
                                     seed=args.seed, log=True)
     save_domain_classifier(model, args.out or default_domain_dir(model.spec.dataset))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from accelerate import Accelerator
@@ -51,6 +53,7 @@ class RunActions:
                                "distgan_version": distgan.__version__}
         self.last_saved = state.progress.step
         self.since_log, self.t_log = 0, time.perf_counter()
+        self.paused = 0.0  # seconds of this log interval spent sampling, evaluating, checkpointing: not steps
 
     def due(self, every: int, step: int) -> bool:
         return step % every == 0 or step == self.cfg.train.steps
@@ -75,7 +78,7 @@ class RunActions:
             torch.stack([self.step.bad_total, self.step.bad_run]), "max").tolist())
         skipped = int(self.accelerator.reduce(torch.tensor([self.loader.skipped], device=self.accelerator.device),
                                               "sum").item())
-        elapsed = time.perf_counter() - self.t_log
+        elapsed = time.perf_counter() - self.t_log - self.paused
         values = dict(zip(STAT_KEYS, means))
         values.update({
             "epoch": s.progress.epoch,
@@ -94,7 +97,7 @@ class RunActions:
                 f"good checkpoint is intact in {self.run_dir.path / 'checkpoints'}; try a lower learning rate "
                 f"or mixed_precision=bf16")
         self.step.stat_sums.zero_()
-        self.since_log, self.t_log = 0, time.perf_counter()
+        self.since_log, self.t_log, self.paused = 0, time.perf_counter(), 0.0
 
     def adapt_augmentation(self) -> None:
         """ADA: move p by the heuristic of every rank's real logits since the last adjustment (on the device)."""
@@ -103,13 +106,24 @@ class RunActions:
             stats = self.accelerator.reduce(stats, "sum")
         self.state.augment_p.adjust(stats)
 
+    @contextmanager
+    def _not_a_step(self) -> Iterator[None]:
+        """Time spent here does not count against the images/s of the log interval it falls in."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - start
+
     @torch.no_grad()
     def sample(self, step: int) -> None:
         """The fixed-noise grid from the EMA generator in fp32: the precision of the exported model."""
-        self.monitor.samples(step, self.state.ema.module.eval()(self.fixed_z, self.fixed_labels))
+        with self._not_a_step():
+            self.monitor.samples(step, self.state.ema.module.eval()(self.fixed_z, self.fixed_labels))
 
     def evaluate(self, step: int) -> None:
-        self.evaluator.run(step, self.state.ema.module, self.monitor, self.generator_info)
+        with self._not_a_step():
+            self.evaluator.run(step, self.state.ema.module, self.monitor, self.generator_info)
 
     def snapshot(self, step: int, signals: StopSignals) -> Path:
         self.last_saved = step
@@ -118,7 +132,7 @@ class RunActions:
         info = {"world_size": self.accelerator.num_processes, "config_hash": config_hash(self.cfg),
                 "data_manifest": manifest_digest(self.loader.manifest), "loss_kind": self.cfg.loss.kind,
                 "skipped_samples": self.loader.skipped}
-        with signals.critical():
+        with signals.critical(), self._not_a_step():
             path = save_checkpoint(self.accelerator, self.control, self.run_dir.path, s, info,
                                    self.cfg.train.keep_checkpoints)
             if self.accelerator.is_main_process:
