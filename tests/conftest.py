@@ -105,6 +105,11 @@ def run_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# Two gloo ranks on CPUs (accelerate launch --cpu would start one process; ACCELERATE_USE_CPU=1 goes in the env).
+LAUNCH_2_CPU = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+
+
 # Small, fast trainer settings for in-process and subprocess runs on the `shards` fixture.
 TINY = ["model.ngf=8", "model.ndf=8", "data.batch_size=16", "data.num_workers=0", "data.shuffle_buffer=64",
         "log.sample_grid=16", "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4"]

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, run_env
+from conftest import LAUNCH_2_CPU, REPO, TINY, run_env
 
 DIGESTS = Path(__file__).with_name("digests.json")
 MACHINE = f"torch {torch.__version__.split('+')[0]}, cpu {torch.backends.cpu.get_cpu_capability()}"
@@ -78,8 +78,6 @@ def test_one_process_run_keeps_its_digest(case, shards, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_run_keeps_its_digest(shards, tmp_path):
-    from test_train import LAUNCH_2_CPU
-
     data, _ = shards
     config, extra = CASES["house_bce"]
     proc = subprocess.run(LAUNCH_2_CPU + train_args(config, data, tmp_path, extra),

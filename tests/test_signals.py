@@ -16,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, run_env
+from conftest import LAUNCH_2_CPU, REPO, TINY, run_env
 
 pytestmark = pytest.mark.slow
-
-LAUNCH_2_CPU = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-
 
 def train_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
     """distgan/train.py and its arguments: tiny model, 2 loader workers, long enough to be stopped mid-run."""

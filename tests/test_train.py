@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, run_env
+from conftest import LAUNCH_2_CPU, REPO, TINY, run_env
 from distgan import training as trainer
 from distgan.training import graph as step_graph, session, step as gan_step
 from distgan.artifacts import load_generator
@@ -400,10 +400,6 @@ def test_sigusr1_checkpoints_at_the_next_step_and_exits_cleanly(shards, tmp_path
     subprocess.run(cmd[:-2] + ["train.steps=" + str(stopped_at + 4), "train.checkpoint_every=1000"], env=env,
                    check=True, capture_output=True, timeout=300)
     assert (tmp_path / "t" / "COMPLETED").read_text().strip() == str(stopped_at + 4)
-
-
-LAUNCH_2_CPU = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
 
 
 @pytest.mark.slow

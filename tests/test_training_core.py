@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY, run_env
+from conftest import LAUNCH_2_CPU, REPO, TINY, run_env
 from distgan import training
 from distgan.config import ConfigError, load_config
 from distgan.losses import LOSS_KINDS
@@ -162,10 +161,6 @@ def test_a_full_disk_during_a_checkpoint_stops_cleanly_and_keeps_the_last_one(sh
     assert training.train(tiny(data, small_disk, "train.steps=4", *args)) == "completed"
     state = json.loads((small_disk / "t/checkpoints/step-0000004/state.json").read_text())
     assert state["step"] == 4
-
-
-LAUNCH_2_CPU = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
 
 
 @pytest.mark.slow

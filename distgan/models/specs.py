@@ -52,10 +52,24 @@ def _check_model_inputs(cfg: ModelConfig, channels: int, height: int, width: int
         raise ValueError(f"d_dropout must be in [0, 1), got {cfg.d_dropout}")
 
 
+class _Spec:
+    """JSON in and out, for the spec dataclasses below: every key checked on the way in, errors name it."""
+
+    KIND = ""
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]):
+        return _spec_from_dict(cls, spec, cls.KIND)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
-class GeneratorSpec:
+class GeneratorSpec(_Spec):
     """Everything that fixes G's architecture: what builds, saves, loads, exports and evaluates it."""
 
+    KIND = "generator"
     arch: str
     nz: int
     ngf: int
@@ -72,19 +86,12 @@ class GeneratorSpec:
         return cls(arch=cfg.arch, nz=cfg.nz, ngf=cfg.ngf, mlp_hidden=cfg.mlp_hidden, channels=channels,
                    height=height, width=width, num_classes=num_classes, conditional=cfg.conditional)
 
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> GeneratorSpec:
-        """From JSON (generator.json, ONNX metadata); every key checked, errors name it."""
-        return _spec_from_dict(cls, spec, "generator")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
-class DiscriminatorSpec:
+class DiscriminatorSpec(_Spec):
     """Everything that fixes D's architecture (saved with every checkpoint as discriminator.json)."""
 
+    KIND = "discriminator"
     arch: str
     ndf: int
     mlp_hidden: int
@@ -105,13 +112,6 @@ class DiscriminatorSpec:
                    width=width, num_classes=num_classes, conditional=cfg.conditional,
                    batchnorm=cfg.d_batchnorm and not cfg.spectral_norm,  # SN already bounds D; BN would fight it
                    dropout=cfg.d_dropout, spectral_norm=cfg.spectral_norm)
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> DiscriminatorSpec:
-        return _spec_from_dict(cls, spec, "discriminator")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _spec_from_dict(cls, spec: dict[str, Any], what: str):

@@ -51,6 +51,7 @@ class RunActions:
         self.generator_info = {"dataset": manifest.name, "classes": manifest.classes if num_classes else [],
                                "image_shape": [manifest.channels, manifest.height, manifest.width], "config_hash": config_hash(cfg),
                                "distgan_version": distgan.__version__}
+        self.data_digest = manifest_digest(manifest)  # recorded with every checkpoint
         self.last_saved = state.progress.step
         self.since_log, self.t_log = 0, time.perf_counter()
         self.paused = 0.0  # seconds of this log interval spent sampling, evaluating, checkpointing: not steps
@@ -130,7 +131,7 @@ class RunActions:
         s = self.state
         ddp.check_consistent({"G": s.g_module, "D": s.d_module}, self.control)
         info = {"world_size": self.accelerator.num_processes, "config_hash": config_hash(self.cfg),
-                "data_manifest": manifest_digest(self.loader.manifest), "loss_kind": self.cfg.loss.kind,
+                "data_manifest": self.data_digest, "loss_kind": self.cfg.loss.kind,
                 "skipped_samples": self.loader.skipped}
         with signals.critical(), self._not_a_step():
             path = save_checkpoint(self.accelerator, self.control, self.run_dir.path, s, info,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from accelerate import Accelerator
+
 from distgan.config import Config
 from distgan.data import ShardLoader
 from distgan.ddp import Control, is_lost_peer
@@ -20,7 +22,7 @@ from distgan.training.actions import RunActions, manifest_digest
 from distgan.training.checkpoint import resume
 from distgan.training.errors import TrainingError
 from distgan.training.graph import EagerStep, GraphedStep, use_step_graph
-from distgan.training.run_dir import RunDirectory, flat_config
+from distgan.training.run_dir import RunDirectory
 from distgan.training.session import start_process
 from distgan.training.signals import StopSignals
 from distgan.training.state import build_state
@@ -29,19 +31,24 @@ from distgan.training.step import GANStep
 log = logging.getLogger("distgan")
 
 
+def open_data(cfg: Config, accelerator: Accelerator, control: Control) -> tuple[ShardLoader, int]:
+    """This rank's loader (data errors kept for the loop's sync) and the number of classes G and D condition on."""
+    loader = ShardLoader(cfg.data.path, cfg.data.split, cfg.data.batch_size, rank=accelerator.process_index,
+                         world_size=accelerator.num_processes, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                         num_workers=cfg.data.num_workers, on_corrupt=cfg.data.on_corrupt, shards=cfg.data.shards,
+                         pin_memory=accelerator.device.type == "cuda", control=control, defer_errors=True)
+    if cfg.model.conditional and loader.manifest.num_classes < 2:
+        raise TrainingError(f"model.conditional needs class labels; {cfg.data.path} has none")
+    return loader, loader.manifest.num_classes if cfg.model.conditional else 0
+
+
 def train(cfg: Config) -> str:
     """Run (or resume) training; returns 'completed' or 'stopped' (a checkpoint written on a stop request)."""
     cfg, accelerator = start_process(cfg)
     world, device = accelerator.num_processes, accelerator.device
     control, run_dir = Control(world), RunDirectory(cfg, accelerator.is_main_process)
-    loader = ShardLoader(cfg.data.path, cfg.data.split, cfg.data.batch_size, rank=accelerator.process_index,
-                         world_size=world, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
-                         num_workers=cfg.data.num_workers, on_corrupt=cfg.data.on_corrupt, shards=cfg.data.shards,
-                         pin_memory=device.type == "cuda", control=control, defer_errors=True)
+    loader, num_classes = open_data(cfg, accelerator, control)
     manifest = loader.manifest
-    if cfg.model.conditional and manifest.num_classes < 2:
-        raise TrainingError(f"model.conditional needs class labels; {cfg.data.path} has none")
-    num_classes = manifest.num_classes if cfg.model.conditional else 0
     evaluator = TrainingEvaluator(cfg, accelerator, manifest, run_dir.path, num_classes, control)  # fails early
     graphed = use_step_graph(cfg.train, device, world, lazy_r1=cfg.loss.r1_gamma > 0 and cfg.loss.r1_every > 1)
     state = build_state(cfg, accelerator, (manifest.channels, manifest.height, manifest.width), num_classes,
@@ -51,8 +58,7 @@ def train(cfg: Config) -> str:
     progress = state.progress
     state.start_schedules(cfg)
     run_dir.start(cfg, progress.step if resume_from else None, changes)
-    tracker_config = {k: str(v) if isinstance(v, list) else v for k, v in flat_config(cfg).items()}
-    accelerator.init_trackers(cfg.log.project, config=tracker_config, init_kwargs=run_dir.tracker_kwargs(cfg))
+    run_dir.start_trackers(accelerator, cfg)
     log.info("run %s: %d rank(s) on %s, %s%s, global batch %d, %d batches/epoch/rank%s", run_dir.path, world,
              device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if graphed else "",
              cfg.data.batch_size * world, len(loader), f", resumed from {resume_from}" if resume_from else "")

@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from accelerate import Accelerator
 from omegaconf import OmegaConf
 
 from distgan.artifacts import list_checkpoints, checkpoint_step
@@ -156,15 +157,18 @@ class RunDirectory:
         if self.is_main:
             _write_atomically(self.path / "STOPPED", f"{step}\n")
 
-    def tracker_kwargs(self, cfg: Config) -> dict[str, Any]:
-        """Rank 0 alone reads or writes the W&B id file; a resumed run continues the same W&B run."""
-        if cfg.log.log_with != "wandb" or not self.is_main:
-            return {}
-        id_file = self.path / "wandb_id.txt"
-        if not id_file.exists():
-            _write_atomically(id_file, uuid.uuid4().hex[:12])
-        return {"wandb": {"id": id_file.read_text().strip(), "resume": "allow", "name": cfg.name,
-                          "dir": str(self.path)}}
+    def start_trackers(self, accelerator: Accelerator, cfg: Config) -> None:
+        """Every option goes to the trackers. Rank 0 alone reads or writes the W&B id file, and a resumed run
+        continues the same W&B run."""
+        kwargs = {}
+        if cfg.log.log_with == "wandb" and self.is_main:
+            id_file = self.path / "wandb_id.txt"
+            if not id_file.exists():
+                _write_atomically(id_file, uuid.uuid4().hex[:12])
+            kwargs = {"wandb": {"id": id_file.read_text().strip(), "resume": "allow", "name": cfg.name,
+                                "dir": str(self.path)}}
+        options = {k: str(v) if isinstance(v, list) else v for k, v in flat_config(cfg).items()}
+        accelerator.init_trackers(cfg.log.project, config=options, init_kwargs=kwargs)
 
 
 def _write_atomically(path: Path, text: str) -> None:
