@@ -32,12 +32,14 @@ run logs FID during training and the table adds each variant's FID curve.
     python bench/quality.py --data data/fashion-mnist --limit 2000 --config configs/fashion_house.yaml \\
         --features domain --seeds 0,1 --steps 6000 --jobs 2 --variant none \\
         --variant diffaug:aug.policy=color,translation,cutout,aug.p=1.0
+    # later, the same runs longer: each resumes from its last checkpoint (bitwise the run trained in one go)
+    python bench/quality.py ... --steps 30000 --extend
 
 Prints a table per run and one per variant, then one JSON line: fid_<variant> (the
 mean over seeds), fid_seeds_<variant>, fid_sd_<variant>, fid_change_<variant> (vs the
 baseline), kid_<variant>, steps_<variant>, train_seconds_<variant>, cpu_seconds_<variant>,
 images_per_s_<variant>, step_time_ratio_<variant> and cpu_time_ratio_<variant> (vs the
-baseline), aug_p_<variant>, fid_curve_<variant>, fid_house_default, hardware, date.
+baseline), aug_p_<variant>, r_t_<variant>, fid_curve_<variant>, fid_house_default, hardware, date.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 import torch  # noqa: E402
 
 from bench.variants import parse_variant  # noqa: E402
+from distgan.artifacts import checkpoint_step, list_checkpoints  # noqa: E402
 from distgan.data.loader import read_manifest  # noqa: E402
 from distgan.metrics.domain import default_domain_dir, find_domain_model  # noqa: E402
 from distgan.metrics.evaluate import evaluate, hardware  # noqa: E402
@@ -117,6 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train every run at once (small models leave one GPU mostly idle)")
     parser.add_argument("--reuse", action="store_true", help="keep a finished run trained with the same config, "
                         "overrides, budget and data instead of training it again (an interrupted matrix, more seeds)")
+    parser.add_argument("--extend", action="store_true", help="resume a finished run trained with the same config, "
+                        "overrides and data but fewer --steps up to --steps, instead of training it again from the "
+                        "start (a resumed CPU run is bit for bit the run trained in one go; its times add up)")
     parser.add_argument("--phase", choices=("all", "train", "score"), default="all",
                         help="train only, score the runs already in --out-dir only, or both")
     args = parser.parse_args(argv)
@@ -128,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--jobs must be >= 1")
     if args.phase != "score" and args.steps is None and args.minutes is None:
         parser.error("give --steps and/or --minutes: the benchmark reports figures for a stated budget")
+    if args.extend and (args.steps is None or args.minutes is not None):
+        parser.error("--extend needs --steps and no --minutes: only a step budget can be extended")
     return args
 
 
@@ -224,11 +232,15 @@ def train(run: Run, args: argparse.Namespace) -> dict:
     out = args.out_dir / run.name
     setup = {"config": str(run.config), "overrides": list(run.overrides), "budget_steps": args.steps,
              "budget_minutes": args.minutes, "train_data": str(args.train_data_path)}
-    if args.reuse and isinstance(before := trained_before(out), dict) and \
-            {key: before.get(key) for key in setup} == setup:
+    before = trained_before(out)
+    if args.reuse and isinstance(before, dict) and {key: before.get(key) for key in setup} == setup:
         print(f"[{run.name}] reused: trained before with the same config, overrides, budget and data", flush=True)
         return before
-    shutil.rmtree(out, ignore_errors=True)  # a stated budget means a fresh run, not a resumed one
+    earlier = extendable(before, setup, out) if args.extend else None
+    if earlier is None:
+        shutil.rmtree(out, ignore_errors=True)  # a stated budget means a fresh run, not a resumed one
+    else:
+        print(f"[{run.name}] extending: resumed at step {earlier['steps']} of the earlier run", flush=True)
     steps = args.steps if args.steps is not None else 10**9
     cmd = ["distgan/train.py", "--config", str(run.config), f"data.path={args.train_data_path}",
            f"run_dir={args.out_dir}", f"name={run.name}", f"train.steps={steps}", "log.log_with=none",
@@ -258,15 +270,33 @@ def train(run: Run, args: argparse.Namespace) -> dict:
     (out / "STOP").unlink(missing_ok=True)
     if code != 0:
         raise RuntimeError(f"training {run.name} ({run.config.name} {' '.join(run.overrides)}) exited with {code}")
+    cpu_seconds = usage.ru_utime + usage.ru_stime
+    if earlier is not None:
+        seconds, cpu_seconds = seconds + earlier["train_seconds"], cpu_seconds + earlier["cpu_seconds"]
     trained = {"steps": json.loads((out / "generator" / "generator.json").read_text())["step"],
-               "train_seconds": round(seconds, 1), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+               "train_seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
                **read_metrics(out / "metrics.jsonl"), "jobs": args.concurrent, **setup}
+    if earlier is not None:
+        trained["extended_from"] = [*earlier.get("extended_from", []), earlier["steps"]]
     (out / TRAINED).write_text(json.dumps(trained))
     return trained
 
 
+def extendable(before: dict | Exception, setup: dict, out: Path) -> dict | None:
+    """The earlier result of this run if it can be resumed to the new budget: the same setup bar a smaller
+    step budget, and the newest checkpoint the one it ended with (an extension cut short before its first
+    checkpoint resumes there again, so the times stay those of one run); None: train from the start."""
+    if not isinstance(before, dict) or before.get("budget_minutes") is not None:
+        return None
+    same = all(before.get(key) == value for key, value in setup.items() if key != "budget_steps")
+    fewer = isinstance(before.get("budget_steps"), int) and before["budget_steps"] < setup["budget_steps"]
+    newest = list_checkpoints(out)[-1:]
+    return before if same and fewer and [checkpoint_step(c) for c in newest] == [before["steps"]] else None
+
+
 def read_metrics(path: Path) -> dict:
-    """From a run's metrics.jsonl: its median images/s, the last augmentation p and r_t, and its FID curve.
+    """From a run's metrics.jsonl: its median images/s, the last augmentation p, D's r_t over the last 10 log
+    intervals (ADA's heuristic E[sign(D(real))]: near 1 once D has memorised the training set), its FID curve.
 
     The speed skips the first log interval (start-up) and every interval that held an evaluation (evaluations
     run after the log at their step, so they land in the next interval)."""
@@ -278,7 +308,7 @@ def read_metrics(path: Path) -> dict:
     augmented = [r for r in rows if "aug/p" in r]
     return {"images_per_s": round(statistics.median(speeds), 1) if speeds else None,
             "aug_p": round(augmented[-1]["aug/p"], 4) if augmented else None,
-            "aug_r_t": round(augmented[-1]["aug/r_t"], 4) if augmented else None,
+            "r_t": round(mean(signs[-10:]), 4) if (signs := [r["d/r_t"] for r in rows if "d/r_t" in r]) else None,
             "fid_curve": [[r["step"], round(r["eval/fid"], 3)] for r in rows if "eval/fid" in r]}
 
 
@@ -357,6 +387,7 @@ def variant_figures(runs: list[Run], scored: dict[str, dict], baseline: str) -> 
         fids = [d["fid"] for d in done]
         speeds = [d["images_per_s"] for d in done if d.get("images_per_s")]
         ps = [d["aug_p"] for d in done if d.get("aug_p") is not None]
+        signs = [d["r_t"] for d in done if d.get("r_t") is not None]
         figures[variant] = {
             "fid": round(mean(fids), 3), "fid_seeds": fids,
             "fid_sd": round(statistics.stdev(fids), 3) if len(fids) > 1 else None,
@@ -364,7 +395,8 @@ def variant_figures(runs: list[Run], scored: dict[str, dict], baseline: str) -> 
             "train_seconds": round(mean([d["train_seconds"] for d in done]), 1),
             "cpu_seconds": round(sum(d.get("cpu_seconds", 0.0) for d in done), 1),
             "images_per_s": round(mean(speeds), 1) if speeds else None,
-            "aug_p": round(mean(ps), 3) if ps else None, "fid_curve": mean_curve([d["fid_curve"] for d in done
+            "aug_p": round(mean(ps), 3) if ps else None, "r_t": round(mean(signs), 3) if signs else None,
+            "fid_curve": mean_curve([d["fid_curve"] for d in done
                                                                                   if d.get("fid_curve")])}
     base = figures.get(baseline)
     for values in figures.values():
@@ -410,10 +442,11 @@ def report(runs: list[Run], scored: dict[str, dict], figures: dict[str, dict], a
     print()
     print(f"per variant (mean over seeds; FID change, step time (wall, from img/s) and CPU time of the whole run "
           f"relative to {baseline!r})")
-    print_table(("variant", "seeds", "FID mean", "sd", "per seed", "FID change", "step time", "CPU time", "aug p"),
+    print_table(("variant", "seeds", "FID mean", "sd", "per seed", "FID change", "step time", "CPU time", "aug p",
+                 "r_t"),
                 [(v, len(f["fid_seeds"]), f["fid"], f["fid_sd"], " ".join(f"{x:.2f}" for x in f["fid_seeds"]),
                   f"{f['fid_change']:+.1%}" if "fid_change" in f else None, ratio(f, "step_time_ratio"),
-                  ratio(f, "cpu_time_ratio"), f["aug_p"]) for v, f in figures.items()])
+                  ratio(f, "cpu_time_ratio"), f["aug_p"], f["r_t"]) for v, f in figures.items()])
     curves = {v: dict((int(s), x) for s, x in f["fid_curve"]) for v, f in figures.items() if f["fid_curve"]}
     if curves:
         print()

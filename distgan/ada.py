@@ -46,7 +46,7 @@ class AdaptiveP(nn.Module):
             raise ValueError(f"speed_images must be >= 1, got {speed_images}")
         self.target, self.speed_images, self.threshold = target, speed_images, threshold
         self.register_buffer("p", torch.tensor(float(initial_p)))
-        self.register_buffer("r_t", torch.tensor(0.0))  # the last adjustment's heuristic, for the logs
+        self.register_buffer("r_t", torch.tensor(0.0))  # the last adjustment's heuristic (the logs read d/r_t)
         # [sum of sign(D(real) - threshold), number of logits] since the last adjustment; float32 counts
         # are exact up to 2**24 images between two adjustments.
         self.register_buffer("sums", torch.zeros(2))

@@ -51,13 +51,13 @@ def test_read_metrics_skips_start_up_and_evaluation_intervals(tmp_path, quality)
     rows = [{"step": 10, "perf/images_per_s": 5.0},  # start-up
             {"step": 20, "perf/images_per_s": 100.0}, {"step": 20, "eval/fid": 50.0},
             {"step": 30, "perf/images_per_s": 1.0},  # held the evaluation at step 20
-            {"step": 40, "perf/images_per_s": 110.0, "aug/p": 0.25, "aug/r_t": 0.7},
+            {"step": 40, "perf/images_per_s": 110.0, "aug/p": 0.25, "d/r_t": 0.7},
             {"step": 40, "eval/fid": 40.0}]
     path = tmp_path / "metrics.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     figures = quality.read_metrics(path)
     assert figures["images_per_s"] == 105.0
-    assert (figures["aug_p"], figures["aug_r_t"]) == (0.25, 0.7)
+    assert (figures["aug_p"], figures["r_t"]) == (0.25, 0.7)
     assert figures["fid_curve"] == [[20, 50.0], [40, 40.0]]
 
 
@@ -105,3 +105,36 @@ def test_limit_prepares_a_subset_once_and_keeps_the_classifier_off_it(tmp_path, 
         patch.setenv("DISTGAN_CACHE", str(tmp_path / "cache"))  # no classifier there: it would be trained
         with pytest.raises(SystemExit, match="full set"):
             quality.ensure_domain_model(args)
+
+
+@pytest.mark.slow  # three short training runs in subprocesses
+def test_extend_resumes_a_finished_run_to_the_longer_budget(tmp_path, shards, quality):
+    """--extend trains 4 more steps onto a 4-step run; the result is the 8-step run trained in one go."""
+    from safetensors.torch import load_file
+
+    data, _ = shards
+
+    def run(out: str, steps: int, extend: bool) -> dict:
+        args = quality.parse_args(["--data", str(data), "--config", "configs/fashion_house.yaml", "--steps",
+                                   str(steps), "--out-dir", str(tmp_path / out)] + ["--extend"] * extend)
+        args.train_data_path, args.eval_overrides, args.concurrent = data, [], 1
+        overrides = ("model.ngf=8", "model.ndf=8", "data.batch_size=16", "data.num_workers=0",
+                     "train.sample_every=100", "aug.policy=color,translation", "aug.adaptive=true",
+                     "aug.interval=2", "aug.speed_images=64", "loss.r1_gamma=1.0", "loss.r1_every=2")
+        return quality.train(quality.Run("v", REPO / "configs/fashion_house.yaml", overrides, 0), args)
+
+    short = run("a", 4, extend=False)
+    longer = run("a", 8, extend=True)
+    assert longer["steps"] == 8 and longer["extended_from"] == [4]
+    assert longer["cpu_seconds"] > short["cpu_seconds"] and longer["train_seconds"] > short["train_seconds"]
+    fresh = run("b", 8, extend=False)
+    assert "extended_from" not in fresh
+
+    def weights(out: str) -> dict:
+        return load_file(tmp_path / out / "v-s0" / "generator" / "generator.safetensors")
+
+    a, b = weights("a"), weights("b")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    # without --extend a longer budget retrains from the start
+    again = run("a", 12, extend=False)
+    assert "extended_from" not in again and again["steps"] == 12

@@ -64,6 +64,8 @@ def test_every_loss_and_discriminator_combination_trains_or_is_refused(kind, opt
     assert training.train(tiny(data, tmp_path, *extra)) == "completed"
     rows = [json.loads(line) for line in (tmp_path / "t/metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor([r["loss/d"], r["loss/g"]])).all() for r in rows)
+    # ADA's overfitting heuristic E[sign(D(real))] is logged wherever D's scores have a sign to read
+    assert all(("d/r_t" in r) == (kind != "wgan-gp") and -1 <= r.get("d/r_t", 0) <= 1 for r in rows)
     first, last = (tmp_path / "t/checkpoints/step-0000001", tmp_path / "t/checkpoints/step-0000002")
     for name in ("model.safetensors", "model_1.safetensors"):  # G and D both moved in step 2
         a, b = load_file(str(first / name)), load_file(str(last / name))
@@ -221,6 +223,8 @@ def test_augmentation_r1_and_a_schedule_train_and_resume_exactly(shards, tmp_pat
     assert training.train(tiny(data, tmp_path / "resumed", "train.steps=8", *small)) == "completed"
     rows = [json.loads(line) for line in (tmp_path / "straight/t/metrics.jsonl").read_text().splitlines()]
     assert len({r["aug/p"] for r in rows}) > 1 and all(0 <= r["aug/p"] <= 1 for r in rows)  # p moved
+    # one step per log line: d/r_t is the mean of the batch's 16 signs, so 16 x r_t is a whole number
+    assert all(abs(16 * r["d/r_t"] - round(16 * r["d/r_t"])) < 1e-5 for r in rows)
     lrs = [r["lr/g"] for r in rows]
     peak = lrs.index(max(lrs))
     assert 0 < peak < len(lrs) - 1 and lrs[:peak + 1] == sorted(lrs[:peak + 1])  # warm-up, then decay

@@ -81,6 +81,8 @@ class RunActions:
                                               "sum").item())
         elapsed = time.perf_counter() - self.t_log - self.paused
         values = dict(zip(STAT_KEYS, means))
+        if cfg.loss.kind == "wgan-gp":  # a critic's scores have no sign to read
+            del values["d/r_t"]
         values.update({
             "epoch": s.progress.epoch,
             "perf/images_per_s": self.since_log * cfg.loss.d_steps * cfg.data.batch_size * world / elapsed,
@@ -88,7 +90,7 @@ class RunActions:
             "train/bad_steps": bad_steps, "data/skipped": skipped,
         })
         if s.augment_p is not None:
-            values.update({"aug/p": s.augment_p.p.item(), "aug/r_t": s.augment_p.r_t.item()})
+            values["aug/p"] = s.augment_p.p.item()
         if self.accelerator.device.type == "cuda":
             values["mem/gpu_gb"] = torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30
         self.monitor.log(step, values)

@@ -30,7 +30,9 @@ from distgan.data import normalize_images
 from distgan.losses import decision_threshold, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from distgan.training.state import TrainState
 
-STAT_KEYS = ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled")  # averaged over each log interval
+# Averaged over each log interval. d/r_t is ADA's overfitting heuristic E[sign(D(real))] on what D sees:
+# near 0 while D cannot tell the training images from G's, towards 1 as it memorises them.
+STAT_KEYS = ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled", "d/r_t")
 DeviceBatch = tuple[torch.Tensor, torch.Tensor | None]  # uint8 NHWC images and int64 labels, on the device
 
 
@@ -42,6 +44,13 @@ def d_confidence(kind: str, logits: torch.Tensor) -> torch.Tensor:
 def fooled_rate(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """How often D takes a fake for real (its decision threshold depends on the loss)."""
     return (fake_logits.float() > decision_threshold(kind, real_logits)).float().mean()
+
+
+def real_sign(kind: str, real_logits: torch.Tensor) -> torch.Tensor:
+    """E[sign(D(real) - threshold)]: ADA's r_t. wgan-gp has no fixed threshold, so it is NaN there (not logged)."""
+    if kind == "wgan-gp":
+        return torch.full((), float("nan"), device=real_logits.device)
+    return torch.sign(real_logits.float() - decision_threshold(kind, real_logits)).mean()
 
 
 class GANStep:
@@ -129,7 +138,7 @@ class GANStep:
         with torch.no_grad():
             stats = torch.stack([loss_d.detach().float(), loss_g.detach().float(),
                                  d_confidence(kind, real_logits), d_confidence(kind, fake_logits),
-                                 fooled_rate(kind, real_logits, fake_logits)])
+                                 fooled_rate(kind, real_logits, fake_logits), real_sign(kind, real_logits)])
             bad = (~torch.isfinite(stats[:2])).any().float()
             self.bad_total.add_(bad)
             self.bad_run.add_(bad).mul_(bad)
