@@ -309,7 +309,8 @@ def read_metrics(path: Path) -> dict:
     return {"images_per_s": round(statistics.median(speeds), 1) if speeds else None,
             "aug_p": round(augmented[-1]["aug/p"], 4) if augmented else None,
             "r_t": round(mean(signs[-10:]), 4) if (signs := [r["d/r_t"] for r in rows if "d/r_t" in r]) else None,
-            "fid_curve": [[r["step"], round(r["eval/fid"], 3)] for r in rows if "eval/fid" in r]}
+            "fid_curve": [[r["step"], round(r["eval/fid"], 3)] for r in rows if "eval/fid" in r],
+            "r_t_curve": [[r["step"], round(r["d/r_t"], 4)] for r in rows if "d/r_t" in r]}
 
 
 def train_all(runs: list[Run], args: argparse.Namespace) -> dict[str, dict | Exception]:
@@ -366,7 +367,8 @@ def score_runs(runs: list[Run], results: dict[str, dict | Exception], args: argp
             print(f"[{run.name}] FAILED: {exc}", file=sys.stderr, flush=True)
             summary[f"error_{run.name}"] = str(exc)[:300]
             continue
-        scored[run.name] = {**trained, **figures}
+        # the run's metrics.jsonl is the record: read again, so a record written by an older script has every field
+        scored[run.name] = {**trained, **read_metrics(args.out_dir / run.name / "metrics.jsonl"), **figures}
         summary["feature_extractor"] = figures["features"]
         print(f"[{run.name}] FID {figures['fid']:.3f}, KID {figures['kid']:.5f} after {trained['steps']} steps",
               flush=True)
@@ -416,6 +418,44 @@ def mean_curve(curves: list[list[list[float]]]) -> list[list[float]]:
         return []
     steps = sorted(set.intersection(*({s for s, _ in c} for c in curves)))
     return [[s, round(mean([dict((int(a), b) for a, b in c)[s] for c in curves]), 3)] for s in steps]
+
+
+def plot_curves(runs: list[Run], scored: dict[str, dict], figures: dict[str, dict], out: Path,
+                args: argparse.Namespace) -> None:
+    """FID during training and D's r_t per variant (each seed faint, the mean bold) as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_fid, ax_rt) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for i, (variant, f) in enumerate(figures.items()):
+        color = f"C{i % 10}"
+        done = [scored[r.name] for r in runs if r.variant == variant and r.name in scored]
+        for d in (d for d in done if d.get("fid_curve")):
+            ax_fid.plot(*zip(*d["fid_curve"]), color=color, alpha=0.3, lw=0.8)
+        if f["fid_curve"]:
+            ax_fid.plot(*zip(*f["fid_curve"]), color=color, lw=2, label=f"{variant}: {f['fid']:.1f}")
+        signs = [dict(map(tuple, d["r_t_curve"])) for d in done if d.get("r_t_curve")]
+        for curve in signs:  # each seed faint, the mean over seeds where all have a value; smoothed over 10 logs
+            ax_rt.plot(*smoothed(sorted(curve), curve), color=color, alpha=0.3, lw=0.8)
+        if steps := sorted(set.intersection(*(set(c) for c in signs))) if signs else []:
+            ax_rt.plot(*smoothed(steps, {s: mean([c[s] for c in signs]) for s in steps}), color=color, lw=2,
+                       label=variant)
+    ax_fid.set(yscale="log", xlabel="step", title=f"FID during training (legend: the final FID-{args.n / 1000:g}k)")
+    ax_rt.axhline(0.6, color="grey", ls="--", lw=1)
+    ax_rt.set(xlabel="step", ylabel="E[sign(D(real))]", title="D's r_t (ADA's overfitting heuristic; target 0.6 dashed)")
+    for ax in (ax_fid, ax_rt):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def smoothed(steps: list[int], values: dict[int, float], window: int = 10) -> tuple[list[int], list[float]]:
+    series = [values[s] for s in steps]
+    return steps, [mean(series[max(0, k - window + 1):k + 1]) for k in range(len(series))]
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -496,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
             house = next(r for r in runs if r.variant == args.house)
             summary.update(onnx_figures(args.out_dir / house.name, args, domain_model))
     report(runs, scored, figures, args, baseline)
+    if any(f["fid_curve"] for f in figures.values()):
+        plot_curves(runs, scored, figures, args.out_dir / "curves.png", args)
+        print(f"FID and r_t curves: {args.out_dir / 'curves.png'}")
     summary.update({"hardware": hardware(), "date": date.today().isoformat()})
     print(json.dumps(summary))
     return 0 if len(scored) == len(runs) else 1

@@ -138,3 +138,19 @@ def test_extend_resumes_a_finished_run_to_the_longer_budget(tmp_path, shards, qu
     # without --extend a longer budget retrains from the start
     again = run("a", 12, extend=False)
     assert "extended_from" not in again and again["steps"] == 12
+
+
+def test_curves_plot_each_variant_from_the_runs_records(tmp_path, quality):
+    from PIL import Image
+
+    runs = [quality.Run(v, Path("c.yaml"), (), s) for v in ("none", "aug") for s in (0, 1)]
+    scored = {r.name: {"fid": 40.0 + s, "kid": 0.1, "steps": 30, "train_seconds": 1.0, "cpu_seconds": 1.0,
+                       "images_per_s": 10.0, "fid_curve": [[10, 90.0], [20, 60.0], [30, 50.0 + s]],
+                       "r_t_curve": [[k, 0.01 * k] for k in range(5, 31, 5)]}
+              for r in runs for s in [r.seed]}
+    del scored["aug-s1"]["r_t_curve"]  # a run logged before d/r_t existed: left out of its variant's mean
+    figures = quality.variant_figures(runs, scored, "none")
+    args = quality.parse_args(["--data", "d", "--steps", "1"])
+    quality.plot_curves(runs, scored, figures, tmp_path / "curves.png", args)
+    with Image.open(tmp_path / "curves.png") as image:
+        assert image.format == "PNG" and image.size == (1300, 480)
