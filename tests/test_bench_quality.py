@@ -124,6 +124,7 @@ def test_extend_resumes_a_finished_run_to_the_longer_budget(tmp_path, shards, qu
         return quality.train(quality.Run("v", REPO / "configs/fashion_house.yaml", overrides, 0), args)
 
     short = run("a", 4, extend=False)
+    (tmp_path / "a" / "v-s0" / "COMPLETED").unlink()  # as an extension cut short before its first checkpoint leaves it
     longer = run("a", 8, extend=True)
     assert longer["steps"] == 8 and longer["extended_from"] == [4]
     assert longer["cpu_seconds"] > short["cpu_seconds"] and longer["train_seconds"] > short["train_seconds"]
