@@ -41,6 +41,8 @@ class RunMonitor:
         if "loss/d" in values:  # a training line, not an evaluation line
             self.postfix.update(d=f"{values['loss/d']:.3f}", g=f"{values['loss/g']:.3f}",
                                 img_s=f"{values['perf/images_per_s']:.0f}")
+            if "aug/p" in values:  # what ADA is doing, at a glance
+                self.postfix["p"] = f"{values['aug/p']:.3f}"
         if "eval/fid" in values:
             self.postfix["fid"] = f"{values['eval/fid']:.2f}"
         self.bar.set_postfix(self.postfix, refresh=False)
