@@ -296,21 +296,24 @@ def extendable(before: dict | Exception, setup: dict, out: Path) -> dict | None:
 
 def read_metrics(path: Path) -> dict:
     """From a run's metrics.jsonl: its median images/s, the last augmentation p, D's r_t over the last 10 log
-    intervals (ADA's heuristic E[sign(D(real))]: near 1 once D has memorised the training set), its FID curve.
+    intervals (ADA's heuristic E[sign(D(real))]: near 1 once D has memorised the training set), the FID and
+    r_t curves.
 
     The speed skips the first log interval (start-up) and every interval that held an evaluation (evaluations
-    run after the log at their step, so they land in the next interval)."""
+    run after the log at their step, so they land in the next interval; the trainer now leaves their time out
+    of images/s, runs of older versions did not)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     evals = {r["step"] for r in rows if "eval/fid" in r}
     timed = [r for r in rows if "perf/images_per_s" in r]
     clean = [r["perf/images_per_s"] for before, r in zip(timed, timed[1:]) if before["step"] not in evals]
     speeds = clean or [r["perf/images_per_s"] for r in timed]
     augmented = [r for r in rows if "aug/p" in r]
+    signs = [(r["step"], r["d/r_t"]) for r in rows if "d/r_t" in r]
     return {"images_per_s": round(statistics.median(speeds), 1) if speeds else None,
             "aug_p": round(augmented[-1]["aug/p"], 4) if augmented else None,
-            "r_t": round(mean(signs[-10:]), 4) if (signs := [r["d/r_t"] for r in rows if "d/r_t" in r]) else None,
+            "r_t": round(mean([sign for _, sign in signs[-10:]]), 4) if signs else None,
             "fid_curve": [[r["step"], round(r["eval/fid"], 3)] for r in rows if "eval/fid" in r],
-            "r_t_curve": [[r["step"], round(r["d/r_t"], 4)] for r in rows if "d/r_t" in r]}
+            "r_t_curve": [[step, round(sign, 4)] for step, sign in signs]}
 
 
 def train_all(runs: list[Run], args: argparse.Namespace) -> dict[str, dict | Exception]:
@@ -398,8 +401,7 @@ def variant_figures(runs: list[Run], scored: dict[str, dict], baseline: str) -> 
             "cpu_seconds": round(sum(d.get("cpu_seconds", 0.0) for d in done), 1),
             "images_per_s": round(mean(speeds), 1) if speeds else None,
             "aug_p": round(mean(ps), 3) if ps else None, "r_t": round(mean(signs), 3) if signs else None,
-            "fid_curve": mean_curve([d["fid_curve"] for d in done
-                                                                                  if d.get("fid_curve")])}
+            "fid_curve": mean_curve([d["fid_curve"] for d in done if d.get("fid_curve")])}
     base = figures.get(baseline)
     for values in figures.values():
         if base is not None:
@@ -413,7 +415,7 @@ def variant_figures(runs: list[Run], scored: dict[str, dict], baseline: str) -> 
 
 
 def mean_curve(curves: list[list[list[float]]]) -> list[list[float]]:
-    """The mean FID at every evaluation step all the seeds' curves share."""
+    """The mean of the seeds' [step, value] curves (FID, r_t) at every step they all share."""
     if not curves:
         return []
     steps = sorted(set.intersection(*({s for s, _ in c} for c in curves)))
@@ -436,12 +438,11 @@ def plot_curves(runs: list[Run], scored: dict[str, dict], figures: dict[str, dic
             ax_fid.plot(*zip(*d["fid_curve"]), color=color, alpha=0.3, lw=0.8)
         if f["fid_curve"]:
             ax_fid.plot(*zip(*f["fid_curve"]), color=color, lw=2, label=f"{variant}: {f['fid']:.1f}")
-        signs = [dict(map(tuple, d["r_t_curve"])) for d in done if d.get("r_t_curve")]
+        signs = [d["r_t_curve"] for d in done if d.get("r_t_curve")]
         for curve in signs:  # each seed faint, the mean over seeds where all have a value; smoothed over 10 logs
-            ax_rt.plot(*smoothed(sorted(curve), curve), color=color, alpha=0.3, lw=0.8)
-        if steps := sorted(set.intersection(*(set(c) for c in signs))) if signs else []:
-            ax_rt.plot(*smoothed(steps, {s: mean([c[s] for c in signs]) for s in steps}), color=color, lw=2,
-                       label=variant)
+            ax_rt.plot(*smoothed(curve), color=color, alpha=0.3, lw=0.8)
+        if both := mean_curve(signs):
+            ax_rt.plot(*smoothed(both), color=color, lw=2, label=variant)
     ax_fid.set(yscale="log", xlabel="step", title=f"FID during training (legend: the final FID-{args.n / 1000:g}k)")
     ax_rt.axhline(0.6, color="grey", ls="--", lw=1)
     ax_rt.set(xlabel="step", ylabel="E[sign(D(real))]", title="D's r_t (ADA's overfitting heuristic; target 0.6 dashed)")
@@ -453,9 +454,10 @@ def plot_curves(runs: list[Run], scored: dict[str, dict], figures: dict[str, dic
     plt.close(fig)
 
 
-def smoothed(steps: list[int], values: dict[int, float], window: int = 10) -> tuple[list[int], list[float]]:
-    series = [values[s] for s in steps]
-    return steps, [mean(series[max(0, k - window + 1):k + 1]) for k in range(len(series))]
+def smoothed(curve: list[list[float]], window: int = 10) -> tuple[list[float], list[float]]:
+    """A [step, value] curve as (steps, running mean of the last `window` values)."""
+    steps, values = zip(*curve)
+    return list(steps), [mean(values[max(0, k - window + 1):k + 1]) for k in range(len(values))]
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:

@@ -20,7 +20,6 @@ from typing import Any, Iterable
 import torch
 from tqdm import tqdm
 
-from distgan.data import ShardLoader
 from distgan.data.loader import read_manifest
 from distgan.metrics.domain import domain_features, find_domain_model
 from distgan.metrics.features import FeatureExtractor
@@ -132,13 +131,7 @@ def evaluate(
     real_features = reference_features(extractor, data, split, **cache) if {"kid", "pr"} & set(metrics) else None
     stats = reference_stats(extractor, data, split, **cache) if "fid" in metrics else None
     if fool is not None:
-        loader = ShardLoader(str(data), split, batch_size, num_workers=0, shuffle_buffer=0, drop_last=False)
-        seen = 0
-        for batch in loader.epoch(0):
-            fool.add_real(batch.images[: n - seen], batch.labels[: n - seen])
-            seen += len(batch.images[: n - seen])
-            if seen >= n:
-                break
+        fool.add_real_split(data, split, n, batch_size)
     timings["real_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

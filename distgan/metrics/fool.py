@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from distgan.artifacts import DISCRIMINATOR_SPEC, list_checkpoints, load_discriminator
-from distgan.data import to_device
+from distgan.data import ShardLoader, to_device
 from distgan.losses import decision_threshold
 from distgan.models import Discriminator
 
@@ -67,6 +67,16 @@ class FoolRate:
 
     def add_real(self, images: torch.Tensor, labels: torch.Tensor | None) -> None:
         self.real.append(self._score(images, labels))
+
+    def add_real_split(self, data: str | Path, split: str, n: int, batch_size: int) -> None:
+        """The first `n` images of `split` of the prepared dataset `data`, in their stored order."""
+        loader = ShardLoader(str(data), split, batch_size, num_workers=0, shuffle_buffer=0, drop_last=False)
+        seen = 0
+        for batch in loader.epoch(0):
+            self.add_real(batch.images[: n - seen], batch.labels[: n - seen])
+            seen += len(batch.images[: n - seen])
+            if seen >= n:
+                break
 
     def add_fake(self, images: torch.Tensor, labels: torch.Tensor | None) -> None:
         self.fake.append(self._score(images, labels))
