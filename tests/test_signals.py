@@ -102,17 +102,29 @@ def test_sigterm_to_the_process_group_of_one_process_with_two_loader_workers(sha
     resume_to(cmd, run, stopped)
 
 
+def launcher_status_after_a_forwarded_sigterm() -> int:
+    """What `accelerate launch` exits with once torchrun's agent has forwarded a SIGTERM and both ranks stopped
+    cleanly. The agent re-raises the signal by torch's design; accelerate >= 1.16 turns that into 128 + 15 = 143
+    (its `_run_torchrun` catches `SignalException`), earlier versions exit 1 with the traceback. Neither says
+    how the ranks ended: distgan's own verdict is `STOPPED` plus the checkpoint (README, slurm/common.sh)."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("accelerate").split(".")[:2])
+    return 143 if (major, minor) >= (1, 16) else 1
+
+
 def test_sigterm_to_the_whole_group_of_a_two_rank_launch(shards, tmp_path):
     """Launcher, 2 gloo ranks and their 2 workers each get SIGTERM. torchrun's agent (under accelerate launch)
     forwards it to the ranks, waits for them (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default, then SIGKILL)
-    and then re-raises it: by torch's design the launcher exits 1 even though both ranks stopped cleanly,
-    which is why the SLURM script judges a TERMinated job by the trainer's STOPPED marker. (Resuming is
-    tested with one process above and with two ranks on SLURM.)"""
+    and then re-raises it, so the launcher's status is the launcher's (see above) while what distgan promises
+    is checked directly: both ranks stopped on their own (no rank failed or was killed), one complete
+    checkpoint of both ranks, and the STOPPED marker. (Resuming is tested with one process above and with two
+    ranks on SLURM.)"""
     data, _ = shards
     run = tmp_path / "t"
     rc, err = term_the_group_midrun([*LAUNCH_2_CPU, *train_args(data, tmp_path)], run)
-    assert rc == 0 or (rc == 1 and "SignalException: Process" in err and "got signal: 15" in err), err[-3000:]
-    assert "killed by signal" not in err
+    assert rc in (0, launcher_status_after_a_forwarded_sigterm()), err[-3000:]
+    assert "killed by signal" not in err and "ChildFailedError" not in err, err[-3000:]
     assert_one_complete_checkpoint_at_the_stop(run, err, ranks=2)
 
 
