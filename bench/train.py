@@ -12,11 +12,19 @@ the two take turns three times (`--rounds`) and the medians are compared.
 
     python bench/train.py                      # CPU: fp32 trainer vs fp32 plain loop
     python bench/train.py --device cuda --precisions no,bf16 --eager [--compile [--compile-mode ...]]
+    python bench/train.py --device cuda --precisions no,bf16 --ddp --ddp-compile no --plain-compile  # issue 30
     python bench/train.py --variant nchw:train.channels_last=false   # any trainer overrides
     python bench/train.py --variant diffaug:aug.policy=color,translation,cutout,aug.p=1   # a list value stays whole
 
+`--ddp` also runs each precision under DDP on one rank (torchrun, NCCL on a GPU): accelerate wraps G and D
+in DDP, so its hooks, buckets and all-reduce run as on many GPUs: `_ddp_graph` (the default: the step
+captured with the all-reduce inside), `_ddp_eager`, and for the precisions `--ddp-compile` names
+`_ddp_compiled` (train.compile=true with `--compile-mode`). `--plain-compile`
+adds the compiled anchor: the plain loop with G and D under torch.compile(mode="reduce-overhead").
+
 Prints a table, then one JSON line: `<arch>_ratio_<device>[_<precision>]` =
-trainer images/s / plain fp32 images/s, and the absolute figures behind them.
+trainer images/s / plain fp32 images/s, `<arch>_ddp_graph_vs_graph_<precision>` (goal >= 0.9),
+`<arch>_default_vs_plain_compiled` (goal >= 1.2), and the absolute figures behind them.
 """
 
 from __future__ import annotations
@@ -70,14 +78,22 @@ def baseline_shards(repo: Path, arch: str, out: Path, n: int) -> Path:
     return out
 
 
-def plain_loop(arch: str, batch: int, steps: int, warmup: int, device: torch.device) -> float:
-    """The pytorch/examples DCGAN step, fp32; images/s over `steps` after `warmup`."""
+# One DDP rank: DDP's machinery without a second GPU (NCCL on a GPU, gloo on a CPU).
+TORCHRUN_ONE_RANK = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+
+
+def plain_loop(arch: str, batch: int, steps: int, warmup: int, device: torch.device,
+               compile_mode: str | None = None) -> float:
+    """The pytorch/examples DCGAN step, fp32; images/s over `steps` after `warmup`. `compile_mode`: G and D
+    under torch.compile in that mode (the compiled anchor)."""
     cfg = load_config(REPO / CONFIGS[arch])
     c, h, w = SHAPES[arch]
     G = build_generator(cfg.model, c, h, w, 0).to(device)
     D = build_discriminator(cfg.model, c, h, w, 0).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr, betas=tuple(cfg.optim.g_betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas))
+    if compile_mode:
+        G, D = torch.compile(G, mode=compile_mode), torch.compile(D, mode=compile_mode)
     criterion = torch.nn.BCEWithLogitsLoss()
     data = torch.rand(8, batch, c, h, w, device=device) * 2 - 1
     ones = torch.ones(batch, device=device)
@@ -110,13 +126,13 @@ def _sync(device: torch.device) -> None:
 
 
 def trainer_run(arch: str, tag: str, overrides: list[str], data: Path, batch: int, steps: int, warmup: int,
-                workers: int, run_dir: Path, repo: Path = REPO) -> float:
-    """distgan's trainer (of the checkout `repo`) as users run it; median images/s of the log intervals after
-    the first."""
+                workers: int, run_dir: Path, repo: Path = REPO, launcher: tuple[str, ...] = (sys.executable,)) -> float:
+    """distgan's trainer (of the checkout `repo`) as users run it, started by `launcher`; median images/s of the
+    log intervals after the first."""
     name = f"{arch}-{tag}"
     interval = max(steps // 5, 1)
     total = warmup + 5 * interval
-    cmd = [sys.executable, str(repo / "distgan" / "train.py"), "--config", str(repo / CONFIGS[arch]),
+    cmd = [*launcher, str(repo / "distgan" / "train.py"), "--config", str(repo / CONFIGS[arch]),
            f"name={name}", f"run_dir={run_dir}", f"data.path={data}", f"data.batch_size={batch}",
            f"data.num_workers={workers}", f"train.steps={total}", f"train.log_every={interval}",
            f"train.sample_every={10**9}", f"train.checkpoint_every={10**9}",
@@ -139,6 +155,12 @@ def main() -> None:
     parser.add_argument("--compile-mode", default="default", help="train.compile_mode for --compile")
     parser.add_argument("--eager", action="store_true", help="also time the trainer with train.cuda_graph=false "
                         "(on one GPU the default replays the whole step as one CUDA graph)")
+    parser.add_argument("--ddp", action="store_true", help="also time each precision under DDP on one rank "
+                        "(torchrun): _ddp_graph (the step captured with its all-reduce) and _ddp_eager")
+    parser.add_argument("--ddp-compile", default="", metavar="PRECISIONS", help="with --ddp, also time these "
+                        "precisions (e.g. no,bf16) with train.compile=true under DDP: _ddp_compiled")
+    parser.add_argument("--plain-compile", action="store_true", help="also time the plain loop with G and D under "
+                        "torch.compile(mode='reduce-overhead'): the compiled anchor")
     parser.add_argument("--variant", action="append", default=[], metavar="TAG:KEY=VALUE,...",
                         help="one more trainer variant, e.g. nchw:train.channels_last=false (repeatable)")
     parser.add_argument("--baseline-repo", type=Path, help="also time the trainer of another distgan checkout "
@@ -156,15 +178,24 @@ def main() -> None:
     workers = args.workers or (4 if device.type == "cuda" else 1)
     args.rounds = args.rounds or (1 if device.type == "cuda" else 3)
     variants = [("fp32" if p == "no" else p, [f"train.mixed_precision={p}"]) for p in args.precisions.split(",")]
+    precisions = list(variants)
     repos = {"baseline": args.baseline_repo.resolve()} if args.baseline_repo else {}
+    compiled = ["train.compile=true", f"train.compile_mode={args.compile_mode}"]
     if args.compile:
-        compiled = ["train.compile=true", f"train.compile_mode={args.compile_mode}"]
         variants += [(f"{tag}_compiled", [*o, *compiled]) for tag, o in variants]
     if args.eager:
         variants += [(f"{tag}_eager", [*o, "train.cuda_graph=false"]) for tag, o in variants if "compiled" not in tag]
     if args.baseline_repo:  # the other checkout's trainer with its own defaults, fp32
         variants.append(("baseline", ["train.mixed_precision=no"]))
     variants += [parse_variant(spec) for spec in args.variant]
+    launchers = {}
+    if args.ddp:
+        for tag, o in precisions:
+            ddp = [(f"{tag}_ddp_graph", o), (f"{tag}_ddp_eager", [*o, "train.cuda_graph=false"])]
+            if o[0].split("=")[1] in args.ddp_compile.split(","):
+                ddp.append((f"{tag}_ddp_compiled", [*o, *compiled]))
+            variants += ddp
+            launchers.update({ddp_tag: tuple(TORCHRUN_ONE_RANK) for ddp_tag, _ in ddp})
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     hardware = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
@@ -180,15 +211,21 @@ def main() -> None:
             n = args.batch * 40 if device.type == "cuda" else args.batch * 10
             data = synthetic_shards(arch, tmp / f"data-{arch}", n)
             datas = {tag: baseline_shards(repo, arch, tmp / f"data-{arch}-{tag}", n) for tag, repo in repos.items()}
-            speeds: dict[str, list[float]] = {"plain": [], **{tag: [] for tag, _ in variants}}
+            speeds: dict[str, list[float]] = {"plain": [], "plain_compiled": [], **{tag: [] for tag, _ in variants}}
             for round_ in range(args.rounds):  # plain and trainer take turns: a drift of the machine hits both
                 speeds["plain"].append(plain_loop(arch, args.batch, steps, warmup, device))
                 print(f"{arch:8s} plain fp32 loop        {speeds['plain'][-1]:10.1f} img/s  (round {round_ + 1})",
                       flush=True)
+                if args.plain_compile:
+                    speeds["plain_compiled"].append(plain_loop(arch, args.batch, steps, warmup, device,
+                                                               compile_mode="reduce-overhead"))
+                    print(f"{arch:8s} plain compiled loop    {speeds['plain_compiled'][-1]:10.1f} img/s  "
+                          f"(reduce-overhead, round {round_ + 1})", flush=True)
                 for tag, overrides in variants:
                     try:
                         speeds[tag].append(trainer_run(arch, tag, overrides, datas.get(tag, data), args.batch, steps,
-                                                       warmup, workers, tmp / f"runs-{round_}", repos.get(tag, REPO)))
+                                                       warmup, workers, tmp / f"runs-{round_}", repos.get(tag, REPO),
+                                                       launchers.get(tag, (sys.executable,))))
                     except subprocess.CalledProcessError as exc:  # one broken variant must not hide the others
                         print(f"{arch:8s} distgan {tag:14s} FAILED (exit {exc.returncode}):\n"
                               + "\n".join(exc.stderr.splitlines()[-15:]), flush=True)
@@ -209,7 +246,29 @@ def main() -> None:
                 results[key] = round(ratio, 3)
                 print(f"{arch:8s} distgan {tag:14s} {speed:10.1f} img/s  {ratio:5.2f}x plain fp32 (medians)",
                       flush=True)
+            results.update(goal_ratios(arch, results, speeds))
     print(json.dumps(results))
+
+
+def goal_ratios(arch: str, results: dict[str, object], speeds: dict[str, list[float]]) -> dict[str, float]:
+    """Issue 30's goals: the graphed DDP step per GPU against the one-process graph (>= 0.9x), and the trainer's
+    default fp32 step against the compiled plain loop (>= 1.2x)."""
+    ratios = {}
+    for key, value in list(results.items()):
+        prefix, suffix = f"{arch}_trainer_", "_ddp_graph_img_s"
+        if key.startswith(prefix) and key.endswith(suffix):
+            precision = key[len(prefix):-len(suffix)]
+            single = results.get(f"{arch}_trainer_{precision}_img_s")
+            if single:
+                ratios[f"{arch}_ddp_graph_vs_graph_{precision}"] = round(value / single, 3)
+    if speeds.get("plain_compiled"):
+        anchor = statistics.median(speeds["plain_compiled"])
+        ratios[f"{arch}_plain_compiled_img_s"] = round(anchor, 1)
+        if results.get(f"{arch}_trainer_fp32_img_s"):
+            ratios[f"{arch}_default_vs_plain_compiled"] = round(results[f"{arch}_trainer_fp32_img_s"] / anchor, 3)
+    for key, value in ratios.items():
+        print(f"{arch:8s} {key:40s} {value}", flush=True)
+    return ratios
 
 
 def _cpu_name() -> str:

@@ -76,17 +76,37 @@ def test_cuda_graph_and_compile_exclude_each_other():
         load_config(REPO / "configs/fashion_dcgan.yaml", ["train.cuda_graph=true", "train.compile=true"])
 
 
-def test_cuda_graph_auto_is_on_for_one_gpu_process_only():
-    def decide(device: str, world: int = 1, **train: object) -> bool:
+def test_cuda_graph_auto_is_on_for_cuda_devices_ddp_included():
+    def decide(device: str, world: int = 1, sync_bn: bool = False, **train: object) -> bool:
         cfg = load_config(REPO / "configs/fashion_dcgan.yaml", [f"train.{k}={v}" for k, v in train.items()])
-        return step_graph.use_step_graph(cfg.train, torch.device(device), world)
+        return step_graph.use_step_graph(cfg.train, torch.device(device), world, sync_bn=sync_bn)
 
     assert load_config(REPO / "configs/fashion_dcgan.yaml").train.cuda_graph is None  # auto by default
     assert decide("cuda") and decide("cuda", cuda_graph="true")
-    assert not decide("cuda", world=2) and not decide("cpu") and not decide("cuda", cuda_graph="false")
+    assert decide("cuda", world=2) and decide("cuda", world=8, cuda_graph="true")  # DDP's all-reduce captured
+    assert not decide("cpu") and not decide("cpu", world=2) and not decide("cuda", cuda_graph="false")
     assert not decide("cuda", compile="true")  # auto leaves the step to torch.compile
-    with pytest.raises(trainer.TrainingError, match="this run has 2 processes"):
-        decide("cuda", world=2, cuda_graph="true")
+    assert decide("cuda", sync_bn=True)  # one process: no statistics to share
+    assert not decide("cuda", world=2, sync_bn=True)
+    with pytest.raises(trainer.TrainingError, match="model.sync_bn's batch statistics across the 2 ranks"):
+        decide("cuda", world=2, sync_bn=True, cuda_graph="true")
+
+
+def test_a_ddp_model_warms_up_as_pytorchs_capture_recipe_asks(tmp_path):
+    """11 DDP-enabled eager steps before a DDP step is captured (DDP settles its buckets in the first ones); 3
+    for one process. A one-rank gloo group is enough to build a real DDP module."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(2, 2)
+        assert step_graph.warmup_steps(model) == step_graph.SINGLE_WARMUP_STEPS == 3
+        assert step_graph.warmup_steps(DDP(model)) == step_graph.DDP_WARMUP_STEPS == 11
+        assert step_graph.warmup_steps(torch.compile(DDP(model))) == 11
+    finally:
+        dist.destroy_process_group()
+    assert step_graph.capture_stream(False, torch.device("cpu")) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine without a GPU")
@@ -183,6 +203,32 @@ def test_cuda_graph_captures_every_config(config, extra, shards, tmp_path):
     assert trainer.train(cfg) == "completed"
     rows = metrics(tmp_path / "t")
     assert all(np.isfinite(r["loss/g"]) for r in rows) and rows[-1]["train/bad_steps"] == 0
+
+
+@GPU
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_ddp_step_with_its_all_reduce_captured_trains_like_ddp_eager(precision, shards, tmp_path):
+    """One NCCL rank under torchrun: accelerate wraps G and D in DDP, so its hooks, buckets and all-reduce run
+    (and are captured after 11 eager steps) as on 8 GPUs. The graphed run follows the eager one: equal up to
+    float reassociation at step 11 (all eager), within 5% of the move at step 22 (11 replays)."""
+    data, _ = shards
+    g = {}
+    for graph in ("false", "true"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+               *train_cmd(data, tmp_path / graph, "train.steps=22", "train.checkpoint_every=11", "train.tf32=false",
+                          "train.log_every=1", f"train.mixed_precision={precision}",
+                          f"train.cuda_graph={graph}")[1:]]
+        proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("the step as one CUDA graph" in proc.stderr) == (graph == "true"), proc.stderr[-3000:]
+        assert all(np.isfinite(r["loss/g"]) for r in metrics(tmp_path / graph / "t"))
+        for at in (11, 22):
+            g[graph, at] = load_file(tmp_path / graph / f"t/checkpoints/step-{at:07d}/model.safetensors")
+    norm = lambda a, b: sum(float((a[k].float() - b[k].float()).norm()) ** 2 for k in a) ** 0.5
+    move, gap = norm(g["false", 22], g["false", 11]), norm(g["true", 22], g["false", 22])
+    assert norm(g["true", 11], g["false", 11]) < 0.05 * move
+    assert gap < 0.05 * move, (gap, move)
 
 
 def test_bare_no_is_a_precision_not_a_boolean():
@@ -435,6 +481,7 @@ def test_two_process_ddp_resume_on_two_then_on_one(shards, tmp_path):
     rows = metrics(tmp_path / "t")
     assert rows[-1]["step"] == 6
     assert "2 rank(s)" in proc.stderr and proc.stderr.count("completed at step 6") == 1  # rank 0 logs alone
+    assert proc.stderr.count("the step runs eagerly on cpu") == 1  # the graph's fallback, said once
     state = json.loads((tmp_path / "t" / "checkpoints" / "step-0000006" / "state.json").read_text())
     assert state["world_size"] == 2
     # Resumed on 2 processes (each rank loads the checkpoint onto its own device)...

@@ -11,6 +11,14 @@ state, GradScaler, running sums, the EMA); no host reads inside the step; Adam w
 `capturable=True`; a few eager steps on a side stream first (cuDNN autotuning, lazy
 optimiser and scaler state); noise drawn inside the graph (PyTorch advances the CUDA
 generator's offset at each replay, so every step gets fresh noise).
+
+Under DDP the gradient all-reduce is captured too (NCCL >= 2.9.6 supports collectives in a graph),
+following PyTorch's recipe for full-backward capture: DDP is constructed on the same side stream that
+later warms up and captures the step (`capture_stream`), and at least 11 DDP-enabled eager steps run
+before the capture (DDP rebuilds its buckets and settles its host-side bookkeeping in the first
+iterations). Every rank captures the same collectives in the same order, as the NCCL documentation
+requires, because every rank runs the same step. GlobalBatchNorm (`model.sync_bn` across ranks) keeps
+the step eager.
 """
 
 from __future__ import annotations
@@ -35,15 +43,24 @@ def batches_to_device(batches: list[HostBatch], device: torch.device) -> list[Ho
             for images, labels in batches]
 
 
-def use_step_graph(train_cfg: TrainConfig, device: torch.device, world: int, lazy_r1: bool = False) -> bool:
-    """train.cuda_graph: null (auto) replays the step as a CUDA graph where it can, i.e. one CUDA process and
-    no torch.compile; true insists (an error where it cannot); false never."""
+# PyTorch's recipe for capturing DDP's backward: at least 11 DDP-enabled eager iterations before the capture.
+DDP_WARMUP_STEPS = 11
+SINGLE_WARMUP_STEPS = 3
+
+
+def use_step_graph(train_cfg: TrainConfig, device: torch.device, world: int, lazy_r1: bool = False,
+                   sync_bn: bool = False) -> bool:
+    """train.cuda_graph: null (auto) replays the step as a CUDA graph where it can, i.e. on CUDA devices (one
+    process, or DDP with its all-reduce captured) without torch.compile; true insists (an error where it
+    cannot); false never. Where the step stays eager, the reason is logged."""
     wanted = train_cfg.cuda_graph
     if wanted is False or (wanted is None and train_cfg.compile):
         return False
     if device.type != "cuda":
         if wanted:
             log.warning("train.cuda_graph needs a CUDA device; training eagerly on %s", device.type)
+        else:
+            log.info("the step runs eagerly on %s (train.cuda_graph: a CUDA graph needs a CUDA device)", device.type)
         return False
     if lazy_r1:
         if wanted:
@@ -52,13 +69,30 @@ def use_step_graph(train_cfg: TrainConfig, device: torch.device, world: int, laz
                                 "train.cuda_graph=null")
         log.info("loss.r1_every > 1: the step runs eagerly (a CUDA graph replays one fixed step)")
         return False
-    if world > 1:
+    if sync_bn and world > 1:
         if wanted:
-            raise TrainingError(f"train.cuda_graph replays one process's step; this run has {world} processes "
-                                f"(DDP's gradient all-reduce is not captured): set train.cuda_graph=false or null")
-        log.info("%d processes: the step runs eagerly (the CUDA graph is for one process)", world)
+            raise TrainingError(f"train.cuda_graph: model.sync_bn's batch statistics across the {world} ranks are "
+                                f"not captured; set train.cuda_graph=false or null, or model.sync_bn=false")
+        log.info("model.sync_bn across %d ranks: the step runs eagerly", world)
         return False
     return True
+
+
+def capture_stream(graphed: bool, device: torch.device) -> torch.cuda.Stream | None:
+    """The side stream a graphed run builds DDP on, warms up on and captures on (None: an eager run)."""
+    if not graphed:
+        return None
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    return stream
+
+
+def warmup_steps(model: torch.nn.Module) -> int:
+    """Eager steps before the capture: DDP's recipe asks for 11; one process needs 3 (cuDNN autotuning, lazy
+    optimiser and scaler state)."""
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel) or isinstance(
+        getattr(model, "_orig_mod", None), torch.nn.parallel.DistributedDataParallel)
+    return DDP_WARMUP_STEPS if ddp else SINGLE_WARMUP_STEPS
 
 
 class EagerStep:
@@ -72,10 +106,13 @@ class EagerStep:
 
 
 class GraphedStep:
-    """Call like the step: `graphed(host_batches, step)`; eager for `warmup` calls, then replays."""
+    """Call like the step: `graphed(host_batches, step)`; eager for `warmup` calls on `stream` (a side stream,
+    the one DDP was built on in a DDP run), then captured there once and replayed."""
 
-    def __init__(self, step: Step, device: torch.device, warmup: int = 3):
+    def __init__(self, step: Step, device: torch.device, warmup: int = SINGLE_WARMUP_STEPS,
+                 stream: torch.cuda.Stream | None = None):
         self.step, self.device, self.warmup = step, device, warmup
+        self.stream = stream if stream is not None else capture_stream(True, device)
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: list[HostBatch] = []
@@ -84,17 +121,16 @@ class GraphedStep:
     def __call__(self, batches: list[HostBatch], step: int) -> None:
         self.calls += 1
         if self.calls <= self.warmup:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
                 self.step(batches_to_device(batches, self.device), step)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
             return
         if self.graph is None:  # capture records the kernels; it runs none of them
             self.inputs = batches_to_device(batches, self.device)
             self.graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(self.graph):
+                with torch.cuda.graph(self.graph, stream=self.stream):
                     self.step(self.inputs, self.step_index)
             except RuntimeError as exc:  # an op that cannot be captured (e.g. a host copy inside the step)
                 raise RuntimeError(f"train.cuda_graph: the training step could not be captured as a CUDA graph "

@@ -21,7 +21,7 @@ from distgan.monitor import RunMonitor
 from distgan.training.actions import RunActions, manifest_digest
 from distgan.training.checkpoint import resume
 from distgan.training.errors import TrainingError
-from distgan.training.graph import EagerStep, GraphedStep, use_step_graph
+from distgan.training.graph import EagerStep, GraphedStep, capture_stream, use_step_graph, warmup_steps
 from distgan.training.run_dir import RunDirectory
 from distgan.training.session import start_process
 from distgan.training.signals import StopSignals
@@ -50,9 +50,11 @@ def train(cfg: Config) -> str:
     loader, num_classes = open_data(cfg, accelerator, control)
     manifest = loader.manifest
     evaluator = TrainingEvaluator(cfg, accelerator, manifest, run_dir.path, num_classes, control)  # fails early
-    graphed = use_step_graph(cfg.train, device, world, lazy_r1=cfg.loss.r1_gamma > 0 and cfg.loss.r1_every > 1)
+    graphed = use_step_graph(cfg.train, device, world, lazy_r1=cfg.loss.r1_gamma > 0 and cfg.loss.r1_every > 1,
+                             sync_bn=cfg.model.sync_bn)
+    stream = capture_stream(graphed, device)
     state = build_state(cfg, accelerator, (manifest.channels, manifest.height, manifest.width), num_classes,
-                        capturable=graphed)
+                        capturable=graphed, ddp_stream=stream)
     resume_from = run_dir.resolve_resume(cfg.train.resume)
     changes = resume(cfg, accelerator, run_dir, resume_from, state, manifest_digest(manifest), len(loader))
     progress = state.progress
@@ -63,7 +65,7 @@ def train(cfg: Config) -> str:
              device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if graphed else "",
              cfg.data.batch_size * world, len(loader), f", resumed from {resume_from}" if resume_from else "")
     step = GANStep(cfg, state, num_classes, accelerator.autocast)
-    run_step = GraphedStep(step, device) if graphed else EagerStep(step, device)
+    run_step = GraphedStep(step, device, warmup_steps(state.G), stream) if graphed else EagerStep(step, device)
     monitor = RunMonitor(accelerator, cfg, run_dir.path, progress.step)
     actions = RunActions(cfg, accelerator, control, run_dir, state, step, loader, monitor, evaluator, num_classes)
     batches = loader.endless(progress.epoch, progress.batch)

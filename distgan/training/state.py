@@ -3,6 +3,7 @@ loss scaler and the progress. `distgan/training/checkpoint.py` saves and loads e
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -58,11 +59,12 @@ class TrainState:
 
 
 def build_state(cfg: Config, accelerator: Accelerator, shape: tuple[int, int, int], num_classes: int,
-                capturable: bool) -> TrainState:
+                capturable: bool, ddp_stream: torch.cuda.Stream | None = None) -> TrainState:
     """The networks, optimisers and scaler of a fresh run (a resume then loads into them).
 
     `capturable`: Adam keeps its step counter (and a scheduled lr) on the device, where a CUDA graph
-    can update it.
+    can update it. `ddp_stream`: the stream the step will be captured on; DDP is built there, as capturing
+    its backward requires (`distgan/training/graph.py`).
     """
     device, world = accelerator.device, accelerator.num_processes
     G = build_generator(cfg.model, *shape, num_classes)
@@ -81,7 +83,8 @@ def build_state(cfg: Config, accelerator: Accelerator, shape: tuple[int, int, in
         g_lr, d_lr = (torch.tensor(lr, device=device) for lr in base_lrs)
     opt_g = torch.optim.Adam(G.parameters(), lr=g_lr, betas=tuple(cfg.optim.g_betas), **adam)
     opt_d = torch.optim.Adam(D.parameters(), lr=d_lr, betas=tuple(cfg.optim.d_betas), **adam)
-    G, D = accelerator.prepare(G, D)
+    with torch.cuda.stream(ddp_stream) if ddp_stream is not None else contextlib.nullcontext():
+        G, D = accelerator.prepare(G, D)
     g_module, d_module = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
     ema = EMA(g_module, cfg.optim.ema_decay)
     d_for_g = d_module
