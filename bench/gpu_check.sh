@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu-out}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+if compgen -G ".whl/*.whl" >/dev/null; then  # into the interpreter's own environment: every child process sees them
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl \
+    || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+         .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site; }
 fi
 nvidia-smi -L | tee "$out/gpu.txt"
 python3 -c 'import torch, accelerate; print("torch", torch.__version__, "accelerate", accelerate.__version__,
@@ -24,7 +25,7 @@ python3 -c 'import torch, accelerate; print("torch", torch.__version__, "acceler
 json_line() { tail -n 1 "$1" | grep '^{' || echo "{\"$2_failed\": true}"; }
 
 for arch in dcgan28 dcgan64; do  # one run each, so a slow one cannot cost the other its figures
-  timeout 210 python3 bench/train.py --device cuda --archs $arch --precisions no,bf16 --ddp --ddp-compile no \
+  timeout 180 python3 bench/train.py --device cuda --archs $arch --precisions no,bf16 --ddp --ddp-compile no \
     --plain-compile --steps 300 2>&1 | tee "$out/train-$arch.log"
   json_line "$out/train-$arch.log" "train_$arch" > "$out/train-$arch.json"
 done
@@ -40,7 +41,8 @@ if [ -f bench/family_gpu.py ]; then
 fi
 
 for k in ddp_step "trains_like_the_eager or graphed_step_replays"; do  # the DDP capture's test first
-  timeout 70 python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k "$k" 2>&1 | tail -n 8
+  timeout 80 python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k "$k" > "$out/gpu_test.log" 2>&1
+  tail -c 3000 "$out/gpu_test.log"; cat "$out/gpu_test.log" >> "$out/gpu_tests_full.log"
 done | tee "$out/gpu_tests.log"
 
 echo "== figures =="

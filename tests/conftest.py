@@ -97,10 +97,11 @@ def straddling_shard(data: Path, world: int, batch: int, seed: int, drop_last: b
 
 
 def run_env(**extra: str) -> dict[str, str]:
-    """Environment for child processes: this interpreter's venv first, no stray accelerate config."""
+    """Environment for child processes: this interpreter's venv first, this checkout first on the path (then
+    whatever the caller's PYTHONPATH held, e.g. packages installed with --target), no stray accelerate config."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env.update(extra)
     return env
 

@@ -130,7 +130,9 @@ class GraphedStep:
             self.inputs = batches_to_device(batches, self.device)
             self.graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(self.graph, stream=self.stream):
+                # thread_local: only this thread's unsafe calls break the capture, not the NCCL watchdog's
+                # event queries or the pin-memory thread's allocations, which run concurrently.
+                with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
                     self.step(self.inputs, self.step_index)
             except RuntimeError as exc:  # an op that cannot be captured (e.g. a host copy inside the step)
                 raise RuntimeError(f"train.cuda_graph: the training step could not be captured as a CUDA graph "
