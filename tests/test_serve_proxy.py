@@ -224,20 +224,16 @@ def test_a_phone_an_axe_audit_and_the_keyboard(browser, proxied, tmp_path):
     page.keyboard.type("21")
     page.keyboard.press("Enter")
     wait_caption(page, "16 images · seeds 21–36 · every class in turn · ψ 1")
-    page.focus("#class")
-    page.keyboard.press("ArrowDown")
-    page.wait_for_function("() => document.querySelector('#grid-caption').textContent.includes('T-shirt/top')")
-    page.focus("#grid .tile:nth-child(1) button")
-    page.keyboard.press("Enter")
-    page.wait_for_selector("#lightbox[open]")
-    page.keyboard.press("Escape")
-    page.wait_for_selector("#lightbox:not([open])", state="attached")
-    page.focus("#walk-slider")
-    page.keyboard.press("ArrowRight")
-    page.wait_for_function("() => document.querySelector('#walk-label').textContent.startsWith('frame 2 / 6')")
-    page.focus("#psi-range")
-    page.keyboard.press("ArrowLeft")
-    page.wait_for_function("() => document.querySelector('#grid-caption').textContent.endsWith('ψ 0.95')")
+    for selector, key, then in [
+        ("#class", "ArrowDown", "document.querySelector('#grid-caption').textContent.includes('T-shirt/top')"),
+        ("#grid .tile:nth-child(1) button", "Enter", "document.querySelector('#lightbox').open"),
+        ("#lightbox-close", "Escape", "!document.querySelector('#lightbox').open"),
+        ("#walk-slider", "ArrowRight", "document.querySelector('#walk-label').textContent.startsWith('frame 2 / 6')"),
+        ("#psi-range", "ArrowLeft", "document.querySelector('#grid-caption').textContent.endsWith('ψ 0.95')"),
+    ]:
+        page.focus(selector)
+        page.keyboard.press(key)
+        page.wait_for_function(f"() => {then}")
     # Tab reaches every control.
     page.evaluate("() => document.activeElement.blur()")
     reached = set()
