@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -78,3 +80,23 @@ def test_serve_with_data_answers_nearest_and_refuses_bad_data(serve_models, shar
         result = subprocess.run([sys.executable, "-m", "distgan.serve.cli", *map(str, models), "--data", str(data)],
                                 env=run_env(), capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_format_1_manifest_is_checked_by_the_whole_files_sha256(shards, tmp_path):
+    directory, _ = shards
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((directory / "dataset.json").read_text())
+    manifest["format_version"] = 1
+    for shard in manifest["splits"]["train"]["shards"] + manifest["splits"]["test"]["shards"]:
+        del shard["chunk_xxh3_128"]
+    (old / "dataset.json").write_text(json.dumps(manifest))
+    for shard in directory.glob("*.tar"):
+        (old / shard.name).write_bytes(shard.read_bytes())
+    assert len(NearestIndex.open(old).labels) == 1000
+    shutil.rmtree(old / "nearest-index")
+    data = bytearray((old / "train-000002.tar").read_bytes())
+    data[3000] ^= 0xFF
+    (old / "train-000002.tar").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="train-000002.tar: sha256 does not match"):
+        NearestIndex.open(old)

@@ -76,6 +76,10 @@ def read_split(directory: Path, manifest: Manifest, split: str) -> tuple[np.ndar
     at = 0
     with tqdm(total=info.num_samples, desc=f"nearest-image index ({directory.name}/{split})", unit="img") as bar:
         for shard in info.shards:
+            if not manifest.has_chunk_sums:  # a format-1 manifest: the whole file's sha256 instead
+                with open(directory / shard.name, "rb") as f:
+                    if hashlib.file_digest(f, "sha256").hexdigest() != shard.sha256:
+                        raise DataError(f"{directory / shard.name}: sha256 does not match {MANIFEST_NAME}")
             for index, chunk_images, chunk_labels in _shard_chunks(directory / shard.name, shard.chunk_xxh3_128):
                 if at + len(chunk_images) > info.num_samples or chunk_images.shape[1:] != manifest.image_shape:
                     raise DataError(f"{directory / shard.name}: chunk {index} does not fit {MANIFEST_NAME} "
