@@ -156,6 +156,15 @@ def test_every_control_through_nginx(browser, proxied, tmp_path):
     page.click("#render-walk")
     page.wait_for_function("() => !document.querySelector('#walk-view').classList.contains('stale')")
 
+    # The largest grid the page may ask for: 128 ten-digit seeds in all 5 classes, through the proxy.
+    page.fill("#seed", "4294967168")
+    page.fill("#n", "128")
+    page.select_option("#class", "all")
+    page.click("#generate")
+    wait_caption(page, "640 images · seeds 4294967168–4294967295 · all classes · ψ 0.75")
+    assert page.locator("#grid img").count() == 640 and page.locator("#grid .row-label").count() == 128
+    page.fill("#n", "6")
+
     # The random seed, the model picker.
     page.click("#random")
     page.wait_for_function("() => !document.querySelector('#grid-caption').textContent.includes('4294967000–')")
