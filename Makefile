@@ -20,8 +20,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The browser tests' npm packages (axe-core; the web export's onnxruntime-web), exactly as package-lock.json says.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev node_modules/.package-lock.json
 
 $(DATA)/dataset.json: | $(VENV)/.installed
 	$(VENV)/bin/distgan-data prepare fashion-mnist --out $(DATA) --download
@@ -63,7 +68,7 @@ demo: $(DATA)/dataset.json | $(VENV)/.installed-serve
 	@echo "  $(VENV)/bin/distgan-serve $(RUN)/generator.onnx"
 
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev node_modules/.package-lock.json
 	$(PY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

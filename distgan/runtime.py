@@ -15,7 +15,8 @@ request gives byte-identical PNGs from each.
 - A walk from seed a to seed b: `steps` frames of the spherical interpolation of their
   latents at t = i / (steps - 1), exactly a's and b's latents at the ends, psi applied
   after, the class of a's image held.
-- PNG: pillow's encoder, text chunks naming the model's sha256 and the request.
+- PNG: pillow's encoder, text chunks naming the model (sha256, absolute path) and the request
+  (`distgan-sample --from-png FILE` draws it again from them).
 Not this convention: the training-time sample grids (torch.randn with a torch.Generator,
 distgan/training/actions.py) and the latents `distgan-eval` scores (distgan/metrics/generated.py:
 one torch stream per seed, which keeps the per-rank seeds of evaluation during training
@@ -282,7 +283,8 @@ class OnnxGenerator:
     def _drawing(self, images: np.ndarray, z: np.ndarray, columns: int, seeds: np.ndarray, labels: np.ndarray | None,
                  request: dict[str, int], name: str, described: str, psi: float) -> Drawing:
         """The drawing with its PNG text, file name and distgan-sample arguments."""
-        text = {f"{PREFIX}model_sha256": self.sha256, **{PREFIX + k: str(v) for k, v in request.items()}}
+        text = {f"{PREFIX}model_sha256": self.sha256, f"{PREFIX}model_file": str(self.path.resolve()),
+                **{PREFIX + k: str(v) for k, v in request.items()}}
         flags = {"seed": "--seed", "seed_a": "--seed", "n": "--n", "seed_b": "--interpolate", "steps": "--steps"}
         args = [a for k, v in request.items() for a in (flags[k], str(v))]
         parts = [self.sha256[:12], name]

@@ -3,6 +3,7 @@
     distgan-sample --onnx FILE [--seed S] [--n N] [--class NAME|INDEX|all] [--psi P]
                    (--grid out.png | --outdir DIR | --npz FILE)
     distgan-sample --onnx FILE --seed A --interpolate B --steps S (--grid strip.png | --gif walk.gif | --npz FILE)
+    distgan-sample --from-png FILE [--onnx MODEL] [--grid out.png]   (a distgan PNG drawn again, bit for bit)
 
 No torch: this is what runs where only the ONNX file is deployed (a test checks
 `torch` is never imported). Seeds, classes, truncation and interpolation follow the
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from distgan.runtime import ALL_CLASSES, Drawing, ModelError, OnnxGenerator, grid, to_pil
+from PIL import Image, UnidentifiedImageError
+
+from distgan.runtime import ALL_CLASSES, PREFIX, Drawing, ModelError, OnnxGenerator, grid, to_pil
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -45,7 +48,10 @@ def write_gif(drawing: Drawing, rows: int, path: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="distgan-sample",
                                      description="Sample an exported distgan generator with onnxruntime (no torch).")
-    parser.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="a model from distgan-export")
+    parser.add_argument("--onnx", type=Path, metavar="FILE", help="a model from distgan-export")
+    parser.add_argument("--from-png", type=Path, metavar="PNG",
+                        help="draw a distgan PNG again from its text chunks (the model: --onnx, else the file it "
+                             "names; written to --grid, default its own file name in this folder)")
     parser.add_argument("--seed", type=int, default=0,
                         help="the first image's seed: image i is seed + i, the same image everywhere (default 0)")
     parser.add_argument("--n", type=int, default=64, help="number of images (default 64)")
@@ -64,6 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gif", type=Path, help="with --interpolate: the walk animated, forward and back")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: one per core)")
     args = parser.parse_args(argv)
+    if args.from_png:
+        if args.outdir or args.npz or args.gif or args.interpolate is not None:
+            parser.error("--from-png takes its request from the PNG and writes --grid only")
+        return args
+    if args.onnx is None:
+        parser.error("the following arguments are required: --onnx (or --from-png)")
     if args.gif and args.interpolate is None:
         parser.error("--gif needs --interpolate SEED_B")
     if args.interpolate is not None and args.outdir:
@@ -73,8 +85,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def png_request(path: Path) -> dict[str, str]:
+    """The distgan text chunks of a PNG (without the prefix); a clear ModelError for any other file."""
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ModelError(f"{path}: not a readable PNG ({exc})") from exc
+    request = {k.removeprefix(PREFIX): v for k, v in text.items() if k.startswith(PREFIX)}
+    if "model_sha256" not in request or not ("seed" in request or "seed_a" in request):
+        raise ModelError(f"{path}: no distgan text chunks (model_sha256, seed or seed_a): not a PNG distgan wrote")
+    return request
+
+
+def draw_from_png(args: argparse.Namespace) -> tuple[OnnxGenerator, Drawing]:
+    """The model and the drawing a distgan PNG records, the model's sha256 checked."""
+    request = png_request(args.from_png)
+    if args.onnx is None and "model_file" not in request:
+        raise ModelError(f"{args.from_png}: it does not name its model file; pass --onnx MODEL")
+    model = OnnxGenerator(args.onnx or Path(request["model_file"]), threads=args.threads)
+    if model.sha256 != request["model_sha256"]:
+        raise ModelError(f"{model.path}: sha256 {model.sha256[:12]}... is not the model that drew {args.from_png} "
+                         f"(distgan.model_sha256 {request['model_sha256'][:12]}...)")
+    described = request.get("class", "")
+    class_name = None if not described or described.startswith("every") else described
+    try:
+        psi, n = float(request.get("psi", "1.0")), int(request.get("n", "1"))
+        if "seed_a" in request:
+            return model, model.interpolate(int(request["seed_a"]), int(request["seed_b"]), int(request["steps"]),
+                                            class_name, psi, n)
+        return model, model.sample(int(request["seed"]), n, class_name, psi)
+    except ModelError:
+        raise
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"{args.from_png}: malformed distgan text chunk ({exc})") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_png:
+        try:
+            _, drawing = draw_from_png(args)
+        except (FileNotFoundError, ModelError) as exc:
+            print(f"distgan-sample: error: {exc}", file=sys.stderr)
+            return 2
+        out = args.grid or Path(drawing.name)
+        write_atomic(out, drawing.png())
+        print(f"wrote {out} ({len(drawing.images)} images, drawn again from {args.from_png})")
+        return 0
     try:
         model = OnnxGenerator(args.onnx, threads=args.threads)
         if args.interpolate is None:

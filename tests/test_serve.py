@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shlex
@@ -10,7 +11,6 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import unquote
 
 import httpx
 import numpy as np
@@ -36,15 +36,22 @@ def npy(response: httpx.Response) -> np.ndarray:
     return np.load(io.BytesIO(response.content), allow_pickle=False)
 
 
-def command_of(response: httpx.Response) -> list[str]:
-    return shlex.split(unquote(response.headers["x-distgan-command"]))
+def described(client: httpx.Client, path: str, params: dict) -> dict:
+    """The JSON answer of the same request: pixels, seeds, labels, the command, the page's link."""
+    response = client.get(path, params={**params, "format": "json"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def command_of(client: httpx.Client, path: str, params: dict) -> list[str]:
+    return shlex.split(described(client, path, params)["command"])
 
 
 def run_sample(command: list[str], cwd: Path) -> Path:
-    """Run a `distgan-sample ...` line as the page gives it; returns the file it wrote."""
-    assert command[0] == "distgan-sample"
-    proc = subprocess.run([sys.executable, "-m", "distgan.sample", *command[1:]], cwd=cwd, env=run_env(),
-                          capture_output=True, text=True, timeout=120)
+    """Run the command line the page gives, as a shell would (this interpreter by its absolute path, -m);
+    returns the file it wrote."""
+    assert command[:3] == [sys.executable, "-m", "distgan.sample"] and Path(command[0]).is_absolute(), command
+    proc = subprocess.run(command, cwd=cwd, env=run_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return cwd / command[command.index("--grid") + 1]
 
@@ -97,13 +104,20 @@ def test_same_request_same_png_as_distgan_sample(client, tmp_path):
     name = first.headers["x-distgan-filename"]
     assert f'filename="{name}"' in first.headers["content-disposition"]
     assert "_seed7-12_t-shirt-top_psi0.75.png" in name
-    command = command_of(first)
+    command = command_of(client, "/api/sample", params)
     assert command[-2:] == ["--grid", name] and ["--class", "T-shirt/top"] == command[command.index("--class"):][:2]
     written = run_sample(command, tmp_path)
     assert written.read_bytes() == first.content, "distgan-sample wrote other bytes than the API sent"
     png = Image.open(io.BytesIO(first.content))
     assert png.text["distgan.seed"] == "7" and png.text["distgan.class"] == "T-shirt/top"
     assert png.text["distgan.psi"] == "0.75" and len(png.text["distgan.model_sha256"]) == 64
+    # ... and the PNG alone draws itself again, bit for bit.
+    again_dir = tmp_path / "again"
+    again_dir.mkdir()
+    redrawn = subprocess.run([sys.executable, "-m", "distgan.sample", "--from-png", str(written)], cwd=again_dir,
+                             env=run_env(), capture_output=True, text=True, timeout=120)
+    assert redrawn.returncode == 0, redrawn.stderr
+    assert (again_dir / name).read_bytes() == first.content
     # Image i of the grid is seed 7 + i on its own, the same pixels as the npy answer.
     grid = npy(client.get("/api/sample", params={**params, "format": "npy"}))
     single = npy(client.get("/api/sample", params={**params, "seed": 9, "n": 1, "format": "npy"}))
@@ -129,7 +143,10 @@ def test_classes_change_the_image_and_all_classes_draws_each(client):
     every = client.get("/api/sample", params={"seed": 11, "n": 2, "class": "all", "format": "npy"})
     images = npy(every)
     assert images.shape == (10, 28, 28, 1) and every.headers["x-distgan-columns"] == "5"
-    assert every.headers["x-distgan-labels"] == "0,1,2,3,4,0,1,2,3,4"
+    answer = described(client, "/api/sample", {"seed": 11, "n": 2, "class": "all"})
+    assert answer["labels"] == [0, 1, 2, 3, 4] * 2 and answer["seeds"] == [11] * 5 + [12] * 5
+    assert answer["columns"] == 5 and answer["shape"] == [10, 28, 28, 1]
+    assert np.array_equal(np.frombuffer(base64.b64decode(answer["pixels"]), np.uint8).reshape(10, 28, 28, 1), images)
     assert all(np.array_equal(images[k], by_class[k]) for k in range(5))
     # No class: seed s is drawn in class s mod 5.
     default = npy(client.get("/api/sample", params={"seed": 13, "format": "npy"}))[0]
@@ -155,7 +172,7 @@ def test_interpolation_ends_are_the_two_seeds_images(client, tmp_path):
     assert not np.array_equal(frames[0, 3], a) and not np.array_equal(frames[0, 3], b)
     strip = client.get("/api/interpolate", params=params)
     assert Image.open(io.BytesIO(strip.content)).size == (7 * 30 + 2, 32)
-    assert run_sample(command_of(strip), tmp_path).read_bytes() == strip.content
+    assert run_sample(command_of(client, "/api/interpolate", params), tmp_path).read_bytes() == strip.content
     walks = npy(client.get("/api/interpolate", params={**params, "class": "all", "format": "npy"}))
     assert walks.shape == (5, 7, 28, 28, 1) and np.array_equal(walks[1], frames[0])
     rgb = npy(client.get("/api/interpolate", params={"model": "faces64", "seed_a": 1, "seed_b": 2, "steps": 3,
@@ -183,7 +200,8 @@ BAD_REQUESTS = [
     ("/api/sample", "psi=2.5", "psi", "0..2"),
     ("/api/sample", "psi=-0.1", "psi", "0..2"),
     ("/api/sample", "psi=1_0", "psi", "0..2"),
-    ("/api/sample", "format=gif", "format", "png, npy"),
+    ("/api/sample", "format=gif", "format", "png, npy, json"),
+    ("/api/nearest", "seed=1", "model", "no training-set index"),
     ("/api/sample", "model=nope", "model", "fashion28, faces64"),
     ("/api/sample", "sed=1", "sed", "seed, n, class, psi"),
     ("/api/sample", "seed=1&seed=2", "seed", "more than once"),
@@ -234,7 +252,7 @@ def raw_get(url: str, target: str, host_header: str | None = None) -> tuple[int,
 def test_only_its_own_static_files_no_traversal_no_cdn_docs(served):
     url, _ = served
     status, page = raw_get(url, "/")
-    assert status == 200 and b'<script type="module" src="/static/app.js">' in page
+    assert status == 200 and b'<script type="module" src="static/app.js">' in page
     assert raw_get(url, "/static/app.js")[0] == 200
     secret = Path(__file__).resolve().parents[1] / "pyproject.toml"  # a file the server could reach on disk
     for target in ["/static/../../../../etc/passwd", "/static/..%2f..%2f..%2f..%2fetc%2fpasswd",
@@ -319,3 +337,83 @@ def test_binds_loopback_unless_told_and_models_get_distinct_ids(served, serve_mo
     finally:
         stop_server(proc)
     assert json.loads(httpx.get(url + "/healthz").text)["status"] == "ok"
+
+
+def test_headers_stay_short_and_links_follow_the_proxy_prefix(served):
+    """Seeds, labels and the command travel in the body; a proxy's X-Forwarded-Prefix (from this machine) is put
+    in front of the links the server writes, and a prefix that is not a plain path is ignored."""
+    url, _ = served
+    largest = [("/api/sample", {"seed": 4294967295 - 31, "n": 32}), ("/api/sample", {"seed": 4294967200, "n": 10,
+                                                                                     "class": "all"}),
+               ("/api/interpolate", {"seed_a": 4294967295, "seed_b": 4294967294, "steps": 10, "class": "all"})]
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for path, params in largest:
+            for form in ("png", "npy", "json"):
+                response = c.get(path, params={**params, "format": form})
+                assert response.status_code == 200, response.text
+                assert all(len(k) + len(v) < 1024 for k, v in response.headers.items()), response.headers
+        view = {"seed": 3, "n": 2, "class": "Trouser", "psi": 0.5}
+        link = c.get("/api/sample", params={**view, "format": "json"}, headers={"X-Forwarded-Prefix": "/gan/"})
+        assert link.json()["link"] == "/gan/?seed=3&n=2&class=Trouser&psi=0.5"
+        assert c.get("/api/sample", params={**view, "format": "json"}).json()["link"].startswith("/?seed=3")
+        for bad in ("gan", "/a/../b", "/a b", "//evil.example"):
+            answer = c.get("/api/sample", params={**view, "format": "json"}, headers={"X-Forwarded-Prefix": bad})
+            assert answer.status_code == 200 and answer.json()["link"].startswith("/?"), bad
+        walk = c.get("/api/interpolate", params={"seed_a": 1, "seed_b": 2, "steps": 3, "class": "all",
+                                                 "format": "json"}).json()
+        assert walk["link"] == "/?seed_a=1&seed_b=2&steps=3&walk_class=all" and walk["shape"] == [5, 3, 28, 28, 1]
+
+
+def test_allowed_hosts_and_root_path(serve_models, tmp_path):
+    proc, url = start_server(tmp_path / "log", serve_models["cond"], "--port", "0", "--allowed-hosts",
+                             "gan.example.org, *.lab.example", "--root-path", "/gan/")
+    try:
+        for host, status in [("gan.example.org", 200), ("GAN.example.org:443", 200), ("a.lab.example", 200),
+                             ("localhost:8080", 200), ("evil.example", 400), ("lab.example", 400),
+                             ("gan.example.org.evil.example", 400)]:
+            code, body = raw_get(url.rstrip("/"), "/api/models", host_header=host)
+            assert code == status, (host, code, body)
+            if status == 400:
+                assert json.loads(body)["field"] == "host" and "--allowed-hosts" in json.loads(body)["error"]
+        # --root-path: the prefix a proxy strips, as uvicorn's; the links the server writes carry it.
+        answer = httpx.get(url + "api/sample", params={"seed": 1, "format": "json"}).json()
+        assert answer["link"] == "/gan/?seed=1"
+    finally:
+        stop_server(proc)
+
+
+def test_a_folder_serves_every_onnx_in_it(serve_models, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for key in ("cond", "rgb"):
+        (folder / serve_models[key].name).write_bytes(serve_models[key].read_bytes())
+    (folder / "notes.txt").write_text("not a model")
+    proc, url = start_server(tmp_path / "log", folder, "--port", "0")
+    try:
+        assert [m["id"] for m in httpx.get(url + "api/models").json()["models"]] == ["faces64", "fashion28"]
+    finally:
+        stop_server(proc)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, "-m", "distgan.serve.cli", str(empty)], env=run_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "empty: a folder with no .onnx file in it" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_from_png_refuses_what_it_cannot_redraw(serve_models, tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("L", (4, 4)).save(plain)
+    model = OnnxGenerator(serve_models["cond"])
+    drawn = tmp_path / "drawn.png"
+    drawn.write_bytes(model.sample(3, 2).png())
+    for args, message in [(["--from-png", str(plain)], "plain.png: no distgan text chunks"),
+                          (["--from-png", str(tmp_path / "missing.png")], "missing.png: not a readable PNG"),
+                          (["--from-png", str(drawn), "--onnx", str(serve_models["rgb"])], "is not the model that drew")]:
+        result = subprocess.run([sys.executable, "-m", "distgan.sample", *args], cwd=tmp_path, env=run_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    ok = subprocess.run([sys.executable, "-m", "distgan.sample", "--from-png", str(drawn), "--grid", "out.png"],
+                        cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and (tmp_path / "out.png").read_bytes() == drawn.read_bytes(), ok.stderr

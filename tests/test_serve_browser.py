@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+import sys
 from pathlib import Path
-from urllib.parse import unquote
 
 import httpx
 import numpy as np
@@ -168,8 +168,10 @@ def test_explore_a_conditional_model(watched, served, serve_models, tmp_path):
     assert np.array_equal(by_psi, as_rgb(api_images(url, seed=6, n=6, psi=0.3, **{"class": "Trouser"})))
     sample = httpx.get(f"{url}/api/sample", params={"seed": 6, "n": 6, "class": "Trouser", "psi": 0.3})
     command = page.inner_text("#command")
-    assert command == unquote(sample.headers["x-distgan-command"])
-    assert command.startswith(f"distgan-sample --onnx {serve_models['cond']} --seed 6 --n 6 --class Trouser --psi 0.3")
+    assert command == httpx.get(f"{url}/api/sample", params={"seed": 6, "n": 6, "class": "Trouser", "psi": 0.3,
+                                                             "format": "json"}).json()["command"]
+    assert command.startswith(f"{sys.executable} -m distgan.sample --onnx {serve_models['cond']} --seed 6 --n 6 "
+                              f"--class Trouser --psi 0.3")
     page.click("#copy-command")
     page.wait_for_function("() => document.querySelector('#status').textContent === 'command copied'")
     assert page.evaluate("() => navigator.clipboard.readText()") == command
@@ -224,7 +226,11 @@ def test_explore_a_conditional_model(watched, served, serve_models, tmp_path):
     page.wait_for_selector("#seed-error:not([hidden])")
     assert page.inner_text("#seed-error") == "seed: -3 is out of range; valid: 0..4294967295"
     assert page.get_attribute("#seed", "aria-invalid") == "true"
-    page.fill("#seed", "6")
+    # The grid it did not replace: dimmed, with the reason.
+    assert "stale" in page.get_attribute("#grid", "class")
+    assert page.inner_text("#grid-stale") == "not updated: seed: -3 is out of range; valid: 0..4294967295"
+    page.fill("#seed", "6")  # fixing the value clears its message
+    assert page.is_hidden("#seed-error") and page.get_attribute("#seed", "aria-invalid") is None
     page.fill("#psi", "nan")
     page.press("#psi", "Enter")
     page.wait_for_selector("#psi-error:not([hidden])")

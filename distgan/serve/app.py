@@ -1,9 +1,15 @@
 """The Starlette application: the JSON/PNG/npy API, the page's own static files, limits and headers.
 
-    GET /                  the page            GET /api/sample       images (PNG grid or npy)
+    GET /                  the page            GET /api/sample       images (PNG grid, npy, or JSON)
     GET /static/NAME       its files           GET /api/interpolate  a walk between two seeds
     GET /api/models        every model         GET /healthz          liveness
-    GET /api/meta          one model, in full
+    GET /api/meta          one model, in full  GET /api/nearest      a sample's nearest training images (--data)
+
+Behind a reverse proxy: the page asks for everything by relative URL, so it works under any
+path prefix; a prefix the proxy strips is `root_path` (uvicorn's --root-path, or an
+`X-Forwarded-Prefix` header from a loopback client, i.e. a proxy on this machine), which the
+app puts back in front of the links it writes. No response header grows with the request: the
+seeds, labels and the command are in the JSON body (`format=json`) and in the PNG's text chunks.
 
 Every error is JSON, `{"error": "...", "field": "..."}`: a bad parameter is a 400 naming it
 and its valid range (so is a Host other than localhost, on a loopback-bound server), an
@@ -15,13 +21,16 @@ and its sessions take concurrent calls.
 
 from __future__ import annotations
 
+import base64
+import fnmatch
 import io
 import ipaddress
 import logging
 import shlex
+import sys
 from importlib.resources import files
 from typing import Any, Callable
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 import numpy as np
 from starlette.applications import Starlette
@@ -34,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distgan.runtime import ALL_CLASSES, MAX_SEED, PSI_RANGE, Drawing, InputError
 from distgan.serve.catalog import Limits, ServedModel, limits_json
+from distgan.serve.nearest import NearestIndex
 from distgan.serve.query import Query
 
 log = logging.getLogger("distgan.serve")
@@ -51,33 +61,62 @@ SECURITY_HEADERS = [
 ]
 SAMPLE_PARAMS = ("model", "seed", "n", "class", "psi", "format")
 WALK_PARAMS = ("model", "seed_a", "seed_b", "steps", "class", "psi", "format")
-FORMATS = ("png", "npy")
+NEAREST_PARAMS = ("model", "seed", "class", "psi", "k")
+FORMATS = ("png", "npy", "json")
+MAX_NEIGHBOURS = 16
+# A prefix from X-Forwarded-Prefix: a path of plain segments (it is written into links).
+PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/")
 
 
 def error(status: int, message: str, field: str | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
+def host_name(host: str) -> str:
+    """A Host header without its port ("[::1]:8000" -> "::1", "example.org:443" -> "example.org")."""
+    if host.startswith("["):
+        return host[1:host.find("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host  # no port, or a bare IPv6 address
+
+
 def is_loopback(host: str) -> bool:
     """A loopback address or localhost ("[::1]" and a ":port" allowed)."""
-    if host.startswith("["):
-        name = host[1:host.find("]")]
-    elif host.count(":") == 1:
-        name = host.rsplit(":", 1)[0]
-    else:
-        name = host  # no port, or a bare IPv6 address
+    name = host_name(host)
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return name.lower() == "localhost"
 
 
-class Guard:
-    """ASGI middleware: refuses oversized queries, request bodies and (`local_only`: a server bound to a loopback
-    address) any Host but localhost, which keeps DNS-rebinding pages out; adds the security headers."""
+def forwarded_prefix(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
+    """X-Forwarded-Prefix ("/gan") from a proxy on this machine (a loopback client), else None; a value that is
+    not a plain path is ignored (it would be written into links)."""
+    value = headers.get(b"x-forwarded-prefix", b"").decode("latin-1").strip().rstrip("/")
+    client = scope.get("client") or ("", 0)
+    if not value or not is_loopback(str(client[0])):
+        return None
+    if not value.startswith("/") or "//" in value or ".." in value or not set(value) <= PREFIX_CHARS:
+        return None
+    return value
 
-    def __init__(self, app: ASGIApp, max_query_bytes: int, local_only: bool):
-        self.app, self.max_query_bytes, self.local_only = app, max_query_bytes, local_only
+
+class Guard:
+    """ASGI middleware: refuses oversized queries, request bodies and a Host that is not allowed; applies a
+    proxy's X-Forwarded-Prefix as root_path (as uvicorn's --root-path does); adds the security headers.
+
+    Hosts: `allowed_hosts` (patterns as Starlette's TrustedHostMiddleware takes them, "*.example.org") are
+    allowed beside localhost; with none, a server bound to a loopback address (`local_only`) answers localhost
+    only, which keeps DNS-rebinding pages out, and one bound elsewhere answers any Host."""
+
+    def __init__(self, app: ASGIApp, max_query_bytes: int, local_only: bool, allowed_hosts: tuple[str, ...] = ()):
+        self.app, self.max_query_bytes = app, max_query_bytes
+        self.local_only, self.allowed_hosts = local_only, allowed_hosts
+
+    def host_allowed(self, host: str) -> bool:
+        if not (self.local_only or self.allowed_hosts) or is_loopback(host):
+            return True
+        name = host_name(host).lower()
+        return any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in self.allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,14 +131,18 @@ class Guard:
         headers = dict(scope["headers"])
         host = headers.get(b"host", b"").decode("latin-1")
         refusal = None
-        if self.local_only and not is_loopback(host):
-            refusal = error(400, f"host: {host!r}; this server binds a loopback address and answers localhost only "
-                                 f"(reach it as http://localhost:PORT/, or bind another --host)", "host")
+        if not self.host_allowed(host):
+            refusal = error(400, f"host: {host!r} is not served; allowed: localhost"
+                                 f"{''.join(', ' + h for h in self.allowed_hosts)} (name the host a proxy forwards "
+                                 f"with --allowed-hosts)", "host")
         elif len(scope["query_string"]) > self.max_query_bytes:
             refusal = error(414, f"query: {len(scope['query_string'])} bytes; the limit is {self.max_query_bytes} "
                                  f"(--max-query-bytes)", "query")
         elif headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
             refusal = error(413, "body: this API takes no request body; parameters go in the query", "body")
+        prefix = forwarded_prefix(scope, headers)
+        if prefix is not None and not scope.get("root_path"):
+            scope = {**scope, "root_path": prefix, "path": prefix + scope["path"]}
         await (refusal or self.app)(scope, receive, send_with_headers)
 
 
@@ -110,27 +153,46 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
             for f in folder.iterdir() if f.is_file() and f.name[f.name.rfind("."):] in CONTENT_TYPES}
 
 
-def _drawing_response(model: ServedModel, drawing: Drawing, form: str, shape: tuple[int, ...]) -> Response:
-    """The drawing as PNG (what every client writes) or npy (uint8 `shape`), with what reproduces it."""
-    command = shlex.join(["distgan-sample", "--onnx", str(model.generator.path), *drawing.args,
-                          "--grid", drawing.name])
-    headers = {"x-distgan-command": quote(command, safe=" /'\"=-_.,:@+"),
-               "x-distgan-seeds": ",".join(map(str, drawing.seeds.tolist())),
-               "x-distgan-labels": "" if drawing.labels is None else ",".join(map(str, drawing.labels.tolist())),
-               "x-distgan-columns": str(drawing.columns), "x-distgan-filename": drawing.name}
+def sample_command(model: ServedModel, drawing: Drawing) -> str:
+    """The shell line that writes the same PNG: this interpreter by its absolute path, so it runs in a fresh shell
+    without the server's PATH."""
+    return shlex.join([sys.executable, "-m", "distgan.sample", "--onnx", str(model.generator.path), *drawing.args,
+                       "--grid", drawing.name])
+
+
+def pixels_json(images: np.ndarray) -> dict[str, Any]:
+    """uint8 images as JSON: shape and base64 of the raw bytes (row-major)."""
+    return {"shape": list(images.shape), "pixels": base64.b64encode(np.ascontiguousarray(images)).decode("ascii")}
+
+
+def _drawing_response(request: Request, model: ServedModel, drawing: Drawing, form: str,
+                      shape: tuple[int, ...], view: dict[str, str]) -> Response:
+    """The drawing as PNG (what every client writes), npy (uint8 `shape`) or JSON (pixels, seeds, labels, the
+    command, the page's link to this view). Headers stay short whatever the request: the rest is in the body."""
+    headers = {"x-distgan-columns": str(drawing.columns), "x-distgan-filename": drawing.name}
     if form == "png":
         headers["content-disposition"] = f'inline; filename="{drawing.name}"'
         return Response(drawing.png(), media_type="image/png", headers=headers)
-    buffer = io.BytesIO()
-    np.save(buffer, drawing.images.reshape(shape), allow_pickle=False)
-    name = drawing.name.removesuffix(".png") + ".npy"
-    headers["content-disposition"] = f'attachment; filename="{name}"'
-    return Response(buffer.getvalue(), media_type="application/octet-stream", headers=headers)
+    if form == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, drawing.images.reshape(shape), allow_pickle=False)
+        headers["content-disposition"] = f'attachment; filename="{drawing.name.removesuffix(".png")}.npy"'
+        return Response(buffer.getvalue(), media_type="application/octet-stream", headers=headers)
+    root = request.scope.get("root_path", "")
+    return JSONResponse({
+        **pixels_json(drawing.images.reshape(shape)), "seeds": drawing.seeds.tolist(),
+        "labels": None if drawing.labels is None else drawing.labels.tolist(), "columns": drawing.columns,
+        "filename": drawing.name, "command": sample_command(model, drawing), "text": drawing.text,
+        "link": f"{root}/?{urlencode(view)}",
+    })
 
 
-def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only: bool = True) -> Starlette:
-    """The application serving `models` (the first is the default) within `limits`; `local_only`: see Guard."""
+def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only: bool = True,
+               allowed_hosts: tuple[str, ...] = (), nearest: dict[str, NearestIndex] | None = None) -> Starlette:
+    """The application serving `models` (the first is the default) within `limits`; `local_only` and
+    `allowed_hosts`: see Guard; `nearest`: a model id's index of training images (distgan-serve --data)."""
     by_id = {m.id: m for m in models}
+    nearest = nearest or {}
     static = _static_files()
 
     def pick(query: Query) -> ServedModel:
@@ -153,13 +215,18 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
                                     f"{low}..{max(limits.max_images // per_row, low)}")
         return model, class_name, psi, form
 
+    def view_of(query: Query, names: dict[str, str]) -> dict[str, str]:
+        """The page's URL parameters for this request (`names`: API name -> page name)."""
+        return {page: query.values[api] for api, page in names.items() if api in query.values}
+
     def sample(request: Request) -> Response:
         query = Query(request.query_params.multi_items(), SAMPLE_PARAMS)
         seed = query.integer("seed", 0, 0, MAX_SEED)
         n = query.integer("n", 1, 1, limits.max_n)
         model, class_name, psi, form = common(query, "n", n, 1)
         drawing = model.generator.sample(seed, n, class_name, psi)
-        return _drawing_response(model, drawing, form, drawing.images.shape)
+        view = view_of(query, {"model": "model", "seed": "seed", "n": "n", "class": "class", "psi": "psi"})
+        return _drawing_response(request, model, drawing, form, drawing.images.shape, view)
 
     def interpolate(request: Request) -> Response:
         query = Query(request.query_params.multi_items(), WALK_PARAMS)
@@ -169,11 +236,34 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
         model, class_name, psi, form = common(query, "steps", steps, 2)
         drawing = model.generator.interpolate(seed_a, seed_b, steps, class_name, psi)
         rows = len(drawing.images) // steps
-        return _drawing_response(model, drawing, form, (rows, steps, *drawing.images.shape[1:]))
+        view = view_of(query, {"model": "model", "seed_a": "seed_a", "seed_b": "seed_b", "steps": "steps",
+                               "class": "walk_class", "psi": "psi"})
+        return _drawing_response(request, model, drawing, form, (rows, steps, *drawing.images.shape[1:]), view)
+
+    def nearest_images(request: Request) -> Response:
+        query = Query(request.query_params.multi_items(), NEAREST_PARAMS)
+        model = pick(query)
+        if model.id not in nearest:
+            raise InputError("model", f"{model.id!r} has no training-set index (start distgan-serve with --data DIR "
+                                      f"holding images of its shape)")
+        seed = query.integer("seed", 0, 0, MAX_SEED)
+        class_name = query.text("class")
+        if class_name is not None and class_name.lower() == ALL_CLASSES:
+            raise InputError("class", "one class per image here: a name or index")
+        psi = query.number("psi", 1.0, *PSI_RANGE)
+        k = query.integer("k", 8, 1, MAX_NEIGHBOURS)
+        drawing = model.generator.sample(seed, 1, class_name, psi)
+        index = nearest[model.id]
+        found = index.query(drawing.images[0], k)
+        return JSONResponse({**index.describe(), "query": pixels_json(drawing.images),
+                             "neighbours": {**pixels_json(index.images(found.indices)),
+                                            "indices": found.indices.tolist(), "distances": found.distances.tolist(),
+                                            "labels": index.labels[found.indices].tolist()}})
 
     def meta(request: Request) -> Response:
         model = pick(Query(request.query_params.multi_items(), ("model",)))
-        return JSONResponse({**model.describe(full=True), "limits": limits_json(limits)})
+        described = {**model.describe(full=True), "limits": limits_json(limits)}
+        return JSONResponse({**described, "nearest": nearest[model.id].describe() if model.id in nearest else None})
 
     def model_list(request: Request) -> Response:
         Query(request.query_params.multi_items(), ())
@@ -192,9 +282,10 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
         Route("/", lambda request: page_file("index.html")),
         Route("/static/{name}", lambda request: page_file(request.path_params["name"])),
         Route("/healthz", healthz), Route("/api/models", model_list), Route("/api/meta", meta),
-        Route("/api/sample", sample), Route("/api/interpolate", interpolate),
+        Route("/api/sample", sample), Route("/api/interpolate", interpolate), Route("/api/nearest", nearest_images),
     ]
-    guard = Middleware(Guard, max_query_bytes=limits.max_query_bytes, local_only=local_only)
+    guard = Middleware(Guard, max_query_bytes=limits.max_query_bytes, local_only=local_only,
+                       allowed_hosts=allowed_hosts)
     return Starlette(routes=routes, middleware=[guard], exception_handlers=_handlers())
 
 

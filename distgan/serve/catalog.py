@@ -50,6 +50,21 @@ def _ids(paths: list[Path]) -> list[str]:
     return [str(p) for p in paths]  # unreachable for distinct resolved paths
 
 
+def model_files(given: list[Path]) -> list[Path]:
+    """The files to serve: each path given, a folder standing for every .onnx directly in it (sorted)."""
+    out = []
+    for path in map(Path, given):
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(p for p in path.glob("*.onnx") if p.is_file())
+        if not found:
+            raise ModelError(f"{path}: a folder with no .onnx file in it (distgan-export --onnx RUN --out FILE.onnx "
+                             f"writes one)")
+        out += found
+    return out
+
+
 def load_models(paths: list[Path], threads: int = 0) -> list[ServedModel]:
     """Every file loaded and run once (one image) before the server starts; errors name the file."""
     resolved = [Path(p).resolve() for p in paths]

@@ -1,9 +1,10 @@
-"""`distgan-serve MODEL.onnx [MODEL2.onnx ...] [--host 127.0.0.1] [--port 8000]`: a page and API for generators.
+"""`distgan-serve MODEL.onnx|DIR [...] [--host 127.0.0.1] [--port 8000] [--data DIR]`: a page and API for generators.
 
 Binds 127.0.0.1 unless --host says otherwise: on a training server, reach it through an
 SSH port forward (`ssh -L 8000:127.0.0.1:8000 server`, then http://localhost:8000/ on the
-laptop). Every model is loaded and run once before the port opens; a file that is not a
-distgan generator stops the command with a message naming it.
+laptop), or behind a reverse proxy (README: nginx, Caddy; --root-path, --allowed-hosts).
+Every model is loaded and run once before the port opens; a file that is not a distgan
+generator stops the command with a message naming it. A folder serves every .onnx in it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import socket
 import sys
 from pathlib import Path
 
+from distgan.data.manifest import DataError
 from distgan.runtime import ModelError
-from distgan.serve.catalog import Limits, ServedModel, load_models
+from distgan.serve.catalog import Limits, ServedModel, load_models, model_files
+from distgan.serve.nearest import NearestIndex
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -46,10 +49,20 @@ def _summary(model: ServedModel) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="distgan-serve", description="A web page and an HTTP API for exported "
                                                                        "distgan generators (onnxruntime, no torch).")
-    parser.add_argument("models", type=Path, nargs="+", metavar="MODEL.onnx", help="files from distgan-export")
+    parser.add_argument("models", type=Path, nargs="+", metavar="MODEL.onnx",
+                        help="files from distgan-export, or folders: every .onnx in them")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads per model (default: one per core)")
+    parser.add_argument("--allowed-hosts", default="", metavar="NAMES",
+                        help="comma-separated host names a reverse proxy may forward (e.g. gan.example.org, "
+                             "*.example.org), answered beside localhost (default: localhost only)")
+    parser.add_argument("--root-path", default="", metavar="PREFIX",
+                        help="the path prefix a reverse proxy strips (e.g. /gan), as uvicorn's --root-path; a proxy "
+                             "on this machine may send X-Forwarded-Prefix instead")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help="a prepared training set (distgan-data prepare): adds 'nearest training images'")
+    parser.add_argument("--data-split", default="train", help="the split --data searches (default %(default)s)")
     defaults = Limits()
     parser.add_argument("--max-n", type=int, default=defaults.max_n,
                         help="images per /api/sample (default %(default)s)")
@@ -65,7 +78,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be >= {2 if flag == 'max_steps' else 1}")
     if not 0 <= args.port <= 65535:
         parser.error("--port must be in 0..65535")
+    args.root_path = args.root_path.rstrip("/")
+    if args.root_path and not args.root_path.startswith("/"):
+        parser.error(f"--root-path must start with '/' (got {args.root_path!r})")
+    args.allowed_hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
     return args
+
+
+def nearest_indexes(data: Path, split: str, models: list[ServedModel]) -> dict[str, NearestIndex]:
+    """The --data index for every model that draws the dataset's image shape (at least one must)."""
+    index = NearestIndex.open(data, split)
+    fits = {m.id: index for m in models
+            if (m.generator.info.height, m.generator.info.width, m.generator.info.channels) == index.image_shape}
+    if not fits:
+        raise DataError(f"{data}: --data holds {list(index.image_shape)} (H, W, C) images; no served model draws "
+                        f"that shape")
+    return fits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        models = load_models(args.models, threads=args.threads)
-    except (FileNotFoundError, ModelError) as exc:
+        models = load_models(model_files(args.models), threads=args.threads)
+        nearest = nearest_indexes(args.data, args.data_split, models) if args.data else {}
+    except (FileNotFoundError, ModelError, DataError) as exc:
         print(f"distgan-serve: error: {exc}", file=sys.stderr)
         return 2
     limits = Limits(args.max_n, args.max_steps, args.max_images, args.max_query_bytes)
@@ -102,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"warning: listening on {args.host}: anyone who can reach this port can use it (no authentication)",
               flush=True)
-    config = uvicorn.Config(create_app(models, limits, local_only), log_level="info", server_header=False)
+    for model_id, index in nearest.items():
+        print(f"nearest training images for {model_id}: {len(index.labels)} images of {index.name} "
+              f"({index.describe()['features']}){f', cached in {index.cache}' if index.cache else ''}")
+    app = create_app(models, limits, local_only, args.allowed_hosts, nearest)
+    config = uvicorn.Config(app, log_level="info", server_header=False, root_path=args.root_path)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -1,12 +1,20 @@
 // distgan-serve's page: plain JS modules, no build step, no request to any host but the server.
-// Images come from the API as npy (exact uint8 pixels) and are drawn here; downloads and
-// "copy command" use the server's PNG and its headers, so every file matches distgan-sample's.
+// Every URL is relative, so the page works under a proxy's path prefix (/gan/). Images come from the API as
+// JSON (exact uint8 pixels, seeds, labels, the command) and are drawn here; downloads are the server's PNG,
+// byte for byte what the copied command writes. The view lives in the page's URL (view.js): a link reproduces it.
+//
+// The page's blocks: this file (model panel, grid, enlarged image), walk.js, nearest.js. A new block is a
+// module with its own <section> in index.html, wired up in start() below.
 
 import {
-  $, api, blobUrl, clearErrors, commandOf, copyText, debounce, imageCanvas, parseNpy, saveBlob, setStatus, showCommand,
-  showError,
-} from "/static/lib.js";
-import { downloadWalk, drawFrame, frameAt, renderWalk, stopWalk, toggleWalk } from "/static/walk.js";
+  $, api, clearErrors, clearOnEdit, copyText, debounce, markFresh, saveBlob, setStatus, showCommand, showError,
+  tileUrls,
+} from "./lib.js";
+import { downloadWalk, drawFrame, frameAt, renderWalk, stopWalk, toggleWalk } from "./walk.js";
+import { hideNearest, showNearest } from "./nearest.js";
+import { readView, writeView } from "./view.js";
+
+const GRID_STALE = { box: "grid", note: "grid-stale" };
 
 const state = {
   models: [],
@@ -15,7 +23,7 @@ const state = {
   gridUrls: [],   // blob: URLs of the shown tiles
   gridParams: null,
   walk: null,     // walk.js's current walk
-  requests: { grid: 0, walk: 0 },
+  requests: { grid: 0, walk: 0, nearest: 0 },
 };
 
 const className = (index) => state.model.classes[index];
@@ -55,6 +63,7 @@ function showModel(meta) {
   hash.className = "mono";
   hash.textContent = meta.sha256.slice(0, 12);
   fact(list, "SHA-256", hash, meta.sha256);
+  if (meta.nearest) fact(list, "Training set", `${meta.nearest.dataset}, ${meta.nearest.count.toLocaleString("en-US")} images`);
 
   for (const [select, withEvery] of [[$("class"), true], [$("walk-class"), false]]) {
     select.replaceChildren();
@@ -65,6 +74,7 @@ function showModel(meta) {
   }
   $("class-field").hidden = !meta.conditional;
   $("walk-class-field").hidden = !meta.conditional;
+  $("lightbox-nearest").hidden = !meta.nearest;
   document.title = `${meta.file} · distgan-serve`;
 }
 
@@ -98,24 +108,20 @@ async function generate() {
   $("grid").setAttribute("aria-busy", "true");
   setStatus("rendering…");
   try {
-    const response = await api("/api/sample", { ...params, format: "npy" });
-    const { shape, data } = parseNpy(await response.arrayBuffer());
-    const [count, height, width, channels] = shape;
-    const urls = [];
-    const size = height * width * channels;
-    for (let i = 0; i < count; i++) urls.push(await blobUrl(imageCanvas(data, i * size, height, width, channels)));
+    const answer = await (await api("api/sample", { ...params, format: "json" })).json();
+    const { urls, width } = await tileUrls(answer);
     if (ticket !== state.requests.grid) { urls.forEach((u) => URL.revokeObjectURL(u)); return; }
-    const seeds = response.headers.get("x-distgan-seeds").split(",").map(Number);
-    const labelsText = response.headers.get("x-distgan-labels");
-    const labels = labelsText ? labelsText.split(",").map(Number) : null;
-    showGrid(urls, seeds, labels, Number(response.headers.get("x-distgan-columns")), width, params);
-    showCommand($("command"), commandOf(response));
-    $("grid-caption").textContent = describeRequest(params, count);
+    showGrid(urls, answer.seeds, answer.labels, answer.columns, width, params);
+    showCommand($("command"), answer.command);
+    $("grid-caption").textContent = describeRequest(params, urls.length);
     $("copy-command").disabled = false;
+    $("copy-link").disabled = false;
     $("download-grid").disabled = false;
-    setStatus(`${count} image${count === 1 ? "" : "s"} rendered`);
+    markFresh(GRID_STALE);
+    writeView(state);
+    setStatus(`${urls.length} image${urls.length === 1 ? "" : "s"} rendered`);
   } catch (error) {
-    if (ticket === state.requests.grid) showError("sample", error);
+    if (ticket === state.requests.grid) showError("sample", error, state.gridParams ? GRID_STALE : null);
   } finally {
     if (ticket === state.requests.grid) $("grid").setAttribute("aria-busy", "false");
   }
@@ -146,7 +152,7 @@ function showGrid(urls, seeds, labels, columns, width, params) {
   const byRow = params.class === "all"; // a row per seed, a column per class: label the rows, caption the class
   const grid = $("grid");
   const room = (grid.clientWidth || 800) - (byRow ? 72 : 0);
-  const tile = Math.max(40, Math.min(width * 6, 168, Math.floor((room - 8 * (columns - 1)) / columns)));
+  const tile = Math.max(32, Math.min(width * 6, 168, Math.floor((room - 8 * (columns - 1)) / columns)));
   grid.style.setProperty("--tile", `${tile}px`);
   grid.style.gridTemplateColumns = `${byRow ? "auto " : ""}repeat(${columns}, ${tile}px)`;
   const cells = [];
@@ -166,33 +172,40 @@ function showGrid(urls, seeds, labels, columns, width, params) {
 
 async function downloadGrid() {
   try {
-    const response = await api("/api/sample", { ...state.gridParams, format: "png" });
+    const response = await api("api/sample", { ...state.gridParams, format: "png" });
     saveBlob(await response.blob(), response.headers.get("x-distgan-filename"));
   } catch (error) {
-    showError("sample", error);
+    showError("sample", error, GRID_STALE);
   }
 }
 
 // --- one image, enlarged ---
 
-async function openLightbox(tileUrl, seed, label, caption) {
+function lightboxParams(seed, label) {
   const params = { model: state.model.id, seed, n: 1, psi: state.gridParams.psi };
   // The tile's class as the grid asked for it: no class keeps "every class in turn" in the file's text.
   if (label !== null && state.gridParams.class !== undefined) params.class = label;
+  return params;
+}
+
+async function openLightbox(tileUrl, seed, label, caption) {
+  const params = lightboxParams(seed, label);
   $("lightbox-image").src = tileUrl;
   $("lightbox-image").alt = caption;
   $("lightbox-caption").textContent = `${caption} · ψ ${params.psi}`;
   $("lightbox-command").textContent = "";
+  hideNearest(state);
   const dialog = $("lightbox");
   dialog.dataset.seed = seed;
   dialog.dataset.label = label === null ? "" : label;
+  dialog.params = { ...params, class: label === null ? undefined : label };
   $("lightbox-download").disabled = true;
   if (!dialog.open) dialog.showModal();
   try {
-    const response = await api("/api/sample", params);
-    const blob = await response.blob();
-    dialog.file = { blob, name: response.headers.get("x-distgan-filename") };
-    showCommand($("lightbox-command"), commandOf(response));
+    const [png, answer] = await Promise.all([api("api/sample", params),
+      api("api/sample", { ...params, format: "json" }).then((r) => r.json())]);
+    dialog.file = { blob: await png.blob(), name: png.headers.get("x-distgan-filename") };
+    showCommand($("lightbox-command"), answer.command);
     $("lightbox-download").disabled = false;
   } catch (error) {
     setStatus(error.message, true);
@@ -208,28 +221,21 @@ function walkFromLightbox(field) {
   renderWalk(state);
 }
 
-// --- the walk ---
-
 // --- start ---
 
-async function chooseModel(id) {
-  const response = await api("/api/meta", { model: id });
+async function chooseModel(id, view = null) {
+  const response = await api("api/meta", { model: id });
   state.model = await response.json();
   showModel(state.model);
   $("walk-card").hidden = true;
   stopWalk(state);
+  state.walk = null;
+  if (view) view.fill();
   await generate();
+  if (view && view.walk) await renderWalk(state);
 }
 
-async function start() {
-  const listing = await (await api("/api/models")).json();
-  state.models = listing.models;
-  state.limits = listing.limits;
-  const picker = $("model");
-  listing.models.forEach((m) => picker.append(new Option(`${m.id} (${m.family}, ${m.width}×${m.height})`, m.id)));
-  $("model-pick").hidden = listing.models.length < 2;
-  picker.addEventListener("change", () => chooseModel(picker.value).catch((e) => setStatus(e.message, true)));
-
+function wireSample() {
   const regenerate = debounce(generate, 150);
   const generateNow = () => { regenerate.cancel(); generate(); };
   $("sample-form").addEventListener("submit", (event) => { event.preventDefault(); generateNow(); });
@@ -248,7 +254,11 @@ async function start() {
   });
   $("download-grid").addEventListener("click", downloadGrid);
   $("copy-command").addEventListener("click", () => copyText($("command").textContent, "command"));
+  $("copy-link").addEventListener("click", () => copyText(location.href, "command", "link"));
+  clearOnEdit("sample");
+}
 
+function wireWalk() {
   $("walk-form").addEventListener("submit", (event) => { event.preventDefault(); renderWalk(state); });
   $("walk-slider").addEventListener("input", () => {
     stopWalk(state);
@@ -258,15 +268,34 @@ async function start() {
   $("walk-strip").addEventListener("click", (event) => { stopWalk(state); drawFrame(state, frameAt(state, event)); });
   $("download-walk").addEventListener("click", () => downloadWalk(state));
   $("copy-walk-command").addEventListener("click", () => copyText($("walk-command").textContent, "walk-command"));
+  $("copy-walk-link").addEventListener("click", () => copyText(location.href, "walk-command", "link"));
+  clearOnEdit("walk");
+}
 
+function wireLightbox() {
   $("lightbox-close").addEventListener("click", () => $("lightbox").close());
   $("lightbox").addEventListener("click", (event) => { if (event.target === $("lightbox")) $("lightbox").close(); });
   $("lightbox-download").addEventListener("click", () => saveBlob($("lightbox").file.blob, $("lightbox").file.name));
   $("lightbox-copy").addEventListener("click", () => copyText($("lightbox-command").textContent, "lightbox-command"));
   $("lightbox-walk-from").addEventListener("click", () => walkFromLightbox("seed-a"));
   $("lightbox-walk-to").addEventListener("click", () => walkFromLightbox("seed-b"));
+  $("lightbox-nearest").addEventListener("click", () => showNearest(state, $("lightbox").params));
+}
 
-  await chooseModel(listing.models[0].id);
+async function start() {
+  const listing = await (await api("api/models")).json();
+  state.models = listing.models;
+  state.limits = listing.limits;
+  const view = readView(listing.models.map((m) => m.id));
+  const picker = $("model");
+  listing.models.forEach((m) => picker.append(new Option(`${m.id} (${m.family}, ${m.width}×${m.height})`, m.id)));
+  $("model-pick").hidden = listing.models.length < 2;
+  picker.value = view.model;
+  picker.addEventListener("change", () => chooseModel(picker.value).catch((e) => setStatus(e.message, true)));
+  wireSample();
+  wireWalk();
+  wireLightbox();
+  await chooseModel(view.model, view);
 }
 
 start().catch((error) => setStatus(`cannot start: ${error.message}`, true));

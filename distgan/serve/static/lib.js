@@ -9,12 +9,17 @@ export class ApiError extends Error {
   }
 }
 
-export async function api(path, params = {}) {
+// Every URL is relative ("api/sample", never "/api/sample"): the page works under any path prefix a proxy adds.
+export function queryOf(params) {
   const query = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {
     if (value !== undefined && value !== null) query.set(key, value);
   }
-  const response = await fetch(`${path}?${query}`);
+  return query;
+}
+
+export async function api(path, params = {}) {
+  const response = await fetch(`${path}?${queryOf(params)}`);
   if (!response.ok) {
     let body = { error: `${response.status} ${response.statusText}`, field: null };
     try { body = await response.json(); } catch (_) { /* not JSON: keep the status line */ }
@@ -41,38 +46,58 @@ const ERROR_BOXES = {
   },
 };
 
-export function clearErrors(form) {
-  for (const box of Object.values(ERROR_BOXES[form])) {
-    $(box).hidden = true;
-    $(box).textContent = "";
-  }
-  for (const input of Object.values(FIELD_INPUTS[form])) $(input).removeAttribute("aria-invalid");
+function clearField(form, field) {
+  const box = ERROR_BOXES[form][field];
+  if (box) { $(box).hidden = true; $(box).textContent = ""; }
+  if (FIELD_INPUTS[form][field]) $(FIELD_INPUTS[form][field]).removeAttribute("aria-invalid");
 }
 
-export function showError(form, error) {
-  const box = ERROR_BOXES[form][error.field];
-  if (!(error instanceof ApiError) || !box) {
-    setStatus(error.message, true);
-    return;
+export function clearErrors(form) {
+  for (const field of Object.keys(FIELD_INPUTS[form])) clearField(form, field);
+}
+
+// Editing a field clears its message: the value that caused it is gone.
+export function clearOnEdit(form) {
+  for (const [field, input] of Object.entries(FIELD_INPUTS[form])) {
+    for (const type of ["input", "change"]) $(input).addEventListener(type, () => clearField(form, field));
   }
-  $(box).textContent = error.message;
-  $(box).hidden = false;
-  $(FIELD_INPUTS[form][error.field]).setAttribute("aria-invalid", "true");
-  setStatus("see the message next to the field", true);
+}
+
+// The server's message next to the field it names (or in `fallback`, the block's own message line), and the
+// result it did not replace marked stale with the reason.
+export function showError(form, error, stale) {
+  const box = ERROR_BOXES[form][error.field];
+  if (error instanceof ApiError && box) {
+    $(box).textContent = error.message;
+    $(box).hidden = false;
+    $(FIELD_INPUTS[form][error.field]).setAttribute("aria-invalid", "true");
+  }
+  markStale(stale, error instanceof ApiError && box ? `not updated: ${error.message}` : error.message);
+  setStatus(error.message, true);
+}
+
+// `target`: { box, note } ids; a result shown dimmed, with why it is old.
+export function markStale(target, reason) {
+  if (!target) return;
+  $(target.box).classList.add("stale");
+  $(target.note).textContent = reason;
+  $(target.note).hidden = false;
+}
+
+export function markFresh(target) {
+  $(target.box).classList.remove("stale");
+  $(target.note).hidden = true;
+  $(target.note).textContent = "";
 }
 
 // --- npy -> pixels ---
 
-export function parseNpy(buffer) {
-  const bytes = new Uint8Array(buffer);
-  const magic = String.fromCharCode(...bytes.subarray(1, 6));
-  if (bytes[0] !== 0x93 || magic !== "NUMPY") throw new Error("the server's answer is not an npy array");
-  const view = new DataView(buffer);
-  const [start, length] = bytes[6] === 1 ? [10, view.getUint16(8, true)] : [12, view.getUint32(8, true)];
-  const header = new TextDecoder("latin1").decode(bytes.subarray(start, start + length));
-  if (!/'descr':\s*'\|u1'/.test(header)) throw new Error(`unexpected npy dtype: ${header}`);
-  const shape = header.match(/'shape':\s*\(([^)]*)\)/)[1].split(",").filter((s) => s.trim()).map(Number);
-  return { shape, data: bytes.subarray(start + length) };
+// The API's JSON images: { shape, pixels: base64 of the uint8 values, row-major }.
+export function pixelsOf(images) {
+  const text = atob(images.pixels);
+  const data = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) data[i] = text.charCodeAt(i);
+  return { shape: images.shape, data };
 }
 
 export function imageCanvas(data, offset, height, width, channels) {
@@ -109,20 +134,31 @@ export function saveBlob(blob, name) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
-export async function copyText(text, where) {
+// `where`: an element holding the text, selected for Ctrl+C where the clipboard API is refused (plain http).
+export async function copyText(text, where, what = "command") {
   try {
     await navigator.clipboard.writeText(text);
-    setStatus("command copied");
+    setStatus(`${what} copied`);
   } catch (_) {
     const range = document.createRange();
     range.selectNodeContents($(where));
     getSelection().removeAllRanges();
     getSelection().addRange(range);
-    setStatus("command selected: press Ctrl+C to copy");
+    setStatus(`${what} selected: press Ctrl+C to copy`);
   }
 }
 
-export const commandOf = (response) => decodeURIComponent(response.headers.get("x-distgan-command") || "");
+// A blob: URL per image of a JSON images answer ([count, H, W, C], any leading dimensions flattened).
+export async function tileUrls(images) {
+  const { shape, data } = pixelsOf(images);
+  const [height, width, channels] = shape.slice(-3);
+  const count = data.length / (height * width * channels);
+  const urls = [];
+  for (let i = 0; i < count; i++) {
+    urls.push(await blobUrl(imageCanvas(data, i * height * width * channels, height, width, channels)));
+  }
+  return { urls, height, width };
+}
 
 // The command in `element`, a span per word so that lines break between words only (its text is unchanged).
 export function showCommand(element, command) {

@@ -2,10 +2,12 @@
 // Every function takes the page's `state` (the chosen model, request tickets) and keeps the walk in `state.walk`.
 
 import {
-  $, api, clearErrors, commandOf, imageCanvas, parseNpy, saveBlob, setStatus, showCommand, showError,
-} from "/static/lib.js";
+  $, api, clearErrors, imageCanvas, markFresh, pixelsOf, saveBlob, setStatus, showCommand, showError,
+} from "./lib.js";
+import { writeView } from "./view.js";
 
 const GAP = 2; // pixels between the frames of a walk's sheet
+const WALK_STALE = { box: "walk-view", note: "walk-stale" };
 
 function walkParams(state) {
   const params = {
@@ -23,8 +25,8 @@ export async function renderWalk(state) {
   stopWalk(state);
   setStatus("rendering the walk…");
   try {
-    const response = await api("/api/interpolate", { ...params, format: "npy" });
-    const { shape, data } = parseNpy(await response.arrayBuffer());
+    const answer = await (await api("api/interpolate", { ...params, format: "json" })).json();
+    const { shape, data } = pixelsOf(answer);
     const [rows, steps, height, width, channels] = shape;
     const size = height * width * channels;
     // The sheet: a row per walk, a column per frame, as in the PNG the server writes.
@@ -51,12 +53,29 @@ export async function renderWalk(state) {
     strip.height = Math.round(sheet.height * stripScale);
     $("walk-slider").max = String(steps - 1);
     $("walk-slider").value = "0";
-    showCommand($("walk-command"), commandOf(response));
+    showCommand($("walk-command"), answer.command);
+    showLegend(state, answer.labels, rows, steps, frame.width);
     $("walk-card").hidden = false;
+    markFresh(WALK_STALE);
     drawFrame(state, 0);
+    writeView(state);
     setStatus(`walk of ${steps} frames rendered`);
   } catch (error) {
-    if (ticket === state.requests.walk) showError("walk", error);
+    if (ticket === state.requests.walk) showError("walk", error, state.walk ? WALK_STALE : null);
+  }
+}
+
+// Under the frame: each walk's class (a walk per class with class=all), so the rows of the frame are named.
+function showLegend(state, labels, rows, steps, frameWidth) {
+  const legend = $("walk-legend");
+  legend.replaceChildren();
+  if (!labels) return;
+  legend.style.maxWidth = `${frameWidth}px`;
+  legend.style.gridTemplateColumns = `repeat(${rows}, 1fr)`;
+  for (let r = 0; r < rows; r++) {
+    const name = document.createElement("span");
+    name.textContent = state.model.classes[labels[r * steps]];
+    legend.append(name);
   }
 }
 
@@ -112,9 +131,9 @@ export function toggleWalk(state) {
 
 export async function downloadWalk(state) {
   try {
-    const response = await api("/api/interpolate", { ...state.walk.params, format: "png" });
+    const response = await api("api/interpolate", { ...state.walk.params, format: "png" });
     saveBlob(await response.blob(), response.headers.get("x-distgan-filename"));
   } catch (error) {
-    showError("walk", error);
+    showError("walk", error, WALK_STALE);
   }
 }
