@@ -16,9 +16,13 @@ $(VENV)/.installed-serve: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[serve]'
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed node_modules/.package-lock.json
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
+
+# onnxruntime-web for distgan-export --web and its browser tests, from package-lock.json.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
