@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from distgan.export.cli import main as export_main
 from distgan.export.web import (ORT_SRI, PAGE_FILES, STATIC, WebExportError, default_ort_dir, export_web, sri)
 from distgan.runtime import PREFIX, OnnxGenerator, latents
+from conftest import generator_dir
 
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed (apt-get install nodejs; .ci/run does)")
@@ -174,8 +175,27 @@ def test_refuses_models_a_browser_cannot_serve(tmp_path, serve_models, capsys):
     broken.write_bytes(b"not a model")
     with pytest.raises(WebExportError, match="broken.onnx: not an ONNX model"):
         export_web(tmp_path / "site", broken, ort="cdn")
+    newer = onnx.load(str(serve_models["cond"]))
+    newer.ir_version = 14
+    onnx.save(newer, str(tmp_path / "ir14.onnx"))
+    with pytest.raises(WebExportError, match="ir14.onnx: ONNX IR version 14; onnxruntime-web 1.31.1 loads up to 13"):
+        export_web(tmp_path / "site", tmp_path / "ir14.onnx", ort="cdn")
     with pytest.raises(WebExportError, match="--int8 quantises while exporting"):
         export_web(tmp_path / "site", serve_models["cond"], int8=True, ort="cdn")
     with pytest.raises(WebExportError, match="onnxruntime-web is not installed"):
         export_web(tmp_path / "site", serve_models["cond"], ort=tmp_path / "nowhere")
     assert not any(p.name.startswith(".web-") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_int8_site_from_a_generator_directory(tmp_path):
+    """--int8 with a run (here its generator/ directory): exported, quantised and published in one step; nothing
+    is left beside the site or in the run."""
+    source = generator_dir(tmp_path / "run", "dcgan28", (1, 28, 28))
+    before = sorted(p.name for p in source.iterdir())
+    site = export_web(tmp_path / "site", source, int8=True, ort="cdn")
+    config = json.loads((site.path / "site.json").read_text())
+    assert config["quantization"] == "int8" and site.info.quantization == "int8"
+    assert OnnxGenerator(site.path / "model.onnx").info.quantization == "int8"
+    assert sorted(p.name for p in source.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "site"]

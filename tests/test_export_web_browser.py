@@ -20,10 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 from PIL import Image
 
 from distgan.export.web import default_ort_dir, export_web
+from distgan.runtime import PREFIX, REQUIRED_KEYS, grid, latents, to_uint8_nhwc
 from conftest import run_env, stop_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (default_ort_dir() / "ort.webgpu.min.js").is_file(),
@@ -42,6 +46,39 @@ def browser():
         browser.close()
 
 
+NUM_WS = 4
+
+
+def style_model(path: Path) -> Path:
+    """A style-based model's interface in a tiny graph: images = tanh(psi * (mix_layer < num_ws ? z2 : z)) as
+    1x4x4 images, nz 16: enough to see that the page feeds z as drawn, psi, z2 and mix_layer."""
+    floats = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    nodes = [
+        helper.make_node("Constant", [], ["num_ws"], value=helper.make_tensor("v", TensorProto.INT64, [], [NUM_WS])),
+        helper.make_node("Constant", [], ["axis"], value=helper.make_tensor("a", TensorProto.INT64, [1], [1])),
+        helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("s", TensorProto.INT64, [4], [-1, 1, 4, 4])),
+        helper.make_node("Less", ["mix_layer", "num_ws"], ["mixed"]),
+        helper.make_node("Unsqueeze", ["mixed", "axis"], ["mixed2"]),
+        helper.make_node("Where", ["mixed2", "z2", "z"], ["w"]),
+        helper.make_node("Unsqueeze", ["psi", "axis"], ["psi2"]),
+        helper.make_node("Mul", ["w", "psi2"], ["wp"]),
+        helper.make_node("Reshape", ["wp", "shape"], ["flat"]),
+        helper.make_node("Tanh", ["flat"], ["images"]),
+    ]
+    graph = helper.make_graph(nodes, "style", [floats("z", ["B", 16]), floats("psi", ["B"]), floats("z2", ["B", 16]),
+                                               helper.make_tensor_value_info("mix_layer", TensorProto.INT64, ["B"])],
+                              [floats("images", ["B", 1, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    values = {"family": "style-test", "nz": "16", "channels": "1", "height": "4", "width": "4", "num_classes": "0",
+              "class_names": "[]", "output_range": "-1,1", "output_layout": "NCHW", "output_dtype": "float32",
+              "step": "0", "dataset": "synthetic", "distgan_version": "test", "config_hash": "-",
+              "quantization": "none", "num_ws": str(NUM_WS)}
+    assert set(REQUIRED_KEYS) <= set(values)
+    helper.set_model_props(model, {PREFIX + k: v for k, v in values.items()})
+    onnx.save(model, str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def sites(serve_models, tmp_path_factory):
     """/pub/site (the conditional 28x28 model), /pub/rgb (the 64x64 RGB one), /pub/corrupt (its model replaced by
@@ -49,6 +86,7 @@ def sites(serve_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("web") / "pub"
     export_web(root / "site", serve_models["cond"])
     export_web(root / "rgb", serve_models["rgb"])
+    export_web(root / "style", style_model(root.parent / "style.onnx"))
     shutil.copytree(root / "rgb", root / "corrupt")
     (root / "corrupt" / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
     proc = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=root.parent,
@@ -64,6 +102,7 @@ class Site:
 
     def __init__(self, browser, origin: str, path: str):
         self.context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        self.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
         self.foreign, self.errors = [], []
         self.context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(origin + "/")
                            else (self.foreign.append(route.request.url), route.abort()))
@@ -159,7 +198,8 @@ def test_controls_and_url_state(browser, sites, serve_models, tmp_path):
     assert_same_png(site.download(tmp_path), sample_png(serve_models["rgb"], tmp_path / "rgb.png", "--seed", "40",
                                                         "--n", "4", "--psi", "0.5"))
     page.click("#copy-command")
-    assert page.inner_text("#status") in ("command copied", "command selected: press Ctrl+C to copy")
+    page.wait_for_function("document.getElementById('status').textContent === 'command copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == page.inner_text("#command")
     shared = page.url
     page.click("#random")
     site.drawn(3)
@@ -187,3 +227,40 @@ def test_corrupt_model_and_file_url(browser, sites):
     assert page.is_visible("#file-banner") and "python -m http.server" in page.inner_text("#file-banner")
     assert page.inner_text("#status") == "not served over HTTP"
     context.close()
+
+
+def test_style_mixing_inputs(browser, sites, tmp_path):
+    """A model with psi, z2 and mix_layer inputs: the mixing fields show (not in a walk); z goes in as drawn with
+    psi beside it, z2 from mix seed + i, mix_layer as asked (num_ws when not mixing); a bad layer is refused."""
+    origin, root = sites
+    site = Site(browser, origin, "/pub/style/?seed=7&n=4&psi=0.8&mix_seed=100&mix_layer=0")
+    site.drawn(1)
+    page = site.page
+    session = ort.InferenceSession(str(root.parent / "style.onnx"), providers=["CPUExecutionProvider"])
+    seeds = np.arange(7, 11)
+
+    def expected(z2: np.ndarray, layer: int) -> np.ndarray:
+        feeds = {"z": latents(seeds, 16), "psi": np.full(4, 0.8, np.float32), "z2": z2,
+                 "mix_layer": np.full(4, layer, np.int64)}
+        return grid(to_uint8_nhwc(session.run(["images"], feeds)[0]), 2)[..., 0]
+
+    mixed = site.download(tmp_path)
+    assert mixed.name.endswith("_seed7-10_mix100-at0_psi0.8.png")
+    assert Image.open(mixed).text["distgan.mix_seed"] == "100"
+    got = np.asarray(Image.open(mixed).convert("L"), np.int16)
+    assert np.abs(got - expected(latents(seeds + 93, 16), 0)).max() <= 1
+    assert "--mix-seed 100 --mix-layer 0" in page.inner_text("#command")
+    page.fill("#mix-layer", str(NUM_WS + 1))
+    page.click("#generate")
+    assert page.is_visible("#mix_layer-error") and f"0..{NUM_WS}" in page.inner_text("#mix_layer-error")
+    page.fill("#mix-seed", "")
+    page.fill("#mix-layer", "")
+    page.click("#generate")
+    site.drawn(2)
+    plain = np.asarray(Image.open(site.download(tmp_path)).convert("L"), np.int16)
+    assert np.abs(plain - expected(latents(seeds, 16), NUM_WS)).max() <= 1
+    assert "mix_seed" not in page.url
+    page.click("#mode-walk")
+    assert page.is_hidden("#mix-fields")
+    assert site.errors == []
+    site.close()

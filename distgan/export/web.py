@@ -45,6 +45,7 @@ PAGE_FILES = ("app.js", "draw.js", "latents.js", "ziggurat.js", "png.js", "style
 STATIC = Path(__file__).with_name("web_static")
 # The inputs a page can feed: z [B, nz], labels [B], and a style-based model's psi [B], z2 [B, nz], mix_layer [B].
 BROWSER_INPUTS = {"z": "float32", "labels": "int64", "psi": "float32", "z2": "float32", "mix_layer": "int64"}
+ORT_MAX_IR_VERSION = 13  # the newest ONNX IR version onnxruntime-web ORT_VERSION loads
 MARKER = "site.json"  # a folder holding it is a previous export, which --web may replace
 
 
@@ -78,7 +79,7 @@ def default_ort_dir() -> Path:
 def browser_model(path: Path) -> tuple[GeneratorInfo, list[str]]:
     """The model's distgan metadata and input names, or a WebExportError saying why a browser cannot run it:
     an input other than a generator's (an image-input model takes images of any size, which a page cannot
-    bound), or a size that is not fixed."""
+    bound), an IR version onnxruntime-web cannot load, missing metadata, or a size that is not fixed."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for a file that is not a model
@@ -94,6 +95,9 @@ def browser_model(path: Path) -> tuple[GeneratorInfo, list[str]]:
             f"{path}: a browser page serves generators only (inputs z [batch, nz] and optionally labels, psi, z2, "
             f"mix_layer); this model's inputs are {shapes}: an image input of any size has no bound on the memory "
             f"and time a visitor's browser would spend")
+    if model.ir_version > ORT_MAX_IR_VERSION:
+        raise WebExportError(f"{path}: ONNX IR version {model.ir_version}; onnxruntime-web {ORT_VERSION} loads up to "
+                             f"{ORT_MAX_IR_VERSION} (export with an older onnx package or opset)")
     try:
         info = GeneratorInfo.from_metadata(meta, str(path))
     except ModelError as exc:

@@ -8,7 +8,7 @@ const $ = (id) => document.getElementById(id);
 const FIELDS = ["seed", "n", "seed_b", "steps", "psi", "mix_seed", "mix_layer"];
 const INPUT_OF = { seed: "seed", n: "n", seed_b: "seed-b", steps: "steps", psi: "psi", mix_seed: "mix-seed",
   mix_layer: "mix-layer" };
-const state = { model: null, session: null, mode: "sample", drawing: null, busy: false };
+const state = { model: null, session: null, mode: "sample", drawing: null, busy: false, mixable: false };
 
 function setStatus(text, bad = false) {
   $("status").textContent = text;
@@ -101,7 +101,8 @@ function showModel(model) {
   model.classes.forEach((name, i) => select.append(new Option(name, String(i))));
   select.append(new Option("all classes (a row per seed)", "all"));
   $("class-field").hidden = !model.classes.length;
-  $("mix-fields").hidden = !(model.inputs.includes("z2") && model.inputs.includes("mix_layer"));
+  state.mixable = model.inputs.includes("z2") && model.inputs.includes("mix_layer");
+  $("mix-fields").hidden = !state.mixable;
   document.title = `${model.file} · distgan`;
 }
 
@@ -112,6 +113,7 @@ function setMode(mode) {
   $("mode-sample").setAttribute("aria-pressed", String(mode === "sample"));
   $("mode-walk").setAttribute("aria-pressed", String(mode === "walk"));
   $("walk-fields").hidden = mode !== "walk";
+  $("mix-fields").hidden = mode === "walk" || !state.mixable;
   $("generate").textContent = mode === "walk" ? "Render walk" : "Generate";
 }
 
@@ -142,7 +144,8 @@ function readRequest() {
     request.seedB = checkInt("seed_b", value("seed-b"), 0, MAX_SEED - n + 1, why);
     request.steps = checkInt("steps", value("steps"), 2, LIMITS.steps);
   }
-  if (!$("mix-fields").hidden && (value("mix-seed") !== "" || value("mix-layer") !== "")) {
+  const mixing = !$("mix-fields").hidden && (value("mix-seed") !== "" || value("mix-layer") !== "");
+  if (state.mode === "sample" && mixing) {
     request.mixSeed = checkInt("mix_seed", value("mix-seed"), 0, MAX_SEED - n + 1, why);
     request.mixLayer = checkInt("mix_layer", value("mix-layer"), 0, state.model.num_ws,
       ` (0: every style from the mix seed; ${state.model.num_ws}: none)`);
@@ -162,7 +165,7 @@ function writeUrl(request) {
     params.set("seed_b", request.seedB);
     params.set("steps", request.steps);
   }
-  if (request.mixSeed !== null) {
+  if (request.mixSeed !== null && request.mode === "sample") {
     params.set("mix_seed", request.mixSeed);
     params.set("mix_layer", request.mixLayer);
   }

@@ -71,39 +71,39 @@ export function slerp(a, b, t) {
 
 const truncate = (z, psi) => (psi === 1 ? z : z.map((x) => Math.fround(x * Math.fround(psi))));
 
-/** The drawing a request asks for: {z: [Float32Array], labels, columns, z2?, mixLayer?, text, name, args}. */
+/** The drawing a request asks for: {z: [Float32Array], labels, columns, psi, styled, z2?, mixLayer?, text, name,
+ * args, command}. Style mixing (models with z2 and mix_layer inputs) applies to samples, as distgan-sample's. */
 export function plan(model, request) {
-  const { mode, seed, n, klass, psi, seedB, steps, mixSeed, mixLayer } = request;
+  const { mode, seed, n, klass, psi, seedB, steps } = request;
   const styled = model.inputs.includes("psi");  // truncation in W, in the graph: z goes in as drawn
   const { seeds, labels, columns, described } = rows(model, seed, n, klass);
   let z = seeds.map((s) => latent(s, model.nz));
-  let outLabels = labels;
-  let cols = columns;
-  const req = mode === "walk" ? { seed_a: seed, n, seed_b: seedB, steps } : { seed, n };
+  let drawing = { labels, columns, psi, styled };
+  let req = { seed, n };
+  let name = n === 1 ? `seed${seed}` : `seed${seed}-${seed + n - 1}`;
   if (mode === "walk") {
     const zb = seeds.map((s) => latent(s - seed + seedB, model.nz));
     z = z.flatMap((za, r) => Array.from({ length: steps }, (_, i) => slerp(za, zb[r], i / (steps - 1))));
-    outLabels = labels && labels.flatMap((l) => Array(steps).fill(l));
-    cols = steps;
+    drawing = { ...drawing, labels: labels && labels.flatMap((l) => Array(steps).fill(l)), columns: steps };
+    req = { seed_a: seed, n, seed_b: seedB, steps };
+    name = `walk${seed}-${seedB}_steps${steps}${n > 1 ? `_n${n}` : ""}`;
+  } else if (request.mixSeed !== null && request.mixSeed !== undefined) {
+    drawing.z2 = seeds.map((s) => latent(s - seed + request.mixSeed, model.nz));
+    drawing.mixLayer = request.mixLayer;
+    req = { ...req, mix_seed: request.mixSeed, mix_layer: request.mixLayer };
+    name += `_mix${request.mixSeed}-at${request.mixLayer}`;
   }
-  const drawing = { z: styled ? z : z.map((v) => truncate(v, psi)), labels: outLabels, columns: cols, psi, styled };
-  if (mixSeed !== null && mixSeed !== undefined) {
-    drawing.z2 = seeds.map((s) => latent(s - seed + mixSeed, model.nz));
-    if (mode === "walk") drawing.z2 = drawing.z2.flatMap((v) => Array(steps).fill(v));
-    drawing.mixLayer = mixLayer;
-  }
-  return { ...drawing, ...describe(model, req, described, psi, mode, request) };
+  drawing.z = styled ? z : z.map((v) => truncate(v, psi));
+  return { ...drawing, ...describe(model, req, name, described, psi) };
 }
 
 /** The PNG text, file name and distgan-sample arguments, as OnnxGenerator._drawing writes them. */
-function describe(model, req, described, psi, mode, request) {
+function describe(model, req, name, described, psi) {
   const text = { "distgan.model_sha256": model.sha256 };
   for (const [key, value] of Object.entries(req)) text[`distgan.${key}`] = String(value);
-  const flags = { seed: "--seed", seed_a: "--seed", n: "--n", seed_b: "--interpolate", steps: "--steps" };
+  const flags = { seed: "--seed", seed_a: "--seed", n: "--n", seed_b: "--interpolate", steps: "--steps",
+    mix_seed: "--mix-seed", mix_layer: "--mix-layer" };
   const args = Object.entries(req).flatMap(([key, value]) => [flags[key], String(value)]);
-  const { seed, n, seedB, steps } = request;
-  let name = mode === "walk" ? `walk${seed}-${seedB}_steps${steps}${n > 1 ? `_n${n}` : ""}`
-    : (n === 1 ? `seed${seed}` : `seed${seed}-${seed + n - 1}`);
   const parts = [model.sha256.slice(0, 12), name];
   if (described) {
     text["distgan.class"] = described;
@@ -114,14 +114,8 @@ function describe(model, req, described, psi, mode, request) {
   text["distgan.psi"] = pyFloat(psi);
   parts.push(`psi${pyFloat(psi)}`);
   if (psi !== 1) args.push("--psi", pyFloat(psi));
-  if (request.mixSeed !== null && request.mixSeed !== undefined) {
-    text["distgan.mix_seed"] = String(request.mixSeed);
-    text["distgan.mix_layer"] = String(request.mixLayer);
-    args.push("--mix-seed", String(request.mixSeed), "--mix-layer", String(request.mixLayer));
-    parts.push(`mix${request.mixSeed}-L${request.mixLayer}`);
-  }
-  name = `${parts.join("_")}.png`;
-  return { text, name, args, command: ["distgan-sample", "--onnx", model.file, ...args, "--grid", name]
+  const file = `${parts.join("_")}.png`;
+  return { text, name: file, args, command: ["distgan-sample", "--onnx", model.file, ...args, "--grid", file]
     .map(quote).join(" ") };
 }
 
