@@ -112,7 +112,7 @@ def test_site_files_and_local_ort(tmp_path, serve_models, capsys):
     out = tmp_path / "site"
     assert export_main(["--web", str(out), str(serve_models["cond"])]) == 0
     assert f"wrote {out}/" in capsys.readouterr().out
-    for name in (*PAGE_FILES, "index.html", "model.onnx", "site.json", "ort/ort.webgpu.min.js"):
+    for name in (*PAGE_FILES, "serve.css", "icon.svg", "index.html", "model.onnx", "site.json", "ort/ort.webgpu.min.js"):
         assert (out / name).is_file(), name
     assert (out / "model.onnx").read_bytes() == serve_models["cond"].read_bytes()
     config = json.loads((out / "site.json").read_text())

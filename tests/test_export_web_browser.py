@@ -29,21 +29,10 @@ from PIL import Image
 from distgan.export.web import default_ort_dir, export_web
 from distgan.runtime import PREFIX, REQUIRED_KEYS, grid, latents, to_uint8_nhwc
 from conftest import run_env, stop_server
+from test_serve_browser import browser  # noqa: F401 (the fixture: Debian's chromium through Playwright)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (default_ort_dir() / "ort.webgpu.min.js").is_file(),
                                                    reason="onnxruntime-web is not installed (npm ci)")]
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.is_file():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield browser
-        browser.close()
 
 
 NUM_WS = 4

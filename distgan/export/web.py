@@ -1,6 +1,7 @@
 """`distgan-export --web`: a static folder that draws a generator's images in the visitor's browser.
 
-    OUT/index.html, app.js, draw.js, latents.js, ziggurat.js, png.js, style.css, icon.svg  (the page: web_static/)
+    OUT/index.html, app.js, draw.js, latents.js, ziggurat.js, png.js, style.css  (the page: web_static/)
+    OUT/serve.css, icon.svg   distgan-serve's style.css and icon: the look both pages share
     OUT/model.onnx   the generator, byte for byte (its sha256 is in site.json and in every PNG)
     OUT/site.json    the model's distgan metadata and inputs, and where onnxruntime-web comes from
     OUT/ort/         onnxruntime-web, copied from the npm install (absent with --ort-web cdn)
@@ -41,8 +42,10 @@ ORT_SRI = {
     ORT_GLUE: "sha384-MZXSqYGZtrCJ8cYZ26C4RYRYYoYtDVV2GnAEL1cLiD+oOr3MrUSe3Hur4S7NidC1",
     ORT_WASM: "sha384-Da9/alSN2rEHI5XIgPPOp70/HfJ82/URSSpUwy1h4UmGMPkJtb6PoMwvcBHy5h8P",
 }
-PAGE_FILES = ("app.js", "draw.js", "latents.js", "ziggurat.js", "png.js", "style.css", "icon.svg")
+PAGE_FILES = ("app.js", "draw.js", "latents.js", "ziggurat.js", "png.js", "style.css")
 STATIC = Path(__file__).with_name("web_static")
+SERVE_STATIC = Path(__file__).parents[1] / "serve" / "static"
+SHARED_FILES = {"serve.css": "style.css", "icon.svg": "icon.svg"}  # site name -> distgan-serve's file: one look
 # The inputs a page can feed: z [B, nz], labels [B], and a style-based model's psi [B], z2 [B, nz], mix_layer [B].
 BROWSER_INPUTS = {"z": "float32", "labels": "int64", "psi": "float32", "z2": "float32", "mix_layer": "int64"}
 ORT_MAX_IR_VERSION = 13  # the newest ONNX IR version onnxruntime-web ORT_VERSION loads
@@ -175,6 +178,8 @@ def export_web(out: Path, source: Path, *, int8: bool = False, ort: str | Path =
         site.mkdir()
         for name in PAGE_FILES:
             shutil.copyfile(STATIC / name, site / name)
+        for name, served in SHARED_FILES.items():
+            shutil.copyfile(SERVE_STATIC / served, site / name)
         page = (STATIC / "index.html").read_text()
         (site / "index.html").write_text(page.replace("<!-- onnxruntime-web -->", tags))
         shutil.copyfile(model, site / "model.onnx")

@@ -53,8 +53,11 @@ async function createSession(bytes) {
   }
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
   const threads = ort.env.wasm.numThreads;
-  const why = crossOriginIsolated ? "" : " (1: the server sends no cross-origin isolation headers)";
-  return { session, name: `WASM, ${threads} thread${threads === 1 ? "" : "s"}${why}` };
+  if (!crossOriginIsolated) {
+    $("backend").title = "WebAssembly on 1 thread: more need the server to send the headers "
+      + "Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp";
+  }
+  return { session, name: `WASM, ${threads} thread${threads === 1 ? "" : "s"}` };
 }
 
 async function load() {
