@@ -152,6 +152,9 @@ def test_grid_and_walk_match_distgan_sample(browser, sites, serve_models, tmp_pa
     site.page.fill("#steps", "6")
     site.page.select_option("#class", "1")  # a change of class draws at once
     site.drawn(2)
+    site.page.fill("#steps", "1")
+    site.page.click("#generate")
+    assert site.page.is_visible("#steps-error") and "valid: 2..32" in site.page.inner_text("#steps-error")
     site.page.fill("#steps", "6")
     site.page.click("#generate")
     site.drawn(3)
@@ -186,6 +189,11 @@ def test_controls_and_url_state(browser, sites, serve_models, tmp_path):
     assert "seed=40" in page.url and "psi=0.5" in page.url
     assert_same_png(site.download(tmp_path), sample_png(serve_models["rgb"], tmp_path / "rgb.png", "--seed", "40",
                                                         "--n", "4", "--psi", "0.5"))
+    page.fill("#psi", "1.5")  # the text box: the slider follows
+    page.dispatch_event("#psi", "change")
+    assert page.input_value("#psi-range") == "1.5"
+    page.fill("#psi", "0.5")
+    page.dispatch_event("#psi", "change")
     page.click("#copy-command")
     page.wait_for_function("document.getElementById('status').textContent === 'command copied'")
     assert page.evaluate("navigator.clipboard.readText()") == page.inner_text("#command")
