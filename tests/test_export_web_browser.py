@@ -11,6 +11,7 @@ most 1% of the pixels and none above 1. A walk's inner frames add the slerp's fl
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -71,13 +72,18 @@ def style_model(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def sites(serve_models, tmp_path_factory):
     """/pub/site (the conditional 28x28 model), /pub/rgb (the 64x64 RGB one), /pub/corrupt (its model replaced by
-    garbage), served by python -m http.server; yields the origin and the folder."""
+    garbage), /pub/unloadable (the same with site.json's sha256 of the garbage), /pub/style (style inputs), served
+    by python -m http.server; yields the origin and the folder."""
     root = tmp_path_factory.mktemp("web") / "pub"
     export_web(root / "site", serve_models["cond"])
     export_web(root / "rgb", serve_models["rgb"])
     export_web(root / "style", style_model(root.parent / "style.onnx"))
+    garbage = b"\x08\x07garbage" * 100
     shutil.copytree(root / "rgb", root / "corrupt")
-    (root / "corrupt" / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    (root / "corrupt" / "model.onnx").write_bytes(garbage)
+    shutil.copytree(root / "corrupt", root / "unloadable")  # site.json agrees with the garbage: onnxruntime says no
+    config = json.loads((root / "unloadable" / "site.json").read_text())
+    (root / "unloadable" / "site.json").write_text(json.dumps({**config, "sha256": hashlib.sha256(garbage).hexdigest()}))
     proc = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=root.parent,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=run_env())
     line = proc.stdout.readline().decode()  # "Serving HTTP on 127.0.0.1 port N (http://127.0.0.1:N/) ..."
@@ -212,12 +218,14 @@ def test_controls_and_url_state(browser, sites, serve_models, tmp_path):
 
 def test_corrupt_model_and_file_url(browser, sites):
     """A replaced model.onnx: the page says so by its controls and draws nothing; file:// says why it cannot run."""
-    site = Site(browser, sites[0], "/pub/corrupt/")
-    site.page.wait_for_selector("#fatal:not([hidden])", timeout=60_000)
-    message = site.page.inner_text("#fatal")
-    assert "model.onnx" in message and ("corrupt or was replaced" in message or "corrupt or not a model" in message)
-    assert site.page.is_disabled("#generate") and site.page.inner_text("#backend") == "none"
-    site.close()
+    for path, says in (("/pub/corrupt/", "model.onnx is not the exported model (sha256 "),
+                       ("/pub/unloadable/", "onnxruntime-web cannot load model.onnx (")):
+        site = Site(browser, sites[0], path)
+        site.page.wait_for_selector("#fatal:not([hidden])", timeout=60_000)
+        assert says in site.page.inner_text("#fatal") and "export the site again" in site.page.inner_text("#fatal")
+        assert site.page.is_disabled("#generate") and site.page.inner_text("#backend") == "none"
+        assert site.page.inner_text("#status") == "cannot draw"
+        site.close()
     context = browser.new_context()
     page = context.new_page()
     page.goto((sites[1] / "rgb" / "index.html").as_uri())
