@@ -75,8 +75,11 @@ def sri(path: Path) -> str:
 
 
 def default_ort_dir() -> Path:
-    """onnxruntime-web's dist/ in the npm install beside the project (`npm ci` at the repository root)."""
-    return Path(__file__).resolve().parents[2] / "node_modules" / "onnxruntime-web" / "dist"
+    """onnxruntime-web's dist/ in the npm install beside the project (`npm ci` at the repository root), else in
+    the working directory's node_modules (an installed distgan has no repository beside it)."""
+    beside = Path(__file__).resolve().parents[2] / "node_modules" / "onnxruntime-web" / "dist"
+    here = Path.cwd() / "node_modules" / "onnxruntime-web" / "dist"
+    return beside if beside.is_dir() or not here.is_dir() else here
 
 
 def browser_model(path: Path) -> tuple[GeneratorInfo, list[str]]:
