@@ -12,12 +12,10 @@ most 1% of the pixels and none above 1. A walk's inner frames add the slerp's fl
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
