@@ -16,7 +16,7 @@ $(VENV)/.installed-serve: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[serve]'
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed node_modules/.package-lock.json
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 

@@ -9,6 +9,8 @@ and `export/generate.py` all draw through `OnnxGenerator.sample` / `.interpolate
 request gives byte-identical PNGs from each.
 - A seed (0 .. 2**32 - 1) is one image: z = numpy.random.default_rng(seed).standard_normal(nz,
   dtype=float32); n images from seed s are the images of seeds s .. s + n - 1.
+  distgan-export --web's page makes the same z in JS (distgan/export/web_static/latents.js: numpy's
+  SeedSequence, PCG64 and float32 ziggurat, tested against numpy).
 - Class: a name (any case) or index gives every image that class; none gives seed s class
   s mod K (every class in turn); "all" draws each seed in every class, a row per seed.
 - Truncation psi (0 .. 2): z * psi, towards the mean of N(0, I); 1 is z as drawn.

@@ -1,4 +1,5 @@
-"""`distgan-export --onnx RUN_DIR_OR_GENERATOR_DIR [--out FILE] [--opset N] [--quantize int8] [--uint8-output]`."""
+"""`distgan-export --onnx RUN_DIR_OR_GENERATOR_DIR [--out FILE] [--opset N] [--quantize int8] [--uint8-output]`,
+or `distgan-export --web OUT_DIR RUN_OR_ONNX [--int8] [--ort-web PATH|cdn]` (a static site: distgan/export/web.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from distgan.export.onnx import (DEFAULT_OPSET, FP32_TOLERANCE, QUANTIZATIONS, UINT8_TOLERANCE, ExportError,
                                  export_onnx)
+from distgan.export.web import export_web
 from distgan.runtime import PREFIX
 
 
@@ -15,14 +17,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="distgan-export",
         description="Export a run's EMA generator to ONNX, checked against torch (batch 1 and 37).")
-    parser.add_argument("--onnx", type=Path, required=True, metavar="RUN_DIR_OR_GENERATOR_DIR",
-                        help="a run directory (runs/NAME) or its generator/ directory")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--onnx", type=Path, metavar="RUN_DIR_OR_GENERATOR_DIR",
+                      help="a run directory (runs/NAME) or its generator/ directory")
+    what.add_argument("--web", nargs=2, type=Path, metavar=("OUT_DIR", "RUN_OR_ONNX"),
+                      help="write a static site that draws the model's images in the visitor's browser")
     parser.add_argument("--out", type=Path, help="the .onnx file (default: generator.onnx in that directory)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, help="static int8 (QDQ) quantisation; fp32 by default")
     parser.add_argument("--uint8-output", action="store_true",
                         help="output uint8 [batch, H, W, C] in 0..255 instead of float [batch, C, H, W] in [-1, 1]")
+    parser.add_argument("--int8", action="store_true", help="--web: publish the int8 model (exported from a run)")
+    parser.add_argument("--ort-web", default="local", metavar="PATH|cdn",
+                        help="--web: onnxruntime-web's dist/ folder to copy (default: node_modules beside the project, "
+                             "made by `npm ci`), or cdn: load the pinned release from a CDN with integrity hashes")
     args = parser.parse_args(argv)
+    if args.web:
+        return web_main(parser, args)
     try:
         result = export_onnx(args.onnx, args.out, opset=args.opset, uint8_output=args.uint8_output,
                              quantize=args.quantize)
@@ -49,6 +60,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{meta[PREFIX + 'width']}, step {meta[PREFIX + 'step']}, classes: {classes}")
     print(f"wrote {result.path}")
     print(f"wrote {result.optimized_path} (onnxruntime basic optimisations: portable)")
+    return 0
+
+
+def web_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    out, source = args.web
+    try:
+        site = export_web(out, source, int8=args.int8, ort=args.ort_web)
+    except (FileNotFoundError, ValueError, ExportError) as exc:
+        parser.exit(2, f"distgan-export: error: {exc}\n")
+    info = site.info
+    print(f"model: {info.family}, {info.channels}x{info.height}x{info.width}, quantization {info.quantization}, "
+          f"{site.sizes['model.onnx'] / 1e6:.2f} MB")
+    print(f"onnxruntime-web: {'copied to ' + str(site.path / 'ort') if site.ort == 'local' else site.ort}")
+    print(f"wrote {site.path}/ ({len(site.sizes)} files, {site.total_bytes / 1e6:.1f} MB); try it: "
+          f"cd {site.path} && python -m http.server, then open http://localhost:8000/")
     return 0
 
 
