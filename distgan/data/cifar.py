@@ -8,14 +8,19 @@ and unpickling runs whatever code the file carries: it is refused, never opened.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import tarfile
+import urllib.request
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from distgan.data.manifest import DataError
+from distgan.data.shards import file_digest
 from distgan.data.sources import RawDataset, RawSplit, _take
 
 PIXELS = 3 * 32 * 32
@@ -98,20 +103,32 @@ def _records(data: bytes, where: str, layout: CifarLayout, classes: int) -> tupl
 
 
 def download_cifar(name: str, root: Path, url: str | None = None, md5: str | None = None) -> Path:
-    """The archive from the authors' site into `root`, its md5 checked (torchvision's checker)."""
-    from torchvision.datasets.utils import check_integrity, download_url
-
+    """The archive from the authors' site into `root` (a progress bar), its md5 checked before it is
+    renamed into place: a failed or changed download never looks like a finished one."""
     layout = CIFAR[name]
+    url, md5 = url or layout.url, md5 or layout.md5
     path = root / layout.archive
-    if check_integrity(str(path), md5 or layout.md5):
+    if path.is_file() and file_digest(path, "md5") == md5:
         return path
     root.mkdir(parents=True, exist_ok=True)
+    partial_path = path.with_suffix(".part")
+    digest = hashlib.md5()
     try:
-        download_url(url or layout.url, str(root), layout.archive, md5 or layout.md5)
-    except Exception as exc:  # network and digest errors vary
-        raise DataError(f"could not download {url or layout.url}: {exc}") from exc
-    if not check_integrity(str(path), md5 or layout.md5):
-        raise DataError(f"{path}: md5 does not match {md5 or layout.md5} (a changed or corrupt download)")
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial_path, "wb") as f, \
+                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                     desc=f"downloading {layout.archive}") as bar:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                f.write(block)
+                digest.update(block)
+                bar.update(len(block))
+    except (OSError, ValueError) as exc:  # URLError is an OSError
+        partial_path.unlink(missing_ok=True)
+        raise DataError(f"could not download {url}: {exc}") from exc
+    if digest.hexdigest() != md5:
+        partial_path.unlink()
+        raise DataError(f"could not download {url}: md5 {digest.hexdigest()} is not the published {md5} "
+                        f"(a changed or corrupt download)")
+    os.replace(partial_path, path)
     return path
 
 

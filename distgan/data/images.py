@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -68,18 +69,16 @@ def open_image(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            pixels = image.size[0] * image.size[1]
-            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError("")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(f"decompression bomb refused: more pixels than PIL's limit "
+            return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "more pixels"
+        raise BadImage(f"decompression bomb refused: {size}, over PIL's limit "
                        f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,})") from None
     except UnidentifiedImageError:
         raise BadImage("not an image Pillow can read" if data else "empty file (0 bytes)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImage(f"cannot read the image header ({exc})") from None
-    return image
 
 
 def first_frame(image: Image.Image) -> int:

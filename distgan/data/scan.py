@@ -187,7 +187,8 @@ def scan(listing: Listing, options: DecodeOptions, work: Path, workers: int | No
         done.add(entry["start"])
     result.resumed = sum(len(e["rows"]) for e in journal)
     if result.resumed:
-        say(f"resuming the scan: {result.resumed:,} of {n:,} files were decoded by an interrupted run ({work})")
+        say(f"resuming the scan: {result.resumed:,} of {n:,} files were decoded by an earlier, interrupted or "
+            f"refused run ({work}); shards are written afresh")
     starts = [s for s in range(0, n, BATCH) if s not in done]
     workers = workers or len(os.sched_getaffinity(0))
     args = (str(listing.root), str(work / PIXELS_NAME), shape, options)
