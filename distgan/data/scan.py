@@ -123,8 +123,7 @@ def scan_batch(root: str, names: list[str], start: int, pixels_path: str, shape:
         except Exception as exc:  # Pillow's plugins raise many types on corrupt data
             reason = f"cannot decode ({type(exc).__name__}: {exc})"
         rows.append([digest, *facts, reason])
-    pixels.flush()
-    del pixels
+    del pixels  # no msync: the page cache keeps the rows through a kill of this process
     return rows
 
 
