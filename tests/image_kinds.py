@@ -145,8 +145,10 @@ def skipped_files(folder: Path) -> dict[str, str]:
     os.symlink("loop-b.png", folder / "loop-a.png")
     os.symlink("loop-a.png", folder / "loop-b.png")
     os.symlink(".", folder / "again")  # a folder that contains itself
+    os.mkfifo(folder / "pipe.png")  # reading it would wait for a writer forever
     return {"notes.txt": "not an image file (.txt)", ".DS_Store": "hidden", "._plain.png": "hidden",
-            "loop-a.png": "symlink loop", "loop-b.png": "symlink loop", "again": "symlink loop (folder already listed)"}
+            "loop-a.png": "symlink loop", "loop-b.png": "symlink loop", "again": "symlink loop (folder already listed)",
+            "pipe.png": "not a regular file"}
 
 
 def messy_folder(folder: Path, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:

@@ -54,6 +54,7 @@ def test_default_run_names_every_bad_file_in_one_error(tmp_path, capsys):
         line = next(line for line in err.splitlines() if line.strip().startswith(f"{name}:"))
         assert word in line, line
     assert "2 hidden" in err and "2 symlink loop" in err and "not an image file (.txt)" in err
+    assert "1 not a regular file" in err  # the FIFO: never opened, never a hang
     assert not (out / "dataset.json").exists() and not list(out.glob("*.tar"))
     assert verify(out) == [f"{out / 'dataset.json'}: missing"]
     report = json.loads((out / "prepare-report.json").read_text())

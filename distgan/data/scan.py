@@ -52,7 +52,8 @@ def list_images(root: Path, exclude: frozenset[str] = frozenset()) -> Listing:
     while pending:
         rel_dir = pending.pop()
         directory = os.path.join(root, rel_dir)
-        key = (os.stat(directory).st_dev, os.stat(directory).st_ino)
+        info = os.stat(directory)
+        key = (info.st_dev, info.st_ino)
         if key in seen:
             listing.skipped.append((rel_dir, "symlink loop (folder already listed)"))
             continue
