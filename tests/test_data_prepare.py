@@ -227,6 +227,32 @@ def test_cifar10_binary_round_trip_is_exact(tmp_path):
         assert key(got_images, got_labels) == key(images, labels)
 
 
+def test_cifar100_binary_fine_labels(tmp_path):
+    from distgan.data.cifar import read_cifar_dataset
+
+    rng = np.random.default_rng(5)
+    made = {}
+    with tarfile.open(tmp_path / "cifar-100-binary.tar.gz", "w:gz") as archive:
+        members = {"fine_label_names.txt": "\n".join(f"fine{i}" for i in range(100)).encode() + b"\n",
+                   "coarse_label_names.txt": "\n".join(f"coarse{i}" for i in range(20)).encode() + b"\n"}
+        for name, n in (("train.bin", 5), ("test.bin", 3)):
+            images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+            coarse, fine = rng.integers(0, 20, n, dtype=np.uint8), rng.integers(0, 100, n, dtype=np.uint8)
+            planes = images.transpose(0, 3, 1, 2).reshape(n, -1)
+            members[name] = np.concatenate([coarse[:, None], fine[:, None], planes], axis=1).tobytes()
+            made[name] = (images, fine)
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"cifar-100-binary/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    raw = read_cifar_dataset("cifar100", tmp_path / "cifar-100-binary.tar.gz")
+    assert len(raw.classes) == 100 and raw.classes[7] == "fine7"
+    for split, name in (("train", "train.bin"), ("test", "test.bin")):
+        images, fine = made[name]
+        assert raw.splits[split].labels.tolist() == fine.tolist()
+        assert np.array_equal(raw.splits[split].load(np.arange(len(fine))), images)
+
+
 class Marker:
     """Unpickling this creates a file: proof that something unpickled."""
 
