@@ -43,11 +43,12 @@ from image_kinds import GOOD_KINDS  # noqa: E402
 def _write_jpegs(folder: str, start: int, stop: int) -> None:
     rng = np.random.default_rng(start)
     y, x = np.mgrid[0:384, 0:512]
-    for i in range(start, stop):
-        a, b, c = rng.uniform(0.005, 0.05, 3)
-        image = np.stack([np.sin(x * a + i), np.cos(y * b), np.sin((x + y) * c)], axis=2) * 100 + 128
-        image += rng.normal(0, 12, image.shape)  # texture, as photos have
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(f"{folder}/{i:06d}.jpg", quality=90)
+    a, b, c = rng.uniform(0.005, 0.05, 3)
+    base = np.stack([np.sin(x * a), np.cos(y * b), np.sin((x + y) * c)], axis=2) * 100 + 128
+    base = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)  # texture, as photos have
+    for i in range(start, stop):  # each file distinct: the texture shifted
+        image = np.roll(base, (7 * i, 13 * i), axis=(0, 1))
+        Image.fromarray(image).save(f"{folder}/{i:06d}.jpg", quality=90)
 
 
 def make_jpegs(folder: Path, n: int) -> None:
@@ -62,8 +63,9 @@ def cpu_seconds() -> tuple[float, float]:
     return t.user + t.system, t.children_user + t.children_system
 
 
-def pil_loop(folder: Path, size: int) -> tuple[float, float]:
-    """The baseline: one process, the obvious PIL code. Returns images/s and CPU ms per image."""
+def pil_loop(folder: Path, size: int) -> tuple[float, float, np.ndarray]:
+    """The baseline: one process, the obvious PIL code (full decode). Returns images/s, CPU ms per image
+    and the images (in file name order)."""
     files = sorted(folder.iterdir())
     out = np.empty((len(files), size, size, 3), np.uint8)
     cpu = time.process_time()
@@ -74,12 +76,13 @@ def pil_loop(folder: Path, size: int) -> tuple[float, float]:
         side = min(w, h)
         image = image.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
         out[i] = np.asarray(image.resize((size, size), Image.Resampling.LANCZOS))
-    return len(files) / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / len(files)
+    return len(files) / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / len(files), out
 
 
-def distgan_prepare(folder: Path, size: int, workers: int, tmp: Path) -> dict:
+def distgan_prepare(folder: Path, size: int, workers: int, tmp: Path, reference: np.ndarray) -> dict:
     """images/s of the scan alone and of scan + shards with `workers` processes; the scan's CPU ms per
-    image in the workers and in the parent (its serial part: the journal, the bookkeeping)."""
+    image in the workers and in the parent (its serial part: the journal, the bookkeeping); the mean
+    absolute difference from the PIL loop's full-decode images (JPEG DCT scaling, images.reduce_jpeg)."""
     out = tmp / f"out-{workers}"
     parent0, children0 = cpu_seconds()
     start = time.perf_counter()
@@ -90,7 +93,8 @@ def distgan_prepare(folder: Path, size: int, workers: int, tmp: Path) -> dict:
     write_shards(raw, out)
     done = time.perf_counter()
     n = raw.splits["train"].num_samples
-    return {"scan_img_s": round(n / (scanned - start), 1), "prepare_img_s": round(n / (done - start), 1),
+    mad = float(np.abs(raw.splits["train"].load(np.arange(n)).astype(np.int16) - reference).mean())
+    return {"mad_vs_pil_loop": round(mad, 3), "scan_img_s": round(n / (scanned - start), 1), "prepare_img_s": round(n / (done - start), 1),
             "worker_cpu_ms": round(1000 * (children1 - children0) / n, 2),
             "parent_cpu_ms": round(1000 * (parent1 - parent0) / n, 2)}
 
@@ -154,10 +158,10 @@ def main() -> None:
             naive = "shape differs" if row["naive_convert_mad"] is None else f"{row['naive_convert_mad']:.2f}"
             print(f"{row['kind']:<20} {row['distgan_mad']:>12.2f} {naive:>18}")
         make_jpegs(tmp / "jpegs", args.jpegs)
-        baseline, baseline_cpu_ms = pil_loop(tmp / "jpegs", args.size)
+        baseline, baseline_cpu_ms, reference = pil_loop(tmp / "jpegs", args.size)
         runs = {}
         for workers in sorted({1, cores}):
-            run = distgan_prepare(tmp / "jpegs", args.size, workers, tmp)
+            run = distgan_prepare(tmp / "jpegs", args.size, workers, tmp, reference)
             runs[workers] = {**run, "scan_speedup": round(run["scan_img_s"] / baseline, 2),
                              "prepare_speedup": round(run["prepare_img_s"] / baseline, 2)}
         print(f"\n{args.jpegs} JPEGs 512x384 -> {args.size}: single-process PIL loop {baseline:.1f} img/s "
@@ -165,14 +169,19 @@ def main() -> None:
         for workers, run in runs.items():
             print(f"  distgan, {workers} worker(s): scan {run['scan_img_s']} img/s ({run['scan_speedup']}x), "
                   f"scan + shards {run['prepare_img_s']} img/s ({run['prepare_speedup']}x); CPU ms/img: "
-                  f"workers {run['worker_cpu_ms']}, parent {run['parent_cpu_ms']}")
-        memory = [peak_memory(n, tmp) for n in (args.tiny // 10, args.tiny)]
+                  f"workers {run['worker_cpu_ms']}, parent {run['parent_cpu_ms']}; pixels vs the PIL loop: "
+                  f"MAD {run['mad_vs_pil_loop']}")
+        again, again_cpu_ms, _ = pil_loop(tmp / "jpegs", args.size)  # the load drifts: the baseline again, last
+        print(f"  single-process PIL loop again: {again:.1f} img/s ({again_cpu_ms:.2f} CPU ms/img); "
+              f"load average {os.getloadavg()[0]:.1f}")
+        memory = [peak_memory(n, tmp) for n in (args.tiny // 10, args.tiny) if n]
         floor = import_rss_mib()
         print(f"\npeak RSS: import only {floor} MiB; " + "; ".join(
             f"{m['images']:,} images {m['peak_rss_mib']} MiB ({m['seconds']} s)" for m in memory))
     print(json.dumps({"date": str(date.today()), "machine": platform.processor() or platform.machine(),
                       "cores": cores, "jpegs": args.jpegs, "size": args.size, "pil_loop_img_s": round(baseline, 1),
-                      "pil_loop_cpu_ms": round(baseline_cpu_ms, 2), "load_average_1m": os.getloadavg()[0],
+                      "pil_loop_cpu_ms": round(baseline_cpu_ms, 2),
+                      "pil_loop_again_img_s": round(again, 1), "pil_loop_again_cpu_ms": round(again_cpu_ms, 2), "load_average_1m": os.getloadavg()[0],
                       "distgan": runs, "peak_memory": memory, "import_rss_mib": floor, "correctness": rows}))
 
 

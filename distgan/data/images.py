@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import io
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from distgan.data.transforms import fit
 SRGB = ImageCms.createProfile("sRGB")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+REDUCING_GAP = 3  # a JPEG is decoded at reduced scale only while it keeps 3x the pixels the output needs
 
 
 class BadImage(Exception):
@@ -79,6 +81,21 @@ def open_image(data: bytes) -> Image.Image:
         raise BadImage("not an image Pillow can read" if data else "empty file (0 bytes)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImage(f"cannot read the image header ({exc})") from None
+
+
+def reduce_jpeg(image: Image.Image, options: DecodeOptions) -> bool:
+    """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (DCT scaling, `Image.draft`) when even then it
+    keeps REDUCING_GAP x the pixels the transform needs: about half the decode's CPU for a photo
+    much larger than SIZE, within 0.3 levels of the full decode on average (BENCHMARKS.md).
+    Pillow's own `reducing_gap` rule; never with a fixed crop (its side is in source pixels)."""
+    if image.format != "JPEG" or options.transform is None or options.crop is not None:
+        return False
+    width, height = image.size
+    scale = REDUCING_GAP * max(options.size / width, options.size / height)  # no transform scales by more
+    if scale >= 1:
+        return False
+    image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+    return image.size != (width, height)
 
 
 def first_frame(image: Image.Image) -> int:
@@ -172,8 +189,11 @@ def decode(data: bytes, options: DecodeOptions) -> Decoded:
     frames = first_frame(image)
     kinds = Kinds.ANIMATED if frames > 1 else Kinds(0)
     sixteen = is_sixteen_bit(image)
+    stored = image.size  # the source's size, before any reduced-scale decode
     try:
+        reduce_jpeg(image, options)
         image.load()
+        turned = image.size
         image, rotated = upright(image)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow's truncated/corrupt data errors
         raise BadImage(f"cannot decode ({exc})") from None
@@ -192,7 +212,7 @@ def decode(data: bytes, options: DecodeOptions) -> Decoded:
         image = image.convert("L") if gray else image
         kinds |= Kinds.ALPHA if transparent else 0
     image, converted = to_channels(image, options.channels)
-    width, height = image.size
+    width, height = stored if image.size == turned else stored[::-1]
     try:
         pixels = np.asarray(fit(image, options.transform, options.size, options.background, options.crop))
     except DataError as exc:  # a wrong size without --transform: this file's reason
