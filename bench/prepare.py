@@ -94,7 +94,8 @@ def distgan_prepare(folder: Path, size: int, workers: int, tmp: Path, reference:
     done = time.perf_counter()
     n = raw.splits["train"].num_samples
     mad = float(np.abs(raw.splits["train"].load(np.arange(n)).astype(np.int16) - reference).mean())
-    return {"mad_vs_pil_loop": round(mad, 3), "scan_img_s": round(n / (scanned - start), 1), "prepare_img_s": round(n / (done - start), 1),
+    return {"mad_vs_pil_loop": round(mad, 3), "scan_img_s": round(n / (scanned - start), 1),
+            "prepare_img_s": round(n / (done - start), 1),
             "worker_cpu_ms": round(1000 * (children1 - children0) / n, 2),
             "parent_cpu_ms": round(1000 * (parent1 - parent0) / n, 2)}
 
@@ -181,7 +182,8 @@ def main() -> None:
     print(json.dumps({"date": str(date.today()), "machine": platform.processor() or platform.machine(),
                       "cores": cores, "jpegs": args.jpegs, "size": args.size, "pil_loop_img_s": round(baseline, 1),
                       "pil_loop_cpu_ms": round(baseline_cpu_ms, 2),
-                      "pil_loop_again_img_s": round(again, 1), "pil_loop_again_cpu_ms": round(again_cpu_ms, 2), "load_average_1m": os.getloadavg()[0],
+                      "pil_loop_again_img_s": round(again, 1), "pil_loop_again_cpu_ms": round(again_cpu_ms, 2),
+                      "load_average_1m": os.getloadavg()[0],
                       "distgan": runs, "peak_memory": memory, "import_rss_mib": floor, "correctness": rows}))
 
 

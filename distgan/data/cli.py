@@ -36,6 +36,9 @@ def read_raw(args: argparse.Namespace) -> RawDataset:
         return read_celeba_dataset(args.src, args.partition, args.size, args.crop, args.attr, args.attr_file)
     if args.src is None:
         raise DataError("folder needs --src DIR")
+    for flag, value in (("--size", args.size), ("--workers", args.workers), ("--bad-limit", args.bad_limit)):
+        if value is not None and value < 1:
+            raise DataError(f"{flag} {value}: must be at least 1")
     options = FolderOptions(
         transform=args.transform or ("center-crop" if args.resize else None), background=args.background,
         alpha=args.alpha, skip_bad=args.skip_bad, dedup=args.dedup, metadata=args.metadata,
