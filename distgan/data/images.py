@@ -118,8 +118,10 @@ def is_sixteen_bit(image: Image.Image) -> bool:
     """16 bits per sample: Pillow's I;16*/I modes, or a 16-bit RGB(A) PNG it reads as RGB(A)."""
     if image.mode in SIXTEEN_BIT_MODES:
         return True
-    return any(";16" in str(tile.args[0] if isinstance(tile.args, tuple) else tile.args)
-               for tile in getattr(image, "tile", []) if tile.args)
+    # A tile is (codec, extents, offset, args); args is the raw mode, or a tuple starting with it.
+    raw_modes = (tile[3][0] if isinstance(tile[3], tuple) and tile[3] else tile[3]
+                 for tile in getattr(image, "tile", []) if len(tile) > 3)
+    return any(";16" in str(raw_mode) for raw_mode in raw_modes)
 
 
 def scale_sixteen_bit(image: Image.Image) -> Image.Image:
