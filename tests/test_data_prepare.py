@@ -148,6 +148,24 @@ def test_transforms_and_the_aspect_histogram(tmp_path):
         read_folder_dataset(src, 8, 3, False, 0.0, 0, say=quiet)
 
 
+def test_large_jpeg_decoded_at_reduced_scale_stays_close_to_the_full_decode():
+    from distgan.data.images import DecodeOptions, decode, reduce_jpeg
+
+    y, x = np.mgrid[0:384, 0:512]
+    scene = np.stack([np.sin(x / 20), np.cos(y / 15), np.sin((x + y) / 40)], axis=2) * 100 + 128
+    noisy = scene + np.random.default_rng(0).normal(0, 12, scene.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    options = DecodeOptions(64, 3, "center-crop")
+    image = Image.open(io.BytesIO(buf.getvalue()))
+    assert reduce_jpeg(image, options) and image.size == (256, 192)  # half scale: 192 >= 3 x 64
+    decoded = decode(buf.getvalue(), options)
+    assert (decoded.width, decoded.height) == (512, 384)  # the source's size, not the reduced decode's
+    full = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").crop((64, 0, 448, 384))
+    reference = np.asarray(full.resize((64, 64), Image.Resampling.LANCZOS), np.int64)
+    assert np.abs(decoded.pixels.astype(np.int64) - reference).mean() < 1.0
+
+
 # --- labels and duplicates --------------------------------------------------------------
 
 def test_metadata_labels_csv_and_jsonl(tmp_path, capsys):
