@@ -61,9 +61,8 @@ def test_folder_reader_classes_and_wrong_size(tmp_path):
     assert raw.splits["train"].num_samples == 8 and raw.splits["test"].num_samples == 2
     assert raw.splits["train"].load(np.arange(8)).shape == (8, 16, 16, 3)
     Image.new("RGB", (20, 16)).save(tmp_path / "imgs" / "dogs" / "odd.png")
-    raw = read_folder_dataset(tmp_path / "imgs", 16, 3, resize=False, test_fraction=0.0, seed=0)
-    with pytest.raises(DataError, match=r"odd\.png: image is 20x16, expected 16x16"):
-        write_shards(raw, tmp_path / "out")
+    with pytest.raises(DataError, match=r"odd\.png: image is 20x16, expected 16x16"):  # before any shard
+        read_folder_dataset(tmp_path / "imgs", 16, 3, resize=False, test_fraction=0.0, seed=0)
     raw = read_folder_dataset(tmp_path / "imgs", 16, 3, resize=True, test_fraction=0.0, seed=0)
     assert write_shards(raw, tmp_path / "out2").splits["train"].num_samples == 11
 

@@ -85,6 +85,8 @@ class RawDataset:
     splits: dict[str, RawSplit]
     source: dict[str, Any] = field(default_factory=dict)
     preprocessing: str = ""
+    report: Any = None  # a folder's `PrepareReport`, written beside dataset.json
+    work: Any = None  # what the loaders need alive (a scan's temporary folder)
 
 
 def limit_split(raw: RawDataset, limit: int, seed: int, split: str = "train") -> RawDataset:
@@ -220,5 +222,3 @@ def read_idx_dataset(name: str, src: Path | None, download: bool = False) -> Raw
 def _take(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return images[indices]
 
-
-# --- image files (CelebA, folders) ---------------------------------------------
