@@ -15,10 +15,6 @@ import torch.distributed as dist
 from torch import nn
 
 
-class RankLostError(RuntimeError):
-    """Another rank of the job stopped answering (it died, or its node did)."""
-
-
 class Control:
     """The run's host-side channel between ranks (a no-op on one process)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY
+from conftest import LAUNCH_2_CPU, REPO, TINY, run_env
 from distgan import training
 from distgan.artifacts import load_generator, save_generator
 from distgan.config import ConfigError, load_config
@@ -157,3 +158,36 @@ def test_resnet_trains_with_ada_and_r1_resumes_bitwise_and_exports_int8(shards, 
     assert result.metadata["distgan.family"] == "resnet"
     drawing = OnnxGenerator(result.path, threads=1).sample(seed=0, n=4, class_name="all")
     assert drawing.images.shape == (40, 28, 28, 1)  # 4 seeds x 10 classes
+
+
+@pytest.mark.slow
+def test_the_weight_check_compares_every_element_across_two_ranks(tmp_path):
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(LAUNCH_2_CPU + [str(REPO / "tests" / "ddp_family_probe.py"), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        results = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert results["same"] == "equal"
+        for case in ("changed", "swapped"):
+            assert results[case].startswith("D.head.1.parametrizations.weight.original differs across ranks"), case
+
+
+@pytest.mark.slow
+def test_two_rank_resnet_keeps_spectral_norm_weights_identical_on_every_rank(shards, tmp_path):
+    """A conditional ResNet with attention under 2-rank DDP: each rank's full G and D tensors at every snapshot
+    are equal (the probe saves them; the trainer's own element-wise check also ran), and they moved."""
+    data, _ = shards
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    probe = [str(REPO / "tests" / "ddp_train_probe.py"), str(tmp_path), str(REPO / "configs/resnet32.yaml"),
+             f"data.path={data}", f"run_dir={tmp_path}", "name=t", *TINY, "model.ngf=4", "model.ndf=4",
+             "model.channel_mult=[2,2,2]", "model.attention_res=14", "model.shared_dim=4", "model.conditional=true",
+             "loss.d_steps=1", "data.batch_size=8", "data.num_workers=1", "train.steps=5"]
+    proc = subprocess.run(LAUNCH_2_CPU + probe, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    snaps = {(r, k): load_file(str(tmp_path / f"rank{r}-snap{k}.safetensors")) for r in (0, 1) for k in (1, 2)}
+    for k in (1, 2):
+        a, b = snaps[0, k], snaps[1, k]
+        assert any("parametrizations.weight.original" in key for key in a)
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), k
+    assert any(not torch.equal(snaps[0, 1][key], snaps[0, 2][key]) for key in snaps[0, 1])
