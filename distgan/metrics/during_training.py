@@ -30,6 +30,7 @@ from distgan.data import DataError, Manifest
 from distgan.metrics.evaluate import make_extractors
 from distgan.runtime import to_uint8_nhwc
 from distgan.metrics.generated import latents
+from distgan.models import generate
 from distgan.metrics.inception import InceptionWeightsError
 from distgan.metrics.reference import reference_features, reference_stats
 from distgan.metrics.scores import FeatureStats, fid, kid
@@ -69,9 +70,9 @@ class TrainingEvaluator:
                 self.stats = reference_stats(self.extractor, data, self.cfg.split)
             except (DataError, OSError, ValueError) as exc:
                 error = exc
-        if control.any(error is not None):
-            raise ConfigError(f"eval: reference statistics of split {cfg.eval.split!r} of {cfg.data.path}: "
-                              f"{error or 'failed on rank 0'}")
+        failed = control.failures(error)
+        if failed is not None:
+            raise ConfigError(f"eval: reference statistics of split {cfg.eval.split!r} of {cfg.data.path}: {failed}")
         self.best = self._previous_best()
 
     def _previous_best(self) -> float:
@@ -99,7 +100,7 @@ class TrainingEvaluator:
         for at in range(0, self.per_rank, self.cfg.batch_size):
             z = self.z[at:at + self.cfg.batch_size].to(device)
             labels = self.labels[at:at + self.cfg.batch_size].to(device) if self.labels is not None else None
-            parts.append(self.extractor(to_uint8_nhwc(generator(z, labels).float())))
+            parts.append(self.extractor(to_uint8_nhwc(generate(generator, z, labels).float())))
         generator.train(was_training)
         features = self.accelerator.gather(torch.cat(parts).to(device)).cpu()
         if not self.accelerator.is_main_process:
