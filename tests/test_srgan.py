@@ -218,3 +218,43 @@ def test_image_runtime_checks_inputs(sr_onnx):
         model.run(np.zeros((1, 1, 8, 8), np.float32))
     with pytest.raises(ImageModelError, match="not a 'lapgan-level' one"):
         OnnxImageModel(sr_onnx[0], task="lapgan-level")
+
+
+def _sr_state(scale: int = 2):
+    """A one-process TrainState of a tiny SRGAN (no accelerate: the step only needs the parts)."""
+    from distgan.ema import EMA
+    from distgan.training.state import TrainState
+
+    torch.manual_seed(0)
+    g = SRResNet(SRGeneratorSpec(channels=1, scale=scale, width=8, blocks=1))
+    d = SRDiscriminator(SRDiscriminatorSpec(channels=1, width=4, dense=8))
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (g, d))
+    return TrainState(g, d, g, d, d, EMA(g, 0.9), opt_g, opt_d, torch.amp.GradScaler("cpu", init_scale=1.0),
+                      (1e-3, 1e-3))
+
+
+def test_sr_step_phases():
+    """The warm-up trains G on the content loss alone (D untouched, PSNR up); the GAN phase updates D too."""
+    from contextlib import nullcontext
+
+    from distgan.training.sr_step import SR_STAT_KEYS, SRGANStep, SRSettings
+
+    state = _sr_state()
+    step = SRGANStep(SRSettings(scale=2, hr_patch=16, adv_weight=1e-3, pretrain_steps=30), state,
+                     ContentLoss("mse"), nullcontext)
+    yy, xx = np.mgrid[0:24, 0:24]
+    images = torch.from_numpy(np.stack([127 + 100 * np.sin(xx / (2 + k)) * np.cos(yy / 3) for k in range(4)])
+                              .astype(np.uint8)[..., None])
+    d_before = [p.detach().clone() for p in state.d_module.parameters()]
+    psnrs = []
+    for i in range(30):
+        state.progress.step = i
+        step([(images, None)], i)
+        psnrs.append(step.stat_sums[SR_STAT_KEYS.index("train/psnr")].item() - sum(psnrs))
+    assert all(torch.equal(a, b) for a, b in zip(d_before, state.d_module.parameters()))
+    assert np.mean(psnrs[-5:]) > np.mean(psnrs[:5]) + 3  # dB
+    assert step.stat_sums[SR_STAT_KEYS.index("loss/d")].item() == 0
+    state.progress.step = 30
+    step([(images, None)], 30)
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, state.d_module.parameters()))
+    assert step.stat_sums[SR_STAT_KEYS.index("loss/d")].item() > 0 and step.bad_total.item() == 0
