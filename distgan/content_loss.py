@@ -47,7 +47,7 @@ def find_vgg19_weights(path: str | os.PathLike | None = None, download: bool = F
     raise VGGWeightsError(
         f"loss.content=features needs the VGG19 weights; looked in ${ENV_VAR} (not set), {looked[0]}, {looked[1]}. "
         f"Download {VGG19_URL} (sha256 starts {VGG19_SHA256}) to {looked[0]} or set ${ENV_VAR} to its path, "
-        "or run `distgan-train ... --download-weights` on a connected machine"
+        "or run `python -m distgan.content_loss --download` on a connected machine"
     )
 
 
@@ -98,3 +98,25 @@ class ContentLoss(nn.Module):
         if self.kind == "l1":
             return F.l1_loss(sr.float(), hr.float())
         return F.mse_loss(self._vgg(sr), self._vgg(hr))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distgan.content_loss --download`: fetch the VGG19 weights (sha256-checked) into the cache."""
+    import argparse
+    import sys
+
+    from distgan.metrics.weights import WeightsDownloadError
+
+    parser = argparse.ArgumentParser(prog="python -m distgan.content_loss", description=main.__doc__)
+    parser.add_argument("--download", action="store_true", help=f"download {VGG19_URL} when not found")
+    args = parser.parse_args(argv)
+    try:
+        print(find_vgg19_weights(download=args.download))
+    except (VGGWeightsError, WeightsDownloadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -258,3 +258,15 @@ def test_sr_step_phases():
     step([(images, None)], 30)
     assert not all(torch.equal(a, b) for a, b in zip(d_before, state.d_module.parameters()))
     assert step.stat_sums[SR_STAT_KEYS.index("loss/d")].item() > 0 and step.bad_total.item() == 0
+
+
+def test_comparison_rows():
+    """LR (nearest), bicubic, SR and HR rows at the HR size, for the W&B / PNG grids."""
+    from distgan.models.srgan import comparison_rows
+
+    g = tiny_sr(scale=2, channels=1)
+    hr = torch.rand(3, 1, 12, 16) * 2 - 1
+    rows = comparison_rows(g, hr, 2)
+    assert rows.shape == (12, 1, 12, 16) and torch.equal(rows[9:], hr)
+    lr = downsample(hr, 2)
+    assert torch.equal(rows[:3, :, ::2, ::2], lr) and torch.allclose(rows[6:9], g(lr).detach())

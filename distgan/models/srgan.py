@@ -138,3 +138,14 @@ def random_crops(images: torch.Tensor, size: int, generator: torch.Generator | N
     cols = (left + offsets.view(1, 1, size)).expand(n, size, size)
     batch = torch.arange(n, device=device).view(n, 1, 1).expand(n, size, size)
     return images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def comparison_rows(generator: nn.Module, hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The images people look at, for HR float NCHW in [-1, 1]: rows of LR (nearest, enlarged), bicubic,
+    SR and HR, each [N, C, H, W] (4N images, row by row: N columns of a grid)."""
+    lr = downsample(hr, scale)
+    with torch.no_grad():
+        sr = generator(lr).float()
+    nearest = F.interpolate(lr, scale_factor=scale, mode="nearest")
+    bicubic = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1)
+    return torch.cat([nearest, bicubic, sr, hr.float()])

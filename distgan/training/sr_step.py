@@ -65,7 +65,6 @@ class SRGANStep:
         hr = normalize_images(images)
         if self.settings.hr_patch:
             hr = random_crops(hr, self.settings.hr_patch)
-        hr = hr.contiguous(memory_format=torch.channels_last)
         return downsample(hr, self.settings.scale), hr
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
