@@ -1,9 +1,10 @@
 """SRGAN benchmark: PSNR / SSIM of bicubic, Lanczos, SRResNet and SRGAN on held-out images; upscaling speed.
 
-Quality: Fashion-MNIST at x2 (28x28 HR, 14x14 LR). SRResNet is trained here with SRGANStep's PSNR
-warm-up (content MSE only) on the train split for `--pretrain` steps; SRGAN continues from it with
-the GAN phase (MSE + 1e-3 x adversarial; the VGG feature loss needs weights this offline machine
-lacks, so this is the paper's SRGAN-MSE variant) for `--gan-steps`. The held-out images are the
+Quality: Fashion-MNIST at x2 (28x28 HR, 14x14 LR). distgan-train (one process, `model.arch=srgan`)
+trains on the train split: `--pretrain` steps of the PSNR warm-up (G on the content MSE alone; D
+trains beside it, unused by G) give SRResNet, the run's EMA G; the same run resumed for `--gan-steps`
+more steps of the GAN phase (MSE + 1e-3 x adversarial; the VGG feature loss needs weights this
+offline machine lacks, so this is the paper's SRGAN-MSE variant) gives SRGAN. The held-out images are the
 first `--n` of the test split. Every LR is the on-device bicubic reduce rounded to uint8, as a
 stored LR photo would be; bicubic and Lanczos up-sample it with PIL. PSNR and SSIM (piq) on the
 Y channel (ITU-R BT.601, the SR literature's; gray images are their own Y) with a border of
@@ -23,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from datetime import date
 from pathlib import Path
 
@@ -35,16 +38,15 @@ import piq
 import torch
 from PIL import Image
 
-from distgan.content_loss import ContentLoss
+from distgan.artifacts import load_generator
+from distgan.data.shards import write_shards
 from distgan.data.sources import read_idx_dataset
-from distgan.ema import EMA
 from distgan.export.image_onnx import export_image_model
 from distgan.image_runtime import OnnxImageModel, upscale
-from distgan.models.srgan import SRDiscriminator, SRDiscriminatorSpec, SRGeneratorSpec, SRResNet, downsample
+from distgan.models.srgan import SRGeneratorSpec, SRResNet, downsample
 from distgan.runtime import grid
-from distgan.training.sr_step import SRGANStep, SRSettings
-from distgan.training.state import TrainState
 
+REPO = Path(__file__).resolve().parents[1]
 SCALE = 2
 
 
@@ -84,30 +86,26 @@ def model_upscale(g: SRResNet, lr: np.ndarray) -> np.ndarray:
     return ((out + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
-def train(train_images: np.ndarray, args, g: SRResNet, steps: int, pretrain: bool, seed: int) -> float:
-    """`steps` steps of SRGANStep on random batches; returns seconds."""
-    torch.manual_seed(seed)
-    d = SRDiscriminator(SRDiscriminatorSpec(channels=1, width=args.d_width, dense=256))
-    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-4 if not pretrain else 2e-4, betas=(0.9, 0.999))
-                    for m in (g, d))
-    state = TrainState(g, d, g, d, d, EMA(g, 0.999), opt_g, opt_d, torch.amp.GradScaler("cpu", init_scale=1.0),
-                       (2e-4, 1e-4))
-    settings = SRSettings(scale=SCALE, hr_patch=0, adv_weight=1e-3, pretrain_steps=steps if pretrain else 0)
-    step = SRGANStep(settings, state, ContentLoss("mse"), nullcontext)
-    rng = np.random.default_rng(seed)
-    g.train()
+def train(shards: Path, run_dir: Path, args, steps: int) -> tuple[SRResNet, float]:
+    """distgan-train (one process) on the shards to `steps` (resuming the run if it exists); its EMA G, seconds."""
+    overrides = [f"data.path={shards}", f"run_dir={run_dir}", "name=sr", "model.arch=srgan", f"model.scale={SCALE}",
+                 "model.hr_patch=0", f"model.ngf={args.width}", f"model.blocks={args.blocks}",
+                 f"model.ndf={args.d_width}", "model.d_dense=256", f"data.batch_size={args.batch}",
+                 "data.num_workers=1", f"train.steps={steps}", f"train.pretrain_steps={args.pretrain}",
+                 f"train.checkpoint_every={args.pretrain}", f"train.sample_every={args.pretrain}",
+                 "train.log_every=100", "loss.content=mse", "seed=0", "train.channels_last=false"]  # NCHW: faster on CPUs
     start = time.perf_counter()
-    for i in range(steps):
-        state.progress.step = i
-        batch = torch.from_numpy(train_images[rng.integers(0, len(train_images), args.batch)])
-        step([(batch, None)], i)
-    return time.perf_counter() - start
+    subprocess.run([sys.executable, str(REPO / "distgan" / "train.py"), *overrides], check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    generator, _ = load_generator(run_dir / "sr")
+    return generator.eval(), time.perf_counter() - start
 
 
 def speed(args) -> dict[str, float]:
     """Output MP/s of the paper-size G at x4: onnxruntime whole, tiled, torch eager."""
     torch.manual_seed(0)
-    g = SRResNet(SRGeneratorSpec(channels=3, scale=4, width=64, blocks=16)).eval()
+    g = SRResNet(SRGeneratorSpec(arch="srgan", channels=3, height=96, width=96, num_classes=0, conditional=False,
+                                 scale=4, ngf=64, blocks=16)).eval()
     image = np.random.default_rng(0).integers(0, 256, (args.speed_size, args.speed_size, 3), dtype=np.uint8)
     megapixels = (args.speed_size * 4) ** 2 / 1e6
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,16 +153,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     raw = read_idx_dataset("fashion-mnist", args.data)
-    train_images = raw.splits["train"].load(np.arange(raw.splits["train"].num_samples))
     hr = raw.splits["test"].load(np.arange(args.n))
     lr = lr_images(hr)
-
-    g = SRResNet(SRGeneratorSpec(channels=1, scale=SCALE, width=args.width, blocks=args.blocks))
-    seconds = {"srresnet": train(train_images, args, g, args.pretrain, pretrain=True, seed=0)}
     results = {"bicubic": pil_upscale(lr, Image.Resampling.BICUBIC),
-               "lanczos": pil_upscale(lr, Image.Resampling.LANCZOS), "srresnet": model_upscale(g, lr)}
-    seconds["srgan"] = train(train_images, args, g, args.gan_steps, pretrain=False, seed=1)
-    results["srgan"] = model_upscale(g, lr)
+               "lanczos": pil_upscale(lr, Image.Resampling.LANCZOS)}
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = Path(tmp) / "shards"
+        write_shards(raw, shards)
+        g, seconds["srresnet"] = train(shards, Path(tmp), args, args.pretrain)  # the warm-up alone: SRResNet
+        results["srresnet"] = model_upscale(g, lr)
+        g, seconds["srgan"] = train(shards, Path(tmp), args, args.pretrain + args.gan_steps)  # resumed: the GAN
+        results["srgan"] = model_upscale(g, lr)
     table = {name: scores(images, hr, border=SCALE) for name, images in results.items()}
     print(f"Fashion-MNIST test[:{args.n}] x{SCALE}, Y channel, border {SCALE} cropped (piq)")
     print(f"{'method':10s} {'PSNR dB':>8s} {'SSIM':>7s}")

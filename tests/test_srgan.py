@@ -19,14 +19,24 @@ from distgan.image_runtime import ImageModelError, OnnxImageModel, tile_starts, 
 from distgan.models.srgan import (
     SRDiscriminator, SRDiscriminatorSpec, SRGeneratorSpec, SRResNet, downsample, random_crops, receptive_radius,
 )
-from conftest import run_env
+from conftest import LAUNCH_2_CPU, REPO, run_env
 
 SR_META = {"task": "super-resolution", "family": "srgan", "step": 0}
 
 
+def g_spec(scale: int = 2, channels: int = 3, blocks: int = 1, ngf: int = 8) -> SRGeneratorSpec:
+    return SRGeneratorSpec(arch="srgan", channels=channels, height=16, width=16, num_classes=0, conditional=False,
+                           scale=scale, ngf=ngf, blocks=blocks)
+
+
+def d_spec(channels: int = 3, ndf: int = 4, dense: int = 8) -> SRDiscriminatorSpec:
+    return SRDiscriminatorSpec(arch="srgan", channels=channels, height=16, width=16, num_classes=0,
+                               conditional=False, ndf=ndf, dense=dense)
+
+
 def tiny_sr(scale: int = 2, channels: int = 3, blocks: int = 1) -> SRResNet:
     torch.manual_seed(0)
-    g = SRResNet(SRGeneratorSpec(channels=channels, scale=scale, width=8, blocks=blocks)).eval()
+    g = SRResNet(g_spec(scale, channels, blocks)).eval()
     with torch.no_grad():  # BatchNorm statistics as after training, so eval mode is not the identity
         for m in g.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -60,7 +70,7 @@ def test_generator_shapes_and_receptive_radius(scale):
 
 
 def test_discriminator_any_crop_size():
-    d = SRDiscriminator(SRDiscriminatorSpec(channels=1, width=4, dense=8))
+    d = SRDiscriminator(d_spec(channels=1))
     assert d(torch.randn(3, 1, 24, 24)).shape == (3,) and d(torch.randn(2, 1, 96, 96)).shape == (2,)
 
 
@@ -220,46 +230,6 @@ def test_image_runtime_checks_inputs(sr_onnx):
         OnnxImageModel(sr_onnx[0], task="lapgan-level")
 
 
-def _sr_state(scale: int = 2):
-    """A one-process TrainState of a tiny SRGAN (no accelerate: the step only needs the parts)."""
-    from distgan.ema import EMA
-    from distgan.training.state import TrainState
-
-    torch.manual_seed(0)
-    g = SRResNet(SRGeneratorSpec(channels=1, scale=scale, width=8, blocks=1))
-    d = SRDiscriminator(SRDiscriminatorSpec(channels=1, width=4, dense=8))
-    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (g, d))
-    return TrainState(g, d, g, d, d, EMA(g, 0.9), opt_g, opt_d, torch.amp.GradScaler("cpu", init_scale=1.0),
-                      (1e-3, 1e-3))
-
-
-def test_sr_step_phases():
-    """The warm-up trains G on the content loss alone (D untouched, PSNR up); the GAN phase updates D too."""
-    from contextlib import nullcontext
-
-    from distgan.training.sr_step import SR_STAT_KEYS, SRGANStep, SRSettings
-
-    state = _sr_state()
-    step = SRGANStep(SRSettings(scale=2, hr_patch=16, adv_weight=1e-3, pretrain_steps=30), state,
-                     ContentLoss("mse"), nullcontext)
-    yy, xx = np.mgrid[0:24, 0:24]
-    images = torch.from_numpy(np.stack([127 + 100 * np.sin(xx / (2 + k)) * np.cos(yy / 3) for k in range(4)])
-                              .astype(np.uint8)[..., None])
-    d_before = [p.detach().clone() for p in state.d_module.parameters()]
-    psnrs = []
-    for i in range(30):
-        state.progress.step = i
-        step([(images, None)], i)
-        psnrs.append(step.stat_sums[SR_STAT_KEYS.index("train/psnr")].item() - sum(psnrs))
-    assert all(torch.equal(a, b) for a, b in zip(d_before, state.d_module.parameters()))
-    assert np.mean(psnrs[-5:]) > np.mean(psnrs[:5]) + 3  # dB
-    assert step.stat_sums[SR_STAT_KEYS.index("loss/d")].item() == 0
-    state.progress.step = 30
-    step([(images, None)], 30)
-    assert not all(torch.equal(a, b) for a, b in zip(d_before, state.d_module.parameters()))
-    assert step.stat_sums[SR_STAT_KEYS.index("loss/d")].item() > 0 and step.bad_total.item() == 0
-
-
 def test_comparison_rows():
     """LR (nearest), bicubic, SR and HR rows at the HR size, for the W&B / PNG grids."""
     from distgan.models.srgan import comparison_rows
@@ -270,3 +240,74 @@ def test_comparison_rows():
     assert rows.shape == (12, 1, 12, 16) and torch.equal(rows[9:], hr)
     lr = downsample(hr, 2)
     assert torch.equal(rows[:3, :, ::2, ::2], lr) and torch.allclose(rows[6:9], g(lr).detach())
+
+
+# --- the family in the trainer -------------------------------------------------------------------
+
+SR_TINY = ["model.arch=srgan", "model.scale=2", "model.hr_patch=16", "model.ngf=8", "model.ndf=4", "model.blocks=1",
+           "model.d_dense=8", "data.batch_size=8", "data.num_workers=0", "data.shuffle_buffer=64",
+           "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4", "train.pretrain_steps=3"]
+
+
+def sr_config(data: Path, run_dir: Path, *extra: str):
+    from distgan.config import load_config
+
+    return load_config(None, [f"data.path={data}", f"run_dir={run_dir}", "name=sr", *SR_TINY, *extra])
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_srgan_trains_exports_and_upscales(shards, tmp_path):
+    """The family through the trainer: warm-up then GAN, the LR/bicubic/SR/HR grid, generator/ exported by
+    distgan-export's path (parity at the trained size) and again at two other sizes, run by distgan-upscale's
+    runtime."""
+    from distgan.export.onnx import export_onnx
+    from distgan.training import train
+
+    data, _ = shards
+    cfg = sr_config(data, tmp_path, "train.steps=6")
+    assert (cfg.optim.g_betas, cfg.log.sample_grid) == ((0.9, 0.999), 8)  # the family's defaults
+    assert train(cfg) == "completed"
+    run = tmp_path / "sr"
+    grid_png = Image.open(run / "samples" / "step-0000004.png")
+    assert grid_png.size[0] > grid_png.size[1]  # 8 columns x 4 rows: LR, bicubic, SR, HR
+    result = export_onnx(run)
+    model = OnnxImageModel(result.path, task="super-resolution")
+    assert model.info.scale == 2 and model.info.family == "srgan"
+    from distgan.artifacts import load_generator
+
+    g, _ = load_generator(run)
+    assert max(parity(result.path, g.eval(), channels=1).values()) < TOLERANCE  # two other sizes
+    out = upscale(model, np.zeros((13, 21, 1), np.uint8), tile=8, overlap=2)
+    assert out.shape == (26, 42, 1)
+
+
+def test_srgan_config_errors_name_the_key(shards, tmp_path):
+    """Bad values refused before training, each naming its key (family keys checked against the data)."""
+    from distgan.config import ConfigError
+    from distgan.training import TrainingError, train
+
+    data, _ = shards
+    for override, key in [("loss.content=vgg", "loss.content"), ("loss.adv_weight=-1", "loss.adv_weight"),
+                          ("train.pretrain_steps=-1", "train.pretrain_steps"), ("loss.vgg_layer=vgg99", "vgg_layer")]:
+        with pytest.raises(ConfigError, match=key):
+            sr_config(data, tmp_path, override)
+    for override, key in [("model.scale=3", "model.scale"), ("model.hr_patch=15", "model.hr_patch"),
+                          ("model.hr_patch=32", "model.hr_patch"), ("model.blocks=0", "model.blocks"),
+                          ("model.conditional=true", "model.conditional")]:
+        with pytest.raises(TrainingError, match=key):
+            train(sr_config(data, tmp_path, override, "train.steps=3"))
+
+
+@pytest.mark.slow
+def test_srgan_two_rank_ddp_with_wandb(shards, tmp_path):
+    """2 gloo ranks train the family (warm-up, then GAN), W&B offline holds the sample grids."""
+    data, _ = shards
+    args = [str(REPO / "distgan" / "train.py"), f"data.path={data}", f"run_dir={tmp_path}", "name=sr", *SR_TINY,
+            "train.steps=6", "log.log_with=wandb"]
+    env = run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    proc = subprocess.run(LAUNCH_2_CPU + args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 rank(s)" in proc.stderr and (tmp_path / "sr" / "COMPLETED").read_text().strip() == "6"
+    run_id = (tmp_path / "sr" / "wandb_id.txt").read_text().strip()
+    offline = list((tmp_path / "sr" / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(list((offline[0] / "files" / "media" / "images").glob("samples_*.png"))) == 2
