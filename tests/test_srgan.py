@@ -255,6 +255,7 @@ def sr_config(data: Path, run_dir: Path, *extra: str):
     return load_config(None, [f"data.path={data}", f"run_dir={run_dir}", "name=sr", *SR_TINY, *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_srgan_trains_exports_and_upscales(shards, tmp_path):
     """The family through the trainer: warm-up then GAN, the LR/bicubic/SR/HR grid, generator/ exported by
