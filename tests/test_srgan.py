@@ -312,3 +312,19 @@ def test_srgan_two_rank_ddp_with_wandb(shards, tmp_path):
     run_id = (tmp_path / "sr" / "wandb_id.txt").read_text().strip()
     offline = list((tmp_path / "sr" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(list((offline[0] / "files" / "media" / "images").glob("samples_*.png"))) == 2
+
+
+def test_specs_from_json_are_checked_as_whole_images():
+    """generator.json / discriminator.json round trips at any patch the config allowed (28, not the default 96),
+    and a bad value read back is refused naming its key."""
+    from distgan.models import discriminator_from_spec, generator_from_spec
+
+    g = dict(arch="srgan", channels=1, height=28, width=28, num_classes=0, conditional=False, scale=2, ngf=8,
+             blocks=1)
+    assert isinstance(generator_from_spec(g), SRResNet)
+    d = dict(arch="srgan", channels=1, height=28, width=28, num_classes=0, conditional=False, ndf=4, dense=8)
+    assert isinstance(discriminator_from_spec(d), SRDiscriminator)
+    with pytest.raises(ValueError, match="model.scale"):
+        generator_from_spec({**g, "scale": 3})
+    with pytest.raises(ValueError, match="model.blocks"):
+        generator_from_spec({**g, "blocks": 0})

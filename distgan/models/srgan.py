@@ -229,6 +229,15 @@ class SRGANFamily(Family):
             raise ValueError(f"model.hr_patch: HR patches of {side or f'{height}x{width}'} are too small for D "
                              "(four stride-2 convs); use 16 or more")
 
+    def check_spec(self, spec: SRGeneratorSpec | SRDiscriminatorSpec) -> None:
+        """A spec read from JSON: its HR patch (height x width) checked as whole images of that size would be
+        (D's spec holds no scale; its patch is a multiple of 2 whatever the scale)."""
+        if isinstance(spec, SRGeneratorSpec):
+            cfg = SRGANConfig(arch=spec.arch, scale=spec.scale, hr_patch=0, ngf=spec.ngf, blocks=spec.blocks)
+        else:
+            cfg = SRGANConfig(arch=spec.arch, scale=2, hr_patch=0, ndf=spec.ndf, d_dense=spec.dense)
+        self.check(cfg, (spec.channels, spec.height, spec.width), spec.num_classes)
+
     def make_generator_spec(self, cfg: SRGANConfig, shape: tuple[int, int, int], num_classes: int) -> SRGeneratorSpec:
         self.check(cfg, shape, num_classes)
         channels, height, width = shape
