@@ -36,6 +36,12 @@ class Control:
     def any(self, flag: bool) -> bool:
         return self.flags(flag)[0]
 
+    def failures(self, error: object | None) -> str | None:
+        """Did any rank fail? None if no rank has an error; else every rank's, as 'rank R: ...; rank S: ...'."""
+        if not self.any(error is not None):
+            return None
+        return "; ".join(self.messages(None if error is None else str(error)))
+
     def messages(self, message: str | None) -> list[str]:
         """Every rank's message, as 'rank R: ...' (after `flags` said that some rank has one)."""
         if not self.active:

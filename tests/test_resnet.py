@@ -191,3 +191,28 @@ def test_two_rank_resnet_keeps_spectral_norm_weights_identical_on_every_rank(sha
         assert any("parametrizations.weight.original" in key for key in a)
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), k
     assert any(not torch.equal(snaps[0, 1][key], snaps[0, 2][key]) for key in snaps[0, 1])
+
+
+@pytest.mark.parametrize("alias,size", [("dcgan28", 28), ("dcgan64", 64)])
+def test_dcgan_at_28_and_64_is_the_network_its_older_name_builds(alias, size):
+    """The same weights from the same seed, the same images: old checkpoints load into `dcgan` too."""
+    nets = {}
+    for arch in (alias, "dcgan"):
+        torch.manual_seed(0)
+        cfg = tiny_model(arch, conditional=True)
+        nets[arch] = (build_generator(cfg, 3, size, size, CLASSES).eval(),
+                      build_discriminator(cfg, 3, size, size, CLASSES).eval())
+    z, labels = torch.randn(2, 12), torch.tensor([0, 2])
+    for old, new in zip(nets[alias], nets["dcgan"]):
+        assert old.state_dict().keys() == new.state_dict().keys()
+        assert all(torch.equal(v, new.state_dict()[k]) for k, v in old.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(nets[alias][0](z, labels), nets["dcgan"][0](z, labels))
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_resnet_trains_in_bf16_on_cpu(shards, tmp_path):
+    cfg = resnet_run(shards[0], tmp_path, "train.steps=2", "train.mixed_precision=bf16")
+    assert training.train(cfg) == "completed"
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss/d"]) and np.isfinite(r["loss/g"]) and r["train/bad_steps"] == 0 for r in rows)
