@@ -16,6 +16,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from distgan.augment import parse_policy
+from distgan.content_loss import CONTENT_LOSSES, VGG_LAYERS, VGGWeightsError, find_vgg19_weights
 from distgan.losses import LOSS_KINDS
 from distgan.models import ModelConfig, get_family
 from distgan.schedule import SCHEDULES
@@ -40,6 +41,11 @@ class LossConfig:
     d_steps: int = 1  # D updates per G update, each on a fresh real batch
     r1_gamma: float = 0.0  # R1 penalty gamma / 2 * E||grad_x D(x_real)||^2 (Mescheder et al. 2018); 0 = off
     r1_every: int = 16  # lazy R1 (StyleGAN2): on one D step in r1_every, weighted x r1_every
+    # Image-conditioned families (srgan): G's loss vs the real image, and the GAN's share of it.
+    content: str = "mse"  # mse | l1 | features (VGG19 feature maps, distgan/content_loss.py)
+    adv_weight: float = 1e-3  # x the adversarial G loss (Ledig et al. 2017)
+    vgg_layer: str = "vgg54"  # features: vgg54 (after conv5_4, the paper's SRGAN) | vgg22
+    vgg_weights: str = ""  # features: torchvision's vgg19-dcbb9e9d.pth; "" = $DISTGAN_VGG19 or the caches
 
 
 @dataclass
@@ -71,6 +77,7 @@ class AugConfig:
 @dataclass
 class TrainConfig:
     steps: int = 5_000  # G updates
+    pretrain_steps: int = 0  # srgan: the first steps train G on the content loss alone (adversarial weight 0)
     mixed_precision: str | None = None  # null = the launcher's (fp32 if it says nothing) | no (fp32) | bf16 | fp16
     compile: bool = False  # torch.compile G and D
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead = CUDA graphs of the compiled pieces
@@ -137,6 +144,8 @@ CHOICES = {
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "log.log_with": ("none", "wandb", "tensorboard"),
     "eval.features": ("domain", "inception"),
+    "loss.content": CONTENT_LOSSES,
+    "loss.vgg_layer": tuple(VGG_LAYERS),
 }
 
 
@@ -238,6 +247,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config keys 'train.cuda_graph' and 'train.compile' exclude each other: the whole-step "
                           "graph already replays every kernel of the step")
     _check_combinations(cfg)
+    _check_content_loss(cfg)
     if cfg.data.path in ("", "???"):
         raise ConfigError("config key 'data.path' is required (the directory with dataset.json)")
     _check_augmentation_r1_schedule(cfg)
@@ -274,6 +284,20 @@ def _check_augmentation_r1_schedule(cfg: Config) -> None:
                           "use optim.schedule=warmup")
     if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
         raise ConfigError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {cfg.optim.min_lr_ratio}")
+
+
+def _check_content_loss(cfg: Config) -> None:
+    """The image-conditioned keys: weights and steps in range, the VGG weights there before any work starts."""
+    if cfg.loss.adv_weight < 0:
+        raise ConfigError(f"config key 'loss.adv_weight' must be >= 0, got {cfg.loss.adv_weight}")
+    if not 0 <= cfg.train.pretrain_steps <= cfg.train.steps:
+        raise ConfigError(f"config key 'train.pretrain_steps' must be in [0, train.steps={cfg.train.steps}], "
+                          f"got {cfg.train.pretrain_steps}")
+    if cfg.loss.content == "features":
+        try:
+            find_vgg19_weights(cfg.loss.vgg_weights or None)
+        except VGGWeightsError as exc:
+            raise ConfigError(f"config key 'loss.content'=features: {exc}") from None
 
 
 def _check_combinations(cfg: Config) -> None:

@@ -75,7 +75,7 @@ class ToyTerms(LossTerms):
         self.register_buffer("g_updates", torch.zeros(()))
         self.register_buffer("mean_brightness", torch.zeros(()))
 
-    def g_loss(self, step, inputs, fake):
+    def g_loss(self, step, inputs, fake, real):
         self.g_updates.add_(1)
         self.mean_brightness.lerp_(fake.detach().float().mean(), 0.5)
         return 0.01 * fake.float().mean() ** 2

@@ -27,9 +27,12 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 # Trained on rgb_shards of this size, the others on Fashion-MNIST's.
-RGB_CONFIGS = {"celeba64_dcgan.yaml": 64, "small_data.yaml": 64, "resnet32.yaml": 32, "resnet128.yaml": 128}
+RGB_CONFIGS = {"celeba64_dcgan.yaml": 64, "small_data.yaml": 64, "resnet32.yaml": 32, "resnet128.yaml": 128,
+               "srgan.yaml": 96}
 # Attention over 64x64 positions costs seconds per CPU step even at tiny widths: the CPU tests attend at 32.
-CPU_OVERRIDES = {"resnet128.yaml": ["model.attention_res=32"]}
+CPU_OVERRIDES = {"resnet128.yaml": ["model.attention_res=32"],
+                 # srgan: step 1 the warm-up (content loss alone), step 2 the GAN phase
+                 "srgan.yaml": ["model.blocks=2", "model.d_dense=16", "train.pretrain_steps=1"]}
 
 
 def tiny(data: Path, run_dir: Path, *extra: str, config: str = "configs/fashion_dcgan.yaml"):

@@ -33,7 +33,7 @@ import torch.nn as nn
 from distgan.models.specs import ModelConfig, ModelSpec
 
 # The families distgan ships: module paths, each defining FAMILY (imported on first use).
-FAMILY_MODULES = ("distgan.models.mlp", "distgan.models.dcgan", "distgan.models.resnet")
+FAMILY_MODULES = ("distgan.models.mlp", "distgan.models.dcgan", "distgan.models.resnet", "distgan.models.srgan")
 PLUGIN_ENV = "DISTGAN_FAMILIES"  # comma list of module:attribute, each a Family instance
 
 
@@ -71,7 +71,13 @@ class LossTerms(nn.Module):
     def d_loss(self, step: int, real: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         return None
 
-    def g_loss(self, step: int, inputs: dict[str, torch.Tensor], fake: torch.Tensor) -> torch.Tensor | None:
+    def g_loss(self, step: int, inputs: dict[str, torch.Tensor], fake: torch.Tensor,
+               real: torch.Tensor) -> torch.Tensor | None:
+        """`real`: the real batch of the same D update (an image-conditioned G's target, e.g. SRGAN's HR)."""
+        return None
+
+    def adversarial_weight(self, step: int | torch.Tensor) -> float | torch.Tensor | None:
+        """What the GAN's own G loss is multiplied by (SRGAN: 1e-3, and 0 in its warm-up); None: 1."""
         return None
 
 
@@ -150,6 +156,12 @@ class Family:
     def export_module(self, generator: nn.Module) -> nn.Module:
         """What the exporter traces: the same function as `generator` (parity is checked), fit for inference."""
         return generator
+
+    def sample_images(self, generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None,
+                      real: torch.Tensor | None) -> torch.Tensor:
+        """The training-time sample grid's images (8 a row): G's images here; an image-conditioned family may show
+        its inputs and targets beside them. `real`: fixed real images, for families whose G takes an image."""
+        return generator(**self.generator_inputs(generator.spec, z, labels, real))
 
     def export_metadata(self, spec: ModelSpec) -> dict[str, str]:
         """Extra `distgan.*` metadata for clients (without the prefix); the inputs are always written."""

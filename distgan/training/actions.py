@@ -20,9 +20,11 @@ import distgan
 from distgan import ddp
 from distgan.artifacts import save_generator
 from distgan.config import Config, config_hash
-from distgan.data import DataError, Manifest, ShardLoader
+from distgan.data import DataError, Manifest, ShardLoader, normalize_images
+from distgan.data.loader import shard_urls
+from distgan.data.shards import iter_shard_chunks
 from distgan.metrics.during_training import TrainingEvaluator
-from distgan.models import generate, latent_size
+from distgan.models import latent_size
 from distgan.monitor import RunMonitor
 from distgan.training.checkpoint import save_checkpoint
 from distgan.training.errors import TrainingError
@@ -39,6 +41,15 @@ def manifest_digest(manifest: Manifest) -> str:
     return hashlib.sha256(manifest.to_json().encode()).hexdigest()
 
 
+def fixed_real_images(cfg: Config, manifest: Manifest, device: torch.device) -> torch.Tensor:
+    """The first `log.sample_grid` images of the run's split, float NCHW in [-1, 1]: the fixed inputs of the
+    sample grids of a family whose G takes an image (the same on every rank and after a resume)."""
+    url = shard_urls(cfg.data.path, manifest, cfg.data.split, cfg.data.shards)[0]
+    shard = manifest.split(cfg.data.split).shards[0]
+    images = next(iter_shard_chunks(url, manifest, shard, check=range(1))).images[: cfg.log.sample_grid]
+    return normalize_images(torch.from_numpy(images.copy()).to(device))
+
+
 class RunActions:
     def __init__(self, cfg: Config, accelerator: Accelerator, control: ddp.Control, run_dir: RunDirectory,
                  state: TrainState, step: GANStep, loader: ShardLoader, monitor: RunMonitor,
@@ -49,6 +60,8 @@ class RunActions:
         fixed = torch.Generator().manual_seed(cfg.seed)
         self.fixed_z = torch.randn(cfg.log.sample_grid, latent_size(state.g_module), generator=fixed).to(device)
         self.fixed_labels = (torch.arange(cfg.log.sample_grid) % num_classes).to(device) if num_classes else None
+        takes_image = any(i.draw == "image" for i in state.family.inputs(state.g_module.spec))
+        self.fixed_real = fixed_real_images(cfg, manifest, device) if takes_image else None
         self.generator_info = {"dataset": manifest.name, "classes": manifest.classes if num_classes else [],
                                "image_shape": [manifest.channels, manifest.height, manifest.width], "config_hash": config_hash(cfg),
                                "distgan_version": distgan.__version__}
@@ -123,7 +136,9 @@ class RunActions:
     def sample(self, step: int) -> None:
         """The fixed-noise grid from the EMA generator in fp32: the precision of the exported model."""
         with self._not_a_step():
-            self.monitor.samples(step, generate(self.state.ema.module.eval(), self.fixed_z, self.fixed_labels))
+            g = self.state.ema.module.eval()
+            self.monitor.samples(step, self.state.family.sample_images(g, self.fixed_z, self.fixed_labels,
+                                                                        self.fixed_real))
 
     def evaluate(self, step: int) -> None:
         with self._not_a_step():

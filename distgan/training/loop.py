@@ -17,6 +17,7 @@ from distgan.config import Config
 from distgan.data import ShardLoader
 from distgan.ddp import Control, is_lost_peer
 from distgan.metrics.during_training import TrainingEvaluator
+from distgan.models import get_family
 from distgan.monitor import RunMonitor
 from distgan.training.actions import RunActions, manifest_digest
 from distgan.training.checkpoint import resume
@@ -39,7 +40,13 @@ def open_data(cfg: Config, accelerator: Accelerator, control: Control) -> tuple[
                          pin_memory=accelerator.device.type == "cuda", control=control, defer_errors=True)
     if cfg.model.conditional and loader.manifest.num_classes < 2:
         raise TrainingError(f"model.conditional needs class labels; {cfg.data.path} has none")
-    return loader, loader.manifest.num_classes if cfg.model.conditional else 0
+    num_classes = loader.manifest.num_classes if cfg.model.conditional else 0
+    shape = (loader.manifest.channels, loader.manifest.height, loader.manifest.width)
+    try:  # the family's own keys against the data, before anything is built
+        get_family(cfg.model.arch).check(cfg.model, shape, num_classes)
+    except ValueError as exc:
+        raise TrainingError(f"config: {exc}") from None
+    return loader, num_classes
 
 
 def train(cfg: Config) -> str:

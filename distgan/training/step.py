@@ -162,7 +162,10 @@ class GANStep:
             else:
                 fake_scores = s.d_for_g(self.seen_by_d(d.fake), d.fake_labels)
             loss_g = generator_loss(kind, fake_scores)
-            extra = s.loss_terms.g_loss(step, d.inputs, d.fake) if s.loss_terms is not None else None
+            weight = s.loss_terms.adversarial_weight(step) if s.loss_terms is not None else None
+            if weight is not None:
+                loss_g = loss_g * weight
+            extra = s.loss_terms.g_loss(step, d.inputs, d.fake, d.real) if s.loss_terms is not None else None
             if extra is not None:
                 loss_g = loss_g + extra
         self.optimizer_step(s.opt_g, loss_g, s.g_module.parameters())
