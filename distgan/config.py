@@ -85,6 +85,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: str = "auto"  # auto (newest complete checkpoint) | none | a checkpoint path
     allow_config_change: bool = False  # resume although the setup differs from the run's (recorded in the run)
+    force_unlock: bool = False  # take the run directory's LOCK from a holder that looks alive (a human decided)
     sync_every: int = 20  # steps between the host collectives that share stop requests and data errors
 
 

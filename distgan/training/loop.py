@@ -45,8 +45,17 @@ def open_data(cfg: Config, accelerator: Accelerator, control: Control) -> tuple[
 def train(cfg: Config) -> str:
     """Run (or resume) training; returns 'completed' or 'stopped' (a checkpoint written on a stop request)."""
     cfg, accelerator = start_process(cfg)
+    control, run_dir = Control(accelerator.num_processes), RunDirectory(cfg, accelerator.is_main_process)
+    run_dir.acquire(control, cfg.train.force_unlock)
+    try:
+        return train_holding_the_lock(cfg, accelerator, control, run_dir)
+    finally:
+        run_dir.release()
+
+
+def train_holding_the_lock(cfg: Config, accelerator: Accelerator, control: Control, run_dir: RunDirectory) -> str:
+    """The run itself, once this start is the run directory's one writer."""
     world, device = accelerator.num_processes, accelerator.device
-    control, run_dir = Control(world), RunDirectory(cfg, accelerator.is_main_process)
     loader, num_classes = open_data(cfg, accelerator, control)
     manifest = loader.manifest
     evaluator = TrainingEvaluator(cfg, accelerator, manifest, run_dir.path, num_classes, control)  # fails early
@@ -57,14 +66,14 @@ def train(cfg: Config) -> str:
     changes = resume(cfg, accelerator, run_dir, resume_from, state, manifest_digest(manifest), len(loader))
     progress = state.progress
     state.start_schedules(cfg)
-    run_dir.start(cfg, progress.step if resume_from else None, changes)
+    logged_before = run_dir.start(cfg, progress.step if resume_from else None, changes)
     run_dir.start_trackers(accelerator, cfg)
     log.info("run %s: %d rank(s) on %s, %s%s, global batch %d, %d batches/epoch/rank%s", run_dir.path, world,
              device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if graphed else "",
              cfg.data.batch_size * world, len(loader), f", resumed from {resume_from}" if resume_from else "")
     step = GANStep(cfg, state, num_classes, accelerator.autocast)
     run_step = GraphedStep(step, device) if graphed else EagerStep(step, device)
-    monitor = RunMonitor(accelerator, cfg, run_dir.path, progress.step)
+    monitor = RunMonitor(accelerator, cfg, run_dir.path, progress.step, logged_before)
     actions = RunActions(cfg, accelerator, control, run_dir, state, step, loader, monitor, evaluator, num_classes)
     batches = loader.endless(progress.epoch, progress.batch)
     t, status = cfg.train, "completed"

@@ -67,7 +67,6 @@ class GANStep:
         # accelerate.prepare patched in under mixed precision (it would re-enable autocast inside).
         self.d_for_penalty = state.d_module.__dict__.get("_original_forward", state.d_module)
         self.policy = parse_policy(cfg.aug.policy)
-        self.d_updates = 0  # a host counter for lazy R1 (so a graphed step needs r1_every = 1: graph.py)
         # One vector of sums: a handful of kernels per step, not dozens.
         self.stat_sums = torch.zeros(len(STAT_KEYS), device=self.device)
         self.bad_total = torch.zeros((), device=self.device)  # non-finite steps since the start
@@ -83,12 +82,13 @@ class GANStep:
         """Every image D sees, real or fake, in the D and the G step: augmented when aug.policy is set."""
         return augment(images, self.policy, self.state.augment_p.p) if self.policy else images
 
-    def r1(self, real: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Lazy R1 (StyleGAN2): on one D update in r1_every, weighted by r1_every; zero elsewhere."""
+    def r1(self, real: torch.Tensor, labels: torch.Tensor | None, d_update: int) -> torch.Tensor:
+        """Lazy R1 (StyleGAN2): on one D update in r1_every, weighted by r1_every; zero elsewhere.
+
+        `d_update` (D updates before this one) is derived from the step, so a resume at any step continues
+        the same pattern; it is a host int (a graphed step needs r1_every = 1: graph.py)."""
         loss = self.cfg.loss
-        due = loss.r1_gamma > 0 and self.d_updates % loss.r1_every == 0
-        self.d_updates += 1
-        if not due:
+        if loss.r1_every > 1 and d_update % loss.r1_every:
             return torch.zeros((), device=self.device)
         penalty = r1_penalty(lambda x, y: self.d_for_penalty(self.seen_by_d(x), y), real, labels, loss.r1_gamma)
         return loss.r1_every * penalty
@@ -119,7 +119,7 @@ class GANStep:
                 if kind == "wgan-gp":
                     loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(self.d_for_penalty, real, fake.detach(), labels)
                 if cfg.loss.r1_gamma > 0:
-                    loss_d = loss_d + self.r1(real, labels)
+                    loss_d = loss_d + self.r1(real, labels, ema_step * len(reals) + d_iter)
             if cfg.aug.adaptive:
                 s.augment_p.accumulate(real_logits)
             self.optimizer_step(s.opt_d, loss_d, s.d_module.parameters())
