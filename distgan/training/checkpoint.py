@@ -102,11 +102,12 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> 
 
 
 def resume(cfg: Config, accelerator: Accelerator, run_dir: RunDirectory, checkpoint: Path | None, state: TrainState,
-           data_digest: str, batches_per_epoch: int) -> dict:
-    """Load `checkpoint` (if any) into `state` once the run directory's rules allow it; returns the config
-    changes to record. On another world size the loader position becomes as many images of the epoch."""
+           data_digest: str, batches_per_epoch: int) -> tuple[dict, dict]:
+    """Load `checkpoint` (if any) into `state` once the run directory's rules allow it; returns (the config
+    changes to record, its state.json). On another world size the loader position becomes as many images of
+    the epoch."""
     if checkpoint is None:
-        return {}
+        return {}, {}
     saved = json.loads((checkpoint / "state.json").read_text())
     changes = run_dir.check_resume(cfg, saved, data_digest)  # before loading, so a changed width is named
     try:
@@ -116,4 +117,4 @@ def resume(cfg: Config, accelerator: Accelerator, run_dir: RunDirectory, checkpo
     world = accelerator.num_processes
     if saved.get("world_size", world) != world:
         state.progress.batch = min(state.progress.batch * saved["world_size"] // world, batches_per_epoch)
-    return changes
+    return changes, saved
