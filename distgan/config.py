@@ -12,6 +12,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -166,6 +168,38 @@ def _explain(exc: OmegaConfBaseException, schema) -> str:
     return f"config key {key!r}: {message}" if key else message
 
 
+def read_yaml_mapping(path: Path) -> dict:
+    """A config file's sections: YAML (safe loader) in UTF-8, a mapping with string keys; else a ConfigError naming
+    the file (and the line, for YAML's own errors)."""
+    try:
+        tree = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}:{where} not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict) or not all(isinstance(k, str) for k in tree):
+        raise ConfigError(f"config file {path}: expected sections (model:, data:, train:, ...), got "
+                          f"{type(tree).__name__} {str(tree)[:60]!r}")
+    return tree
+
+
+def merge_file(merged, path: Path):
+    """The file's values merged in key by key, so that a value OmegaConf cannot take (it raises TypeError or
+    ValueError there, not its own errors) is named by its key."""
+    for section, values in read_yaml_mapping(path).items():
+        for key, value in (values.items() if isinstance(values, dict) and values else [(None, values)]):
+            name = section if key is None else f"{section}.{key}"
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.create({section: value if key is None else {key: value}}))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"config file {path}: config key {name!r}: {exc}") from None
+    return merged
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """YAML file + `a.b=value` overrides -> a validated Config."""
     schema = OmegaConf.structured(Config)
@@ -174,7 +208,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if path is not None:
             if not Path(path).is_file():
                 raise ConfigError(f"config file {path} not found")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = merge_file(merged, Path(path))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value")

@@ -72,7 +72,10 @@ class RunActions:
         if data_failed:
             own = self.loader.error
             failed = "; ".join(self.control.messages(None if own is None else str(own)))
-            raise own if own is not None else DataError(f"stopping: data error on another rank ({failed})")
+            if own is not None:
+                own.every_rank = False  # its rank reports it (a launcher may end the other ranks first)
+                raise own
+            raise DataError(f"stopping: data error on another rank ({failed})")
         return stop
 
     def log(self, step: int) -> None:
