@@ -171,3 +171,63 @@ def test_a_resume_between_lazy_r1_steps_continues_bitwise(shards, tmp_path):
     assert trainer.train(tiny(data, tmp_path / "resumed", "train.steps=8", *r1)) == "completed"
     a, b = final_weights(tmp_path / "straight" / "t"), final_weights(tmp_path / "resumed" / "t")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+# --- a bad chunk's images never reach G or D ---------------------------------------------------------------
+
+
+def corrupt_a_chunk(data: Path) -> tuple[str, set[int]]:
+    """Flip a byte in the images of one chunk of a middle shard; returns (the shard, the ids of that chunk)."""
+    import io
+
+    import numpy as np
+
+    from conftest import flip_byte, image_ids, tar_members
+
+    shard = sorted(data.glob("train-*.tar"))[3]
+    members = tar_members(shard)
+    name = sorted(n for n in members if n.endswith(".npy") and "images" in n)[1]
+    _, offset, size = members[name]
+    raw = shard.read_bytes()[offset:offset + size]
+    ids = set(image_ids(np.load(io.BytesIO(raw))).tolist())
+    flip_byte(shard, offset + size - 1)
+    return shard.name, ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks, workers", [(1, 0), (1, 2), (2, 1), (2, 2)])
+def test_no_image_of_a_corrupt_chunk_reaches_the_step(ranks, workers, shards, tmp_path):
+    """Every real batch each rank hands to the step is recorded: none holds an image of the chunk that failed its
+    hash, while the ranks train on (a rank that met it repeats its last good batch until the next sync), and the
+    run stops with the shard named, no checkpoint written after the error."""
+    from conftest import LAUNCH_2_CPU
+
+    data, _ = shards
+    shard, bad_ids = corrupt_a_chunk(data)
+    launch = [sys.executable] if ranks == 1 else LAUNCH_2_CPU
+    out = tmp_path / "seen"
+    out.mkdir()
+    proc = subprocess.run([*launch, str(REPO / "tests" / "ddp_bad_chunk_probe.py"), str(out), "--config",
+                           str(REPO / "configs/fashion_dcgan.yaml"), f"data.path={data}", f"run_dir={tmp_path}",
+                           "name=t", *TINY, f"data.num_workers={workers}", "train.steps=80",
+                           "train.checkpoint_every=1000", "train.sync_every=5"],
+                          env=run_env(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0 and shard in proc.stderr, proc.stderr[-3000:]
+    for rank in range(ranks):
+        batches = json.loads((out / f"rank{rank}.json").read_text())
+        assert not bad_ids & {i for batch in batches for i in batch}, rank
+    assert not (tmp_path / "t" / "checkpoints").exists() and not (tmp_path / "t" / "COMPLETED").exists()
+
+
+@pytest.mark.slow
+def test_the_fault_injection_suite_short_mode_survives_every_fault(tmp_path):
+    """bench/faults.py --short: 3 trials (a rank SIGKILLed, the launcher SIGKILLed, SIGTERM to the group), each
+    resumed to the end and checked against an uninterrupted run (weights bitwise, each metrics step once, no
+    process left, no complete checkpoint lost)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "faults.py"), "--short"],
+                          env=run_env(TMPDIR=str(tmp_path)), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["trials"] == 3 and summary["failures"] == [], summary
+    assert summary["survived"] == summary["tried"] == {"kill_rank": 1, "kill_launcher": 1, "term_group": 1}
