@@ -20,7 +20,6 @@ Prints tried / survived per kind and each failure's reason; last line JSON.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -38,7 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import LAUNCH_2_CPU, TINY, flip_byte, make_idx_dataset, tar_members  # noqa: E402
+from conftest import (LAUNCH_2_CPU, TINY, alive, descendants, flip_byte, make_idx_dataset,  # noqa: E402
+                      tar_members, weights_digest)
 
 KINDS = ("kill_rank", "kill_launcher", "term_group", "int_once", "int_twice", "disk_full", "corrupt_chunk",
          "second_start")
@@ -56,19 +56,6 @@ def command(data: Path, run_dir: Path) -> list[str]:
             "train.sync_every=2", "train.sample_every=1000"]
 
 
-def weights_digest(run: Path) -> str:
-    from safetensors.torch import load_file
-
-    last = sorted((run / "checkpoints").iterdir())[-1]
-    digest = hashlib.sha256()
-    for name in ("model.safetensors", "model_1.safetensors", "ema.safetensors"):
-        tensors = load_file(str(last / name))
-        for key in sorted(tensors):
-            digest.update(key.encode() + tensors[key].contiguous().view(-1).view(dtype=__import__("torch").uint8)
-                          .numpy().tobytes())
-    return digest.hexdigest()
-
-
 def logged(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -78,26 +65,6 @@ def logged(run: Path) -> list[dict]:
 def newest_checkpoint(run: Path) -> int:
     found = [int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*") if (p / "state.json").exists()]
     return max(found, default=0)
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found += children
-            todo += children
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def ranks(launcher: int) -> list[int]:

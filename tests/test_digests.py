@@ -9,7 +9,6 @@ test file, each skip giving its reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -19,10 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
-
-from conftest import LAUNCH_2_CPU, REPO, TINY, run_env
+from conftest import LAUNCH_2_CPU, REPO, TINY, run_env, weights_digest
 
 # name -> (config, overrides): every loss, both D normalisations, conditional, MLP, d_steps, clipping, lazy R1.
 CASES = {
@@ -36,19 +32,6 @@ CASES = {
     "mlp_wgangp": ("configs/mnist_gan.yaml", ["model.mlp_hidden=16", "loss.kind=wgan-gp", "model.d_dropout=0.0"]),
 }
 STEPS, CHECKPOINT = 6, 4  # killed after the checkpoint at 4 (a log interval of 3 under way), resumed from it
-
-
-def weights_digest(run: Path) -> str:
-    """sha256 over G, D and the EMA of the last checkpoint: names, dtypes, shapes and bytes."""
-    last = sorted((run / "checkpoints").iterdir())[-1]
-    digest = hashlib.sha256()
-    for name in ("model.safetensors", "model_1.safetensors", "ema.safetensors"):
-        tensors = load_file(str(last / name))
-        for key in sorted(tensors):
-            t = tensors[key].contiguous().reshape(-1)
-            digest.update(f"{name}:{key}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def logged(run: Path) -> list[dict]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAUNCH_2_CPU, REPO, TINY, run_env
+from conftest import LAUNCH_2_CPU, REPO, TINY, alive, descendants, run_env
 
 pytestmark = pytest.mark.slow
 
@@ -49,30 +49,11 @@ class Launch:
             self.log.append(line)
 
     def descendants(self) -> list[int]:
-        """Every process under the launcher now (ranks, their loader workers; ranks may run in sessions of their
-        own, so the process group does not find them)."""
-        found, todo = [], [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            for task in Path(f"/proc/{pid}/task").glob("*"):
-                try:
-                    children = [int(c) for c in (task / "children").read_text().split()]
-                except OSError:
-                    continue
-                found += children
-                todo += children
-        return found
+        return descendants(self.proc.pid)
 
     def finish(self) -> str:
         _, rest = self.proc.communicate(timeout=300)
         return "".join(self.log) + rest
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def assert_all_gone(pids: list[int], within_s: float) -> None:
