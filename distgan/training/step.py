@@ -119,7 +119,8 @@ class GANStep:
                 if kind == "wgan-gp":
                     loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(self.d_for_penalty, real, fake.detach(), labels)
                 if cfg.loss.r1_gamma > 0:
-                    loss_d = loss_d + self.r1(real, labels, ema_step * len(reals) + d_iter)
+                    lazy = cfg.loss.r1_every > 1  # a graphed step (ema_step a tensor) has r1_every = 1
+                    loss_d = loss_d + self.r1(real, labels, ema_step * len(reals) + d_iter if lazy else 0)
             if cfg.aug.adaptive:
                 s.augment_p.accumulate(real_logits)
             self.optimizer_step(s.opt_d, loss_d, s.d_module.parameters())
