@@ -12,6 +12,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -92,6 +94,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: str = "auto"  # auto (newest complete checkpoint) | none | a checkpoint path
     allow_config_change: bool = False  # resume although the setup differs from the run's (recorded in the run)
+    force_unlock: bool = False  # take the run directory's LOCK from a holder that looks alive (a human decided)
     sync_every: int = 20  # steps between the host collectives that share stop requests and data errors
 
 
@@ -174,12 +177,11 @@ def _explain(exc: OmegaConfBaseException, schema) -> str:
     return f"config key {key!r}: {message}" if key else message
 
 
-def _family_schema(schema, raw) -> None:
+def _family_schema(schema, arch: str | None) -> None:
     """The `model:` section typed by the family `model.arch` names (its own keys), and the family's defaults
     for other sections (loss kind, lrs, ...) put under the user's values, in place."""
-    arch = OmegaConf.select(raw, "model.arch", default=None) or schema.model.arch
     try:
-        family = get_family(str(arch))
+        family = get_family(str(arch or schema.model.arch))
     except ValueError as exc:
         raise ConfigError(f"config key 'model.arch': {exc}") from None
     schema.model = OmegaConf.structured(family.config)
@@ -187,21 +189,63 @@ def _family_schema(schema, raw) -> None:
         OmegaConf.update(schema, key, value, merge=False)
 
 
+def read_yaml_mapping(path: Path) -> dict:
+    """A config file's sections: YAML (safe loader) in UTF-8, a mapping with string keys; else a ConfigError naming
+    the file (and the line, for YAML's own errors)."""
+    try:
+        tree = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}:{where} not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict) or not all(isinstance(k, str) for k in tree):
+        raise ConfigError(f"config file {path}: expected sections (model:, data:, train:, ...), got "
+                          f"{type(tree).__name__} {str(tree)[:60]!r}")
+    return tree
+
+
+def merge_tree(merged, tree: dict, path: Path):
+    """A config file's values merged in key by key, so that a value OmegaConf cannot take (it raises TypeError or
+    ValueError there, not its own errors) is named by its key."""
+    for section, values in tree.items():
+        for key, value in (values.items() if isinstance(values, dict) and values else [(None, values)]):
+            name = section if key is None else f"{section}.{key}"
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.create({section: value if key is None else {key: value}}))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"config file {path}: config key {name!r}: {exc}") from None
+    return merged
+
+
+def _arch_named(tree: dict, overrides) -> str | None:
+    """The family the file or the overrides name (an override wins), read before the schema is typed by it."""
+    arch = OmegaConf.select(overrides, "model.arch", default=None)
+    model = tree.get("model")
+    return arch if arch is not None else (model.get("arch") if isinstance(model, dict) else None)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """YAML file + `a.b=value` overrides -> a validated Config (the `model:` keys of the family it names)."""
     schema = OmegaConf.structured(Config)
     try:
-        raw = OmegaConf.create()
+        tree = {}
         if path is not None:
             if not Path(path).is_file():
                 raise ConfigError(f"config file {path} not found")
-            raw = OmegaConf.merge(raw, OmegaConf.load(path))
+            tree = read_yaml_mapping(Path(path))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value")
-            raw = OmegaConf.merge(raw, OmegaConf.from_dotlist([item]))
-        _family_schema(schema, raw)
-        cfg: Config = OmegaConf.to_object(OmegaConf.merge(schema, raw))
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+        _family_schema(schema, _arch_named(tree, dotlist))
+        merged = merge_tree(schema, tree, Path(str(path)))
+        for item in overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain(exc, schema)) from None
     validate(cfg)

@@ -19,8 +19,13 @@ log = logging.getLogger("distgan")
 
 
 class RunMonitor:
-    def __init__(self, accelerator: Accelerator, cfg: Config, run_path: Path, start_step: int):
+    def __init__(self, accelerator: Accelerator, cfg: Config, run_path: Path, start_step: int,
+                 tracked_before: int = 0):
+        """`tracked_before`: the last step an earlier start of this run sent to the trackers. A resumed W&B run
+        keeps what it got; those steps are not sent again (a step is logged once; a CPU resume recomputes the
+        same values bitwise, so nothing differs)."""
         self.accelerator, self.cfg, self.run_path = accelerator, cfg, run_path
+        self.tracked_before = tracked_before
         self.active = accelerator.is_main_process
         self.bar = None
         self.postfix: dict[str, str] = {}
@@ -37,7 +42,8 @@ class RunMonitor:
         record = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
         with open(self.run_path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        self._to_trackers(lambda: self.accelerator.log(values, step=step))
+        if step > self.tracked_before:
+            self._to_trackers(lambda: self.accelerator.log(values, step=step))
         if "loss/d" in values:  # a training line, not an evaluation line
             self.postfix.update(d=f"{values['loss/d']:.3f}", g=f"{values['loss/g']:.3f}",
                                 img_s=f"{values['perf/images_per_s']:.0f}")
@@ -59,7 +65,7 @@ class RunMonitor:
         path = self.run_path / "samples" / f"step-{step:07d}.png"
         image.save(path)
         picture = np.asarray(image.convert("RGB"))
-        for tracker in self.accelerator.trackers:
+        for tracker in self.accelerator.trackers if step > self.tracked_before else ():
             if tracker.name == "tensorboard":
                 self._to_trackers(lambda: tracker.log_images({"samples": picture[None]}, step=step, dataformats="NHWC"))
             elif tracker.name == "wandb":

@@ -272,3 +272,44 @@ def served(serve_models, tmp_path_factory) -> Iterator[tuple[str, subprocess.Pop
     proc, url = start_server(log, serve_models["cond"], serve_models["rgb"], "--port", "0", "--threads", "1", *limits)
     yield url.rstrip("/"), proc
     stop_server(proc)
+
+
+def weights_digest(run: Path) -> str:
+    """sha256 over G, D and the EMA of a run's last checkpoint: names, dtypes, shapes and bytes."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    last = sorted((run / "checkpoints").iterdir())[-1]
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "model_1.safetensors", "ema.safetensors"):
+        tensors = load_file(str(last / name))
+        for key in sorted(tensors):
+            t = tensors[key].contiguous().reshape(-1)
+            digest.update(f"{name}:{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid` now (a launcher's ranks may run in sessions of their own: no process group
+    finds them)."""
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, ended but not yet reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

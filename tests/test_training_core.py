@@ -131,7 +131,18 @@ def test_a_second_ctrl_c_stops_at_once_but_never_inside_a_checkpoint_write(monke
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     monkeypatch.setattr(stop_signals, "SAME_PRESS_S", 60.0)
-    with stop_signals.StopSignals() as stop:  # Ctrl-C, then the launcher forwarding the same press
+    with pytest.raises(stop_signals.StopNow, match="at once"):
+        with stop_signals.StopSignals():  # a rank in a session of its own: every SIGINT is a press of its own
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    with pytest.raises(stop_signals.StopNow, match="at once"):
+        with stop_signals.StopSignals():  # torch's agent: the first press forwarded as SIGINT, the second as SIGTERM
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    monkeypatch.setattr(stop_signals, "_shares_launchers_process_group", lambda: True)
+    with stop_signals.StopSignals() as stop:  # in the launcher's group: Ctrl-C, then the launcher forwarding it
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested == "SIGINT"

@@ -71,7 +71,7 @@ def read_manifest(data: str) -> Manifest:
             raise DataError(f"{url}: no manifest here; prepare the data with `distgan-data prepare`")
     try:
         with wds.gopen(url, "rb") as f:
-            text = f.read().decode("utf-8")
+            text = f.read()
     except Exception as exc:
         raise DataError(f"{url}: cannot read the manifest ({exc})") from exc
     return Manifest.from_json(text, url)

@@ -21,6 +21,7 @@ import dataclasses
 import io
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,28 @@ MEMBER_EXTS = (IMAGES_EXT, LABELS_EXT)
 
 class DataError(RuntimeError):
     """Bad input data: a missing, corrupt or mismatched file, named in the message."""
+
+
+def _check_fields(record: Any, where: str, prefix: str) -> None:
+    """Each field of a manifest record has its declared type (counts >= 0, sizes >= 1): a DataError names the key."""
+    hints = typing.get_type_hints(type(record))
+    for item in dataclasses.fields(record):
+        value, hint = getattr(record, item.name), hints[item.name]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if hint is int:
+            least = 1 if item.name in ("height", "width", "channels", "chunk_size") else 0
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+            want = f"an integer >= {least}"
+        elif hint is str:
+            ok, want = isinstance(value, str), "a string"
+        elif origin is list and args == (str,):
+            ok, want = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+        elif origin is dict:
+            ok, want = isinstance(value, dict), "an object"
+        else:
+            continue  # splits and shards: built and checked on their own
+        if not ok:
+            raise DataError(f"{where}: key '{prefix}{item.name}' must be {want}, got {value!r:.60}")
 
 
 @dataclass
@@ -110,11 +133,15 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> "Manifest":
+    def from_json(cls, text: str | bytes, where: str) -> "Manifest":
+        """The manifest in `text` (bytes: as read from the file, UTF-8); any flaw is a DataError naming `where`."""
         try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc})") from exc
+            raw = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason}); a manifest is JSON in "
+                            f"UTF-8, as distgan-data prepare writes it") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise DataError(f"{where}: not valid JSON ({exc})") from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
             raise DataError(f"{where}: not a distgan manifest (expected format={FORMAT_NAME!r})")
         if raw.get("format_version") not in READABLE_VERSIONS:
@@ -131,8 +158,12 @@ class Manifest:
                 for name, s in raw["splits"].items()
             }
             manifest = cls(**raw)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{where}: malformed manifest ({exc!r})") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"{where}: malformed manifest ({exc!r})") from None
+        _check_fields(manifest, where, "")
+        for name, split in manifest.splits.items():
+            for i, shard in enumerate(split.shards):
+                _check_fields(shard, where, f"splits.{name}.shards[{i}].")
         for name, split in manifest.splits.items():
             counted = sum(s.num_samples for s in split.shards)
             if counted != split.num_samples:

@@ -221,7 +221,7 @@ def verify(directory: Path, deep: bool = True) -> list[str]:
     """Check every shard against the manifest; returns one message per problem."""
     directory = Path(directory)
     try:
-        manifest = Manifest.from_json((directory / MANIFEST_NAME).read_text(), str(directory / MANIFEST_NAME))
+        manifest = Manifest.from_json((directory / MANIFEST_NAME).read_bytes(), str(directory / MANIFEST_NAME))
     except FileNotFoundError:
         return [f"{directory / MANIFEST_NAME}: missing"]
     except DataError as exc:

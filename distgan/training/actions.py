@@ -68,6 +68,7 @@ class RunActions:
         self.data_digest = manifest_digest(manifest)  # recorded with every checkpoint
         self.last_saved = state.progress.step
         self.since_log, self.t_log = 0, time.perf_counter()
+        self.restored_steps = 0  # steps of the log interval run before a resume (not timed by this start)
         self.paused = 0.0  # seconds of this log interval spent sampling, evaluating, checkpointing: not steps
 
     def due(self, every: int, step: int) -> bool:
@@ -77,11 +78,18 @@ class RunActions:
         """The run's one host collective on its cadence: stop requests and data errors of every rank.
         True: stop here. A data error on any rank stops every rank, with the file named."""
         wants_stop = signals.requested is not None or (self.run_dir.is_main and self.run_dir.stop_file_present())
-        stop, data_failed = self.control.flags(wants_stop, self.loader.error is not None)
+        stop, data_failed, lock_lost = self.control.flags(wants_stop, self.loader.error is not None,
+                                                          self.run_dir.lock_lost is not None)
+        if lock_lost:  # another start writes here now: this one must not write a checkpoint over its files
+            raise TrainingError(f"{self.run_dir.lock_lost or 'rank 0 lost the run directory'}; stopped at step "
+                                f"{step} without a checkpoint")
         if data_failed:
             own = self.loader.error
             failed = "; ".join(self.control.messages(None if own is None else str(own)))
-            raise own if own is not None else DataError(f"stopping: data error on another rank ({failed})")
+            if own is not None:
+                own.every_rank = False  # its rank reports it (a launcher may end the other ranks first)
+                raise own
+            raise DataError(f"stopping: data error on another rank ({failed})")
         return stop
 
     def log(self, step: int) -> None:
@@ -99,7 +107,7 @@ class RunActions:
             del values["d/r_t"]
         values.update({
             "epoch": s.progress.epoch,
-            "perf/images_per_s": self.since_log * cfg.loss.d_steps * cfg.data.batch_size * world / elapsed,
+            "perf/images_per_s": (self.since_log - self.restored_steps) * cfg.loss.d_steps * cfg.data.batch_size * world / elapsed,
             "lr/g": s.opt_g.param_groups[0]["lr"], "lr/d": s.opt_d.param_groups[0]["lr"],
             "train/bad_steps": bad_steps, "data/skipped": skipped,
         })
@@ -114,7 +122,25 @@ class RunActions:
                 f"good checkpoint is intact in {self.run_dir.path / 'checkpoints'}; try a lower learning rate "
                 f"or mixed_precision=bf16")
         self.step.stat_sums.zero_()
-        self.since_log, self.t_log, self.paused = 0, time.perf_counter(), 0.0
+        self.since_log, self.t_log, self.paused, self.restored_steps = 0, time.perf_counter(), 0.0, 0
+
+    def log_interval(self) -> dict:
+        """The log interval under way, every rank's sums: a checkpoint keeps it, so the first line after a resume
+        averages the same steps, bit for bit, as an uninterrupted run's (a collective: every rank calls it)."""
+        own = torch.cat([self.step.stat_sums, self.step.bad_total[None], self.step.bad_run[None]])
+        return {"steps": self.since_log, "sums": self.accelerator.gather(own.float()).tolist()}
+
+    def restore_log_interval(self, saved: dict) -> None:
+        """Take up the log interval a checkpoint's state.json holds (same world size only; else start a new one)."""
+        interval, world = saved.get("log_interval"), self.accelerator.num_processes
+        if not interval or len(interval["sums"]) != world * (len(STAT_KEYS) + 2):
+            return
+        own = torch.tensor(interval["sums"], dtype=torch.float32).view(world, -1)[self.accelerator.process_index]
+        n = len(STAT_KEYS)
+        self.step.stat_sums.copy_(own[:n])
+        self.step.bad_total.copy_(own[n])
+        self.step.bad_run.copy_(own[n + 1])
+        self.since_log = self.restored_steps = interval["steps"]
 
     def adapt_augmentation(self) -> None:
         """ADA: move p by the heuristic of every rank's real logits since the last adjustment (on the device)."""
@@ -150,7 +176,7 @@ class RunActions:
         ddp.check_consistent({"G": s.g_module, "D": s.d_module}, self.control)
         info = {"world_size": self.accelerator.num_processes, "config_hash": config_hash(self.cfg),
                 "data_manifest": self.data_digest, "loss_kind": self.cfg.loss.kind,
-                "skipped_samples": self.loader.skipped}
+                "skipped_samples": self.loader.skipped, "log_interval": self.log_interval()}
         with signals.critical(), self._not_a_step():
             path = save_checkpoint(self.accelerator, self.control, self.run_dir.path, s, info,
                                    self.cfg.train.keep_checkpoints)

@@ -103,18 +103,42 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> 
         state.augment_p.load_state_dict(load_file(str(path / AUGMENT_STATE)))
     if state.loss_terms is not None:
         state.loss_terms.load_state_dict(load_file(str(path / FAMILY_STATE)))
-    info = json.loads((path / "state.json").read_text())
+    info = read_state(path)
     state.progress.step, state.progress.epoch, state.progress.batch = info["step"], info["epoch"], info["batch"]
     return info
 
 
+STATE_KEYS = ("step", "epoch", "batch")  # counts >= 0; world_size, if present, >= 1
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's state.json, checked: any flaw is a TrainingError naming the file and the key."""
+    path = checkpoint / "state.json"
+    try:
+        saved = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise TrainingError(f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:120]}); resume from another "
+                            f"checkpoint with train.resume=PATH") from None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{path}: not a JSON object")
+    for key, least in (*((k, 0) for k in STATE_KEYS), ("world_size", 1)):
+        value = saved.get(key, least if key == "world_size" else None)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise TrainingError(f"{path}: key {key!r} must be an integer >= {least}, got {value!r}")
+    for key in ("data_manifest", "config_hash"):
+        if not isinstance(saved.get(key, ""), str):
+            raise TrainingError(f"{path}: key {key!r} must be a string, got {saved[key]!r}")
+    return saved
+
+
 def resume(cfg: Config, accelerator: Accelerator, run_dir: RunDirectory, checkpoint: Path | None, state: TrainState,
-           data_digest: str, batches_per_epoch: int) -> dict:
-    """Load `checkpoint` (if any) into `state` once the run directory's rules allow it; returns the config
-    changes to record. On another world size the loader position becomes as many images of the epoch."""
+           data_digest: str, batches_per_epoch: int) -> tuple[dict, dict]:
+    """Load `checkpoint` (if any) into `state` once the run directory's rules allow it; returns (the config
+    changes to record, its state.json). On another world size the loader position becomes as many images of
+    the epoch."""
     if checkpoint is None:
-        return {}
-    saved = json.loads((checkpoint / "state.json").read_text())
+        return {}, {}
+    saved = read_state(checkpoint)
     changes = run_dir.check_resume(cfg, saved, data_digest)  # before loading, so a changed width is named
     try:
         load_checkpoint(accelerator, checkpoint, state)
@@ -123,4 +147,4 @@ def resume(cfg: Config, accelerator: Accelerator, run_dir: RunDirectory, checkpo
     world = accelerator.num_processes
     if saved.get("world_size", world) != world:
         state.progress.batch = min(state.progress.batch * saved["world_size"] // world, batches_per_epoch)
-    return changes
+    return changes, saved

@@ -52,34 +52,47 @@ def open_data(cfg: Config, accelerator: Accelerator, control: Control) -> tuple[
 def train(cfg: Config) -> str:
     """Run (or resume) training; returns 'completed' or 'stopped' (a checkpoint written on a stop request)."""
     cfg, accelerator = start_process(cfg)
+    control, run_dir = Control(accelerator.num_processes), RunDirectory(cfg, accelerator.is_main_process)
+    run_dir.acquire(control, cfg.train.force_unlock)
+    try:
+        return train_holding_the_lock(cfg, accelerator, control, run_dir)
+    finally:
+        run_dir.release()
+
+
+def train_holding_the_lock(cfg: Config, accelerator: Accelerator, control: Control, run_dir: RunDirectory) -> str:
+    """The run itself, once this start is the run directory's one writer."""
     world, device = accelerator.num_processes, accelerator.device
-    control, run_dir = Control(world), RunDirectory(cfg, accelerator.is_main_process)
     loader, num_classes = open_data(cfg, accelerator, control)
     manifest = loader.manifest
     evaluator = TrainingEvaluator(cfg, accelerator, manifest, run_dir.path, num_classes, control)  # fails early
     graphed = use_step_graph(cfg.train, device, world, lazy_r1=cfg.loss.r1_gamma > 0 and cfg.loss.r1_every > 1,
                              sync_bn=cfg.model.sync_bn)
     stream = capture_stream(graphed, device)
-    state = build_state(cfg, accelerator, (manifest.channels, manifest.height, manifest.width), num_classes,
-                        capturable=graphed, ddp_stream=stream)
+    try:
+        state = build_state(cfg, accelerator, (manifest.channels, manifest.height, manifest.width), num_classes,
+                            capturable=graphed, ddp_stream=stream)
+    except ValueError as exc:  # the model's own check that it fits the data (e.g. dcgan64 on 28x28 images)
+        raise TrainingError(f"{cfg.data.path}: {exc}") from None
     resume_from = run_dir.resolve_resume(cfg.train.resume)
-    changes = resume(cfg, accelerator, run_dir, resume_from, state, manifest_digest(manifest), len(loader))
+    changes, saved = resume(cfg, accelerator, run_dir, resume_from, state, manifest_digest(manifest), len(loader))
     progress = state.progress
     state.start_schedules(cfg)
-    run_dir.start(cfg, progress.step if resume_from else None, changes)
+    logged_before = run_dir.start(cfg, progress.step if resume_from else None, changes)
     run_dir.start_trackers(accelerator, cfg)
-    log.info("run %s: %d rank(s) on %s, %s%s, global batch %d, %d batches/epoch/rank%s", run_dir.path, world,
-             device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if graphed else "",
-             cfg.data.batch_size * world, len(loader), f", resumed from {resume_from}" if resume_from else "")
     step = GANStep(cfg, state, num_classes, accelerator.autocast)
     run_step = GraphedStep(step, device, warmup_steps(state.G), stream) if graphed else EagerStep(step, device)
-    monitor = RunMonitor(accelerator, cfg, run_dir.path, progress.step)
+    monitor = RunMonitor(accelerator, cfg, run_dir.path, progress.step, logged_before)
     actions = RunActions(cfg, accelerator, control, run_dir, state, step, loader, monitor, evaluator, num_classes)
+    actions.restore_log_interval(saved)
     batches = loader.endless(progress.epoch, progress.batch)
     t, status = cfg.train, "completed"
     try:
         with StopSignals() as signals:
-            stop = actions.sync(progress.step, signals)
+            stop = actions.sync(progress.step, signals)  # after it, every rank takes stop signals as a run's
+            log.info("run %s: %d rank(s) on %s, %s%s, global batch %d, %d batches/epoch/rank%s", run_dir.path, world,
+                     device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if graphed else "",
+                     cfg.data.batch_size * world, len(loader), f", resumed from {resume_from}" if resume_from else "")
             while progress.step < t.steps and not stop:
                 host = []
                 for _ in range(cfg.loss.d_steps):
@@ -121,7 +134,7 @@ def train(cfg: Config) -> str:
             raise
         raise TrainingError(f"lost contact with {control.lost_ranks()} at step {progress.step} "
                             f"({str(exc).splitlines()[0][:160]}); "
-                            f"resume from the last checkpoint with train.resume=auto") from exc
+                            f"resume from the last checkpoint with train.resume=auto", every_rank=False) from exc
     finally:
         try:
             accelerator.end_training()

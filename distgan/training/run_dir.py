@@ -11,6 +11,8 @@
                          slurm/common.sh judges a job by this file)
     STOP                 made by a user or slurm/common.sh: stop at the next sync, with a checkpoint
     wandb_id.txt         the W&B run id, so a resumed run continues the same W&B run
+    LOCK                 the start that writes here now (distgan/training/run_lock.py): one writer per directory
+    metrics.jsonl.discarded-N  log lines a restart set aside: steps past the checkpoint it resumed from
 
 A resume must continue *this* run: a config that differs in anything but how the run is
 observed or how long it runs is refused, with every differing key listed.
@@ -31,7 +33,9 @@ from omegaconf import OmegaConf
 
 from distgan.artifacts import list_checkpoints, checkpoint_step
 from distgan.config import Config, to_yaml
+from distgan.ddp import Control
 from distgan.training.errors import TrainingError
+from distgan.training.run_lock import RunLock
 
 log = logging.getLogger("distgan")
 
@@ -41,7 +45,7 @@ HISTORY_DIR = "config-history"
 MAY_CHANGE = ("run_dir", "data.path", "data.shards", "data.num_workers", "train.steps", "train.log_every",
               "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.resume",
               "train.sync_every", "train.max_bad_steps", "train.cuda_graph", "train.compile", "train.compile_mode",
-              "train.cudnn_benchmark", "train.allow_config_change", "log.", "eval.")
+              "train.cudnn_benchmark", "train.allow_config_change", "train.force_unlock", "log.", "eval.")
 
 
 def flat_config(cfg: Config | dict) -> dict[str, Any]:
@@ -73,6 +77,27 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict, dict
 class RunDirectory:
     def __init__(self, cfg: Config, is_main: bool):
         self.path, self.is_main = cfg.run_path, is_main
+        self.lock = RunLock(self.path) if is_main else None
+
+    def acquire(self, control: Control, force: bool) -> None:
+        """Rank 0 takes the directory's LOCK before anything is written; a refusal stops every rank alike."""
+        error = None
+        if self.lock is not None:
+            try:
+                self.lock.acquire(force)
+            except TrainingError as exc:
+                error = str(exc)
+        if control.any(error is not None):
+            raise TrainingError(error or "rank 0 could not take the run directory's lock (its message above)")
+
+    @property
+    def lock_lost(self) -> str | None:
+        """Why this start no longer holds the directory (another took LOCK over), or None."""
+        return self.lock.lost if self.lock is not None else None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def resolve_resume(self, resume: str) -> Path | None:
         existing = list_checkpoints(self.path)
@@ -102,10 +127,12 @@ class RunDirectory:
                 f"with train.allow_config_change=true (recorded in {self.path / HISTORY_DIR})")
         return {**allowed, **refused}
 
-    def start(self, cfg: Config, resumed_step: int | None, changes: dict) -> None:
-        """Rank 0: the config record (history kept), COMPLETED removed, the log cut back to the resumed step."""
+    def start(self, cfg: Config, resumed_step: int | None, changes: dict) -> int:
+        """Rank 0: the config record (history kept), COMPLETED removed, the log cut back to the resumed step
+        (to nothing on a fresh start: a crash before the first checkpoint left lines of steps run again).
+        Returns the last step an earlier start logged (its trackers have every step up to it)."""
         if not self.is_main:
-            return
+            return 0
         self.path.mkdir(parents=True, exist_ok=True)
         record = self.path / "config.yaml"
         if changes and record.is_file():
@@ -122,12 +149,13 @@ class RunDirectory:
         _write_atomically(record, to_yaml(cfg))
         (self.path / "COMPLETED").unlink(missing_ok=True)
         (self.path / "STOPPED").unlink(missing_ok=True)
+        logged = truncate_metrics(self.path / "metrics.jsonl", resumed_step or 0)
         if resumed_step is not None:
-            truncate_metrics(self.path / "metrics.jsonl", resumed_step)
             moved = self.set_aside_checkpoints_after(resumed_step)
             if moved:
                 log.warning("resumed from step %d: %d newer checkpoint(s) of this run moved to %s (%s)",
                             resumed_step, len(moved), moved[0].parent, ", ".join(p.name for p in moved))
+        return logged
 
     def set_aside_checkpoints_after(self, step: int) -> list[Path]:
         """Move this run's checkpoints newer than `step` to checkpoints-set-aside/.
@@ -177,20 +205,30 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """After a resume, drop the log lines of steps that will be run again: one unbroken counter.
+def truncate_metrics(path: Path, step: int) -> int:
+    """Before a start writes its first line: the lines of steps past `step` (which will be run again) are moved
+    to metrics.jsonl.discarded-N, so the log has each step at most once. Returns the last step the file had.
 
     A line cut short (a kill or a full disk while it was written) is dropped too, with a warning.
     """
     if not path.exists():
-        return
-    kept = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+        return 0
+    kept, discarded, last = [], [], 0
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         try:
             record = json.loads(line) if line.strip() else None
         except json.JSONDecodeError:
             log.warning("%s: line %d is not JSON (cut short?); dropped: %.80s", path, number, line)
             continue
-        if isinstance(record, dict) and record.get("step", step + 1) <= step:
-            kept.append(line)
+        at = record.get("step") if isinstance(record, dict) else None
+        if isinstance(at, int):
+            last = max(last, at)
+            (kept if at <= step else discarded).append(line)
+    if discarded:
+        n = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in path.parent.glob(f"{path.name}.discarded-*")
+                     if p.name.rsplit("-", 1)[1].isdigit()), default=0)
+        _write_atomically(path.with_name(f"{path.name}.discarded-{n}"), "".join(line + "\n" for line in discarded))
+        log.warning("%s: %d line(s) of steps after %d (run again now) set aside in %s.discarded-%d", path,
+                    len(discarded), step, path.name, n)
     _write_atomically(path, "".join(line + "\n" for line in kept))
+    return last

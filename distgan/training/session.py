@@ -12,6 +12,7 @@ from accelerate.utils import set_seed
 
 from distgan.config import Config
 from distgan.training.errors import TrainingError
+from distgan.training.launcher_watch import watch_launcher
 
 log = logging.getLogger("distgan")
 
@@ -42,6 +43,7 @@ def start_process(cfg: Config) -> tuple[Config, Accelerator]:
         raise TrainingError(f"the launcher started {launched} processes, but this one sees a world of {world}: "
                             f"each would train alone into the same run directory. Without GPUs, set "
                             f"ACCELERATE_USE_CPU=1 (see launch/cpu.yaml)")
+    watch_launcher()  # no orphan ranks: a rank whose launcher died stops (launcher_watch.py)
     set_seed(cfg.seed, device_specific=True)  # each rank draws its own noise
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32

@@ -6,14 +6,22 @@ write one complete checkpoint, exit 0. A *second* Ctrl-C means "now": the run
 stops without a checkpoint, unless a checkpoint write is under way, which is
 finished first (a half-written checkpoint is never taken, but it is time lost).
 
-A Ctrl-C in a terminal reaches every process of the foreground group, and
-`accelerate launch` then forwards it to its ranks once more: a SIGINT within
-`SAME_PRESS_S` of the first is that same key press, not a second one.
+A second Ctrl-C counts wherever the rank runs:
+- plain python: the terminal sends each press to the rank's process group (its loader workers ignore it);
+- `accelerate launch` / `torchrun`: the ranks run in sessions of their own (torch's agent starts them so), so
+  only what the agent sends reaches them: the first press forwarded as SIGINT, the second as a SIGTERM (the
+  agent's shutdown). So after a SIGINT, a SIGTERM is the second press too (after a first SIGTERM, as SLURM
+  sends it to every process and the agent forwards it once more, a SIGTERM is the same request). Were the
+  agent gone (killed), the ranks' launcher watch (launcher_watch.py) sends them a SIGINT instead;
+- a rank that shares its launcher's process group (an agent that does not start ranks in their own sessions)
+  gets each press twice, from the terminal and forwarded: there a SIGINT within `SAME_PRESS_S` of the first
+  is the same press.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -40,6 +48,7 @@ class StopSignals:
         self._previous: dict[int, object] = {}
         self._critical = 0
         self._stop_now_pending = False
+        self._presses_arrive_twice = _shares_launchers_process_group()
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # signal.signal works there only
@@ -59,7 +68,8 @@ class StopSignals:
             log.warning("received %s: checkpoint at the next step boundary, then exit (Ctrl-C again: stop at once, "
                         "without a checkpoint)", name)
             return
-        if signum != signal.SIGINT or time.monotonic() - self._first_at < SAME_PRESS_S:
+        again = signum == signal.SIGINT or (signum == signal.SIGTERM and self.requested == "SIGINT")
+        if not again or (self._presses_arrive_twice and time.monotonic() - self._first_at < SAME_PRESS_S):
             return
         if self._critical:
             self._stop_now_pending = True
@@ -77,3 +87,13 @@ class StopSignals:
             self._critical -= 1
         if not self._critical and self._stop_now_pending:
             raise StopNow("second Ctrl-C: stopped after the checkpoint write, at once")
+
+
+def _shares_launchers_process_group() -> bool:
+    """A rank in its launcher's process group gets a terminal's Ctrl-C directly and once more forwarded."""
+    if "LOCAL_RANK" not in os.environ:
+        return False
+    try:
+        return os.getpgid(os.getppid()) == os.getpgrp()
+    except ProcessLookupError:
+        return False

@@ -82,7 +82,6 @@ class GANStep:
         # accelerate.prepare patched in under mixed precision (it would re-enable autocast inside).
         self.d_for_penalty = state.d_module.__dict__.get("_original_forward", state.d_module)
         self.policy = parse_policy(cfg.aug.policy)
-        self.d_updates = 0  # a host counter for lazy R1 (so a graphed step needs r1_every = 1: graph.py)
         # One vector of sums: a handful of kernels per step, not dozens.
         self.stat_sums = torch.zeros(len(STAT_KEYS), device=self.device)
         self.bad_total = torch.zeros((), device=self.device)  # non-finite steps since the start
@@ -98,12 +97,13 @@ class GANStep:
         """Every image D sees, real or fake, in the D and the G step: augmented when aug.policy is set."""
         return augment(images, self.policy, self.state.augment_p.p) if self.policy else images
 
-    def r1(self, real: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Lazy R1 (StyleGAN2): on one D update in r1_every, weighted by r1_every; zero elsewhere."""
+    def r1(self, real: torch.Tensor, labels: torch.Tensor | None, d_update: int) -> torch.Tensor:
+        """Lazy R1 (StyleGAN2): on one D update in r1_every, weighted by r1_every; zero elsewhere.
+
+        `d_update` (D updates before this one) is derived from the step, so a resume at any step continues
+        the same pattern; it is a host int (a graphed step needs r1_every = 1: graph.py)."""
         loss = self.cfg.loss
-        due = loss.r1_gamma > 0 and self.d_updates % loss.r1_every == 0
-        self.d_updates += 1
-        if not due:
+        if loss.r1_every > 1 and d_update % loss.r1_every:
             return torch.zeros((), device=self.device)
         penalty = r1_penalty(lambda x, y: self.d_for_penalty(self.seen_by_d(x), y), real, labels, loss.r1_gamma)
         return loss.r1_every * penalty
@@ -126,8 +126,10 @@ class GANStep:
         return self.state.family.generator_inputs(self.g_spec, z, fake_labels, real), fake_labels
 
     def d_update(self, images: torch.Tensor, labels: torch.Tensor | None, step: int | torch.Tensor,
-                 keep_fake_graph: bool) -> DStep:
-        """One D update on a fresh real batch; the fakes keep their graph when the G update follows."""
+                 d_index: int, keep_fake_graph: bool) -> DStep:
+        """One D update on a fresh real batch; the fakes keep their graph when the G update follows.
+
+        `d_index` counts D updates since the start (from the step, so lazy R1 resumes exactly); 0 when unused."""
         cfg, s, kind, B = self.cfg, self.state, self.cfg.loss.kind, self.cfg.data.batch_size
         real = s.family.prepare_batch(self.g_spec, normalize_images(images))
         inputs, fake_labels = self.draw(real)
@@ -141,7 +143,7 @@ class GANStep:
             if kind == "wgan-gp":
                 loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(self.d_for_penalty, real, fake.detach(), labels)
             if cfg.loss.r1_gamma > 0:
-                loss_d = loss_d + self.r1(real, labels)
+                loss_d = loss_d + self.r1(real, labels, d_index)
             extra = s.loss_terms.d_loss(step, real, labels) if s.loss_terms is not None else None
             if extra is not None:
                 loss_d = loss_d + extra
@@ -174,8 +176,10 @@ class GANStep:
 
     def __call__(self, reals: list[DeviceBatch], ema_step: int | torch.Tensor) -> None:
         kind, s = self.cfg.loss.kind, self.state
+        lazy_r1 = self.cfg.loss.r1_every > 1  # a host count; a graphed step (ema_step a tensor) has r1_every = 1
         for d_iter, (images, labels) in enumerate(reals):
-            d = self.d_update(images, labels, ema_step, keep_fake_graph=d_iter == len(reals) - 1)
+            d_index = ema_step * len(reals) + d_iter if lazy_r1 else 0
+            d = self.d_update(images, labels, ema_step, d_index, keep_fake_graph=d_iter == len(reals) - 1)
         loss_g = self.g_update(d, ema_step)
         s.ema.update(s.g_module, ema_step)
         with torch.no_grad():
