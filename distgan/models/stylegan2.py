@@ -1,0 +1,319 @@
+"""StyleGAN2 (Karras et al. 2020, "config F" minus the custom CUDA ops), after NVlabs' stylegan2-ada-pytorch.
+
+G = mapping (z -> w: normalised z [+ normalised label embedding], `mapping_layers` equalised FC
+layers at lr x `mapping_lr`) + synthesis (a learned 4x4 constant, two modulated 3x3 convolutions
+per resolution with per-layer noise of learned strength, FIR-filtered 2x up-sampling, and an
+output-skip ("skip") RGB image summed over resolutions). D is residual with a minibatch-stddev
+epilogue; a conditional D projects its output onto a label embedding (stylegan2-ada's cmap).
+
+Styles: G's synthesis reads `num_ws` = 2 x (number of resolutions) w vectors, one per modulated
+layer (the ToRGB of one resolution shares its w with the next one's first convolution, as in
+stylegan2-ada). Style mixing at `mix_layer` = m takes ws[m:] from z2; m = 0 is z2's image,
+m >= num_ws is z's. Truncation moves every w toward `w_avg` (tracked during training as an
+exponential average of the mapping's output): w_avg + psi (w - w_avg).
+
+Noise: in training mode each layer adds fresh N(0, 1) noise times its learned strength; in eval
+mode (sampling, evaluation, export) it adds its stored constant noise map instead (the
+`noise_const` buffers, drawn once at initialisation and saved with the weights), so an image is a
+deterministic function of (z, label, psi, z2, mix_layer) in torch and in ONNX alike.
+
+Image sizes: square, 8 to 256 pixels. The networks run at the next power of two (at least 8);
+a smaller image (28 -> 32) is cropped from the centre of G's output and zero-padded back to the
+network size at D's input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from distgan.models.stylegan2_layers import (EqualConv2d, EqualLinear, MinibatchStd, fir_kernel, lrelu,
+                                             modulated_conv2d, normalize_2nd_moment, upsample2d)
+
+W_AVG_BETA = 0.995  # w_avg <- lerp(batch mean of w, w_avg, beta): stylegan2-ada's decay
+MIN_SIZE, MAX_SIZE = 8, 256
+
+
+@dataclass(frozen=True)
+class StyleGAN2Spec:
+    """Everything that fixes StyleGAN2's G and D: what builds, saves, loads and exports them."""
+
+    nz: int  # z size
+    w_dim: int  # w size (and the mapping's width)
+    mapping_layers: int
+    mapping_lr: float  # the mapping network's learning-rate multiplier (0.01 in StyleGAN2)
+    channel_base: int  # channels at resolution r: min(channel_base // r, channel_max)
+    channel_max: int
+    mbstd_group: int  # D's minibatch-stddev group size
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    conditional: bool
+
+    def __post_init__(self) -> None:
+        for name in ("nz", "w_dim", "mapping_layers", "channel_base", "channel_max", "mbstd_group", "channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"stylegan2: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.mapping_lr <= 1.0:
+            raise ValueError(f"stylegan2: mapping_lr must be in (0, 1], got {self.mapping_lr}")
+        if self.height != self.width or not MIN_SIZE <= self.height <= MAX_SIZE:
+            raise ValueError(f"stylegan2 needs square images of {MIN_SIZE}-{MAX_SIZE} px (28 is padded to 32), "
+                             f"got {self.height}x{self.width}")
+        if self.conditional and self.num_classes < 2:
+            raise ValueError(f"a conditional model needs num_classes >= 2, got {self.num_classes}")
+        if min(self.channel_base // r for r in (4, self.resolution)) < 1:
+            raise ValueError(f"stylegan2: channel_base {self.channel_base} leaves no channels at "
+                             f"{self.resolution} px; use at least {self.resolution}")
+
+    @property
+    def resolution(self) -> int:
+        """The networks' own size: a power of two, at least the image's."""
+        return max(MIN_SIZE, 1 << (self.height - 1).bit_length())
+
+    @property
+    def block_resolutions(self) -> list[int]:
+        return [2 ** i for i in range(2, int(math.log2(self.resolution)) + 1)]
+
+    @property
+    def num_ws(self) -> int:
+        return 2 * len(self.block_resolutions)
+
+    def width_at(self, resolution: int) -> int:
+        return min(self.channel_base // resolution, self.channel_max)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> StyleGAN2Spec:
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown, missing = set(spec) - set(fields), set(fields) - set(spec)
+        if unknown or missing:
+            raise ValueError(f"stylegan2 spec: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+        kinds = {"int": int, "float": (int, float), "bool": bool}
+        for key, type_name in fields.items():
+            value = spec[key]
+            if not isinstance(value, kinds[type_name]) or (type_name != "bool" and isinstance(value, bool)):
+                raise ValueError(f"stylegan2 spec key {key!r} must be {type_name}, got {value!r}")
+        return cls(**spec)
+
+
+# --- generator ----------------------------------------------------------------------
+
+
+class MappingNetwork(nn.Module):
+    """z (+ label) -> w; tracks w_avg, the centre that truncation pulls toward."""
+
+    def __init__(self, spec: StyleGAN2Spec):
+        super().__init__()
+        self.embed = nn.Embedding(spec.num_classes, spec.w_dim) if spec.conditional else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight)  # N(0, 1): an equalised layer's storage (it is normalised after)
+        widths = [spec.nz + (spec.w_dim if spec.conditional else 0)] + [spec.w_dim] * spec.mapping_layers
+        self.layers = nn.Sequential(*[EqualLinear(a, b, lr_multiplier=spec.mapping_lr, activation=True)
+                                      for a, b in zip(widths[:-1], widths[1:])])
+        self.register_buffer("w_avg", torch.zeros(spec.w_dim))
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None, track: bool = False) -> torch.Tensor:
+        x = normalize_2nd_moment(z.to(torch.promote_types(z.dtype, torch.float32)))
+        if self.embed is not None:
+            x = torch.cat([x, normalize_2nd_moment(self.embed(labels))], dim=1)
+        w = self.layers(x)
+        if track:
+            with torch.no_grad():
+                self.w_avg.copy_(w.detach().mean(dim=0).lerp(self.w_avg, W_AVG_BETA))
+        return w
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (optionally 2x up) + noise x learned strength + bias + leaky ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)  # styles start at 1: plain convolutions
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))  # demodulation sets its scale
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.noise_strength = nn.Parameter(torch.zeros(()))
+        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        self.up = up
+        if up:
+            self.register_buffer("fir", fir_kernel(gain=4.0), persistent=False)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up, fir=self.fir if self.up else None)
+        if self.training:
+            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
+        else:
+            noise = self.noise_const.to(x.dtype)
+        return lrelu(x + noise * self.noise_strength + self.bias[:, None, None])
+
+
+class ToRGB(nn.Module):
+    """Modulated 1x1 conv without demodulation: this resolution's contribution to the output image."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1.0 / math.sqrt(in_channels)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        return modulated_conv2d(x, self.weight, styles, demodulate=False) + self.bias[:, None, None]
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution: (the constant | 2x up conv), conv, ToRGB added to the up-sampled image so far."""
+
+    def __init__(self, spec: StyleGAN2Spec, resolution: int):
+        super().__init__()
+        out_channels = spec.width_at(resolution)
+        self.first = resolution == 4
+        if self.first:
+            self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
+        else:
+            self.conv0 = SynthesisLayer(spec.width_at(resolution // 2), out_channels, spec.w_dim, resolution, up=True)
+            self.register_buffer("fir", fir_kernel(gain=4.0), persistent=False)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, spec.w_dim, resolution, up=False)
+        self.torgb = ToRGB(out_channels, spec.channels, spec.w_dim)
+        self.num_conv = 1 if self.first else 2
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None,
+                ws: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """ws: this block's num_conv + 1 styles (the last one is shared with the next block)."""
+        if self.first:
+            x = self.const[None].expand(ws[0].shape[0], -1, -1, -1)
+            x = self.conv1(x, ws[0])
+        else:
+            x = self.conv1(self.conv0(x, ws[0]), ws[1])
+        y = self.torgb(x, ws[self.num_conv])
+        return x, y if img is None else upsample2d(img, self.fir) + y
+
+
+class StyleGAN2Generator(nn.Module):
+    """z [B, nz] (+ labels [B] int64) -> images [B, C, H, W] (about [-1, 1], not clamped).
+
+    Optional inputs: psi [B] (truncation toward w_avg), z2 [B, nz] with mix_layer [B] int64 (style mixing).
+    In training mode, w_avg is tracked and, with probability `style_mixing`, a batch takes its styles
+    from a second random z after a random layer (the style-mixing regulariser).
+    """
+
+    def __init__(self, spec: StyleGAN2Spec, style_mixing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= style_mixing <= 1.0:
+            raise ValueError(f"loss.style_mixing must be in [0, 1], got {style_mixing}")
+        self.spec, self.conditional, self.style_mixing = spec, spec.conditional, style_mixing
+        self.num_ws = spec.num_ws
+        self.mapping = MappingNetwork(spec)
+        self.blocks = nn.ModuleList([SynthesisBlock(spec, r) for r in spec.block_resolutions])
+        self.register_buffer("layer_index", torch.arange(self.num_ws), persistent=False)
+
+    def ws(self, z: torch.Tensor, labels: torch.Tensor | None = None, psi: torch.Tensor | None = None,
+           z2: torch.Tensor | None = None, mix_layer: torch.Tensor | None = None) -> torch.Tensor:
+        """The styles [B, num_ws, w_dim] for these inputs (see the class doc)."""
+        if self.conditional != (labels is not None):
+            raise ValueError("this generator is conditional: pass labels (int64 class ids, shape [B])"
+                             if self.conditional else "labels given to an unconditional generator")
+        if (z2 is None) != (mix_layer is None):
+            raise ValueError("style mixing needs both z2 and mix_layer")
+        w = self.mapping(z, labels, track=self.training)
+        ws = w[:, None].expand(-1, self.num_ws, -1)
+        if z2 is not None:
+            ws = self._mix(ws, self.mapping(z2, labels), mix_layer)
+        elif self.training and self.style_mixing > 0:
+            ws = self._mixing_regulariser(ws, z, labels)
+        if psi is not None:
+            ws = self.mapping.w_avg.lerp(ws, psi.to(ws.dtype)[:, None, None])
+        return ws
+
+    def _mix(self, ws: torch.Tensor, w2: torch.Tensor, mix_layer: torch.Tensor) -> torch.Tensor:
+        """Layers >= mix_layer (per image) take w2."""
+        take = self.layer_index[None, :] >= mix_layer.reshape(-1, 1)  # [B, num_ws]
+        return torch.where(take[:, :, None], w2[:, None], ws)
+
+    def _mixing_regulariser(self, ws: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """With probability style_mixing, one random cutoff in [1, num_ws) for the batch (stylegan2-ada), on the device."""
+        cutoff = torch.randint(1, self.num_ws, (), device=z.device)
+        mixing = torch.rand((), device=z.device) < self.style_mixing
+        cutoff = torch.where(mixing, cutoff, torch.full_like(cutoff, self.num_ws))
+        return self._mix(ws, self.mapping(torch.randn_like(z), labels), cutoff.expand(z.shape[0]))
+
+    def synthesis(self, ws: torch.Tensor) -> torch.Tensor:
+        styles, x, img, first = ws.unbind(dim=1), None, None, 0
+        for block in self.blocks:
+            x, img = block(x, img, list(styles[first:first + block.num_conv + 1]))
+            first += block.num_conv
+        top = (self.spec.resolution - self.spec.height) // 2
+        if top:
+            img = img[:, :, top:top + self.spec.height, top:top + self.spec.width]
+        return img
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, psi: torch.Tensor | None = None,
+                z2: torch.Tensor | None = None, mix_layer: torch.Tensor | None = None,
+                return_ws: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """`return_ws`: also the styles the image was made from (the path-length regulariser's input)."""
+        ws = self.ws(z, labels, psi, z2, mix_layer)
+        if return_ws:
+            ws = ws.detach().requires_grad_(True) if not ws.requires_grad else ws
+        img = self.synthesis(ws)
+        return (img, ws) if return_ws else img
+
+
+# --- discriminator ------------------------------------------------------------------
+
+
+class DiscriminatorBlock(nn.Module):
+    """Residual: (skip 1x1 down + conv 3x3, conv 3x3 down) / sqrt(2)."""
+
+    def __init__(self, spec: StyleGAN2Spec, resolution: int):
+        super().__init__()
+        tmp, out = spec.width_at(resolution), spec.width_at(resolution // 2)
+        self.fromrgb = EqualConv2d(spec.channels, tmp, 1) if resolution == spec.resolution else None
+        self.conv0 = EqualConv2d(tmp, tmp, 3)
+        self.conv1 = EqualConv2d(tmp, out, 3, down=True)
+        self.skip = EqualConv2d(tmp, out, 1, bias=False, activation=False, down=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fromrgb is not None:
+            x = self.fromrgb(x)
+        return (self.skip(x) + self.conv1(self.conv0(x))) * math.sqrt(0.5)
+
+
+class StyleGAN2Discriminator(nn.Module):
+    """images [B, C, H, W] (+ labels [B]) -> logits [B] (float32). B must be a multiple of the mbstd group
+    (or smaller than it)."""
+
+    def __init__(self, spec: StyleGAN2Spec):
+        super().__init__()
+        self.spec = spec
+        self.blocks = nn.Sequential(*[DiscriminatorBlock(spec, r) for r in reversed(spec.block_resolutions[1:])])
+        width = spec.width_at(4)
+        self.mbstd = MinibatchStd(spec.mbstd_group)
+        self.conv = EqualConv2d(width + 1, width, 3)
+        self.fc = EqualLinear(width * 16, width, activation=True)
+        self.out = EqualLinear(width, width if spec.conditional else 1)
+        self.cmap = nn.Embedding(spec.num_classes, width) if spec.conditional else None
+        if self.cmap is not None:
+            nn.init.normal_(self.cmap.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if (self.cmap is not None) != (labels is not None):
+            raise ValueError("this discriminator is conditional: pass labels (int64 class ids, shape [B])"
+                             if self.cmap is not None else "labels given to an unconditional discriminator")
+        pad = (self.spec.resolution - self.spec.height) // 2
+        if pad:
+            x = F.pad(x, (pad, pad, pad, pad))
+        h = self.conv(self.mbstd(self.blocks(x)))
+        out = self.out(self.fc(h.flatten(1)))
+        out = out.to(torch.promote_types(out.dtype, torch.float32))  # float32 (or wider) under autocast
+        if self.cmap is None:
+            return out.flatten()
+        return (out * self.cmap(labels).to(out.dtype)).sum(dim=1) / math.sqrt(out.shape[1])
