@@ -1,6 +1,7 @@
 """`distgan-sample`: images from an exported generator with onnxruntime, numpy and pillow only.
 
     distgan-sample --onnx FILE [--seed S] [--n N] [--class NAME|INDEX|all] [--psi P]
+                   [--mix-seed M --mix-layer L]  (style-based models: StyleGAN2)
                    (--grid out.png | --outdir DIR | --npz FILE)
     distgan-sample --onnx FILE --seed A --interpolate B --steps S (--grid strip.png | --gif walk.gif | --npz FILE)
 
@@ -52,7 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--class", dest="class_name", metavar="NAME",
                         help="conditional models: a class name or index for every image, or 'all' (each seed in every "
                              "class, a row per seed); default: seed mod K, every class in turn")
-    parser.add_argument("--psi", type=float, default=1.0, help="truncation: z * psi, in 0..2 (default 1: none)")
+    parser.add_argument("--psi", type=float, default=1.0,
+                        help="truncation in 0..2 (default 1: none): z * psi; style-based models: w_avg + psi (w - w_avg)")
+    parser.add_argument("--mix-seed", type=int, metavar="M",
+                        help="style-based models: image i takes the styles of seed M + i from --mix-layer on")
+    parser.add_argument("--mix-layer", type=int, metavar="L",
+                        help="with --mix-seed: the first style layer taken from it (0: all; the model's num_ws: none)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--grid", type=Path, metavar="PNG", help="one grid image (with --interpolate: a row of frames "
                                                               "per image)")
@@ -68,6 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--gif needs --interpolate SEED_B")
     if args.interpolate is not None and args.outdir:
         parser.error("--interpolate writes --grid, --gif or --npz, not --outdir")
+    if (args.mix_seed is None) != (args.mix_layer is None):
+        parser.error("style mixing needs both --mix-seed and --mix-layer")
+    if args.mix_seed is not None and args.interpolate is not None:
+        parser.error("--mix-seed draws images, not walks: leave out --interpolate")
     if not (args.grid or args.outdir or args.npz or args.gif):
         parser.error("say where the images go: --grid, --outdir, --npz (or --gif with --interpolate)")
     return args
@@ -78,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = OnnxGenerator(args.onnx, threads=args.threads)
         if args.interpolate is None:
-            drawing = model.sample(args.seed, args.n, args.class_name, args.psi)
+            drawing = model.sample(args.seed, args.n, args.class_name, args.psi, args.mix_seed, args.mix_layer)
         else:
             drawing = model.interpolate(args.seed, args.interpolate, args.steps, args.class_name, args.psi, args.n)
     except (FileNotFoundError, ModelError) as exc:
@@ -92,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         every = (args.class_name or "").lower() == ALL_CLASSES  # one file per (seed, class)
         for seed, label in zip(drawing.seeds.tolist(), [None] * len(drawing.seeds) if drawing.labels is None
                                else drawing.labels.tolist()):
-            single = model.sample(seed, 1, str(label) if every else args.class_name, args.psi)
+            mix_seed = None if args.mix_seed is None else args.mix_seed + seed - args.seed
+            single = model.sample(seed, 1, str(label) if every else args.class_name, args.psi, mix_seed,
+                                  args.mix_layer)
             write_atomic(args.outdir / single.name, single.png())
         print(f"wrote {len(drawing.images)} images to {args.outdir}/ ({what})")
     if args.npz:

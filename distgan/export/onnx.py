@@ -38,8 +38,7 @@ import distgan
 from distgan.artifacts import load_generator
 from distgan.export.quantize import quantize_int8
 from distgan.export.rewrite import inference_generator
-from distgan.models import Generator
-from distgan.runtime import PREFIX, REQUIRED_KEYS
+from distgan.runtime import PREFIX, PSI_RANGE, REQUIRED_KEYS, STYLE_INPUTS
 
 DEFAULT_OPSET = 18
 PARITY_BATCHES = (1, 37)
@@ -101,11 +100,36 @@ class Uint8Output(nn.Module):
 
 
 def _inputs(spec: dict[str, Any], batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Random feeds for every input of the graph; a style-based generator's (spec["num_ws"] > 0) include psi in
+    0..2, z2 and mix_layer in 0..num_ws, so parity covers truncation and every mixing point."""
     rng = np.random.default_rng(seed)
     feeds = {"z": rng.standard_normal((batch, spec["nz"]), dtype=np.float32)}
     if spec["conditional"]:
         feeds["labels"] = rng.integers(0, spec["num_classes"], batch, dtype=np.int64)
+    if spec.get("num_ws", 0):
+        feeds["psi"] = rng.uniform(*PSI_RANGE, batch).astype(np.float32)
+        feeds["z2"] = rng.standard_normal((batch, spec["nz"]), dtype=np.float32)
+        feeds["mix_layer"] = rng.integers(0, spec["num_ws"] + 1, batch, dtype=np.int64)
     return feeds
+
+
+class StyleInputs(nn.Module):
+    """A style-based generator with the graph's inputs as named positional arguments: z, psi, z2, mix_layer."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z: torch.Tensor, psi: torch.Tensor, z2: torch.Tensor, mix_layer: torch.Tensor) -> torch.Tensor:
+        return self.generator(z, None, psi, z2, mix_layer)
+
+
+class ConditionalStyleInputs(StyleInputs):
+    """The same with labels: z, labels, psi, z2, mix_layer."""
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, psi: torch.Tensor, z2: torch.Tensor,
+                mix_layer: torch.Tensor) -> torch.Tensor:
+        return self.generator(z, labels, psi, z2, mix_layer)
 
 
 def _torch_outputs(module: nn.Module, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -185,8 +209,8 @@ def _exporters() -> list[tuple[str, Callable[..., None]]]:
 def _export_checked(module: nn.Module, reference: nn.Module, spec: dict[str, Any], path: Path, opset: int,
                     tolerance: float, notes: list[str]) -> tuple[str, dict[int, float]]:
     """Export with the first exporter whose model matches `reference` within `tolerance`."""
-    names = ["z", "labels"] if spec["conditional"] else ["z"]
-    example = tuple(torch.from_numpy(v) for v in _inputs(spec, 2, seed=0).values())  # batch 2: 1 would specialise
+    example_feeds = _inputs(spec, 2, seed=0)  # batch 2: 1 would specialise
+    names, example = list(example_feeds), tuple(torch.from_numpy(v) for v in example_feeds.values())
     if len(_exporters()) == 1 and not notes:
         notes.append("dynamo exporter not available (needs onnxscript); used the TorchScript exporter")
     failures = []
@@ -209,7 +233,7 @@ def _export_checked(module: nn.Module, reference: nn.Module, spec: dict[str, Any
 
 
 def build_metadata(info: dict[str, Any], *, uint8_output: bool, quantization: str, exporter: str,
-                   parity: float) -> dict[str, str]:
+                   parity: float, num_ws: int = 0) -> dict[str, str]:
     """Everything a client needs, as `distgan.*` string pairs (keys: distgan.runtime.REQUIRED_KEYS + extras)."""
     spec = info["spec"]
     classes = list(info["classes"]) if spec["conditional"] else []
@@ -223,10 +247,13 @@ def build_metadata(info: dict[str, Any], *, uint8_output: bool, quantization: st
         "dataset": info["dataset"], "distgan_version": info["distgan_version"],
         "config_hash": info["config_hash"], "quantization": quantization,
         # Extras: how to draw z, how the model was made, the full architecture.
-        "latent": "standard_normal", "inputs": "z,labels" if classes else "z",
+        "latent": "standard_normal",
+        "inputs": ",".join(["z", "labels"][:2 if classes else 1] + (list(STYLE_INPUTS) if num_ws else [])),
         "exporter": exporter, "fp32_parity_max_abs": f"{parity:.3g}",
         "export_version": distgan.__version__, "spec": json.dumps(spec, sort_keys=True),
     }
+    if num_ws:  # a style-based model: truncation in W and style mixing are inputs (distgan.runtime.STYLE_INPUTS)
+        values["num_ws"] = num_ws
     assert set(REQUIRED_KEYS) <= set(values)
     return {PREFIX + k: str(v) for k, v in values.items()}
 
@@ -307,10 +334,17 @@ def export_onnx(source: Path, out: Path | None = None, *, opset: int = DEFAULT_O
     missing = [k for k in INFO_KEYS if k not in info]
     if missing:
         raise ValueError(f"{source}: generator.json lacks {', '.join(missing)}")
-    spec: dict[str, Any] = generator.spec.to_dict()
+    num_ws = int(getattr(generator, "num_ws", 0))  # style layers of a style-based generator (StyleGAN2)
+    spec: dict[str, Any] = {**generator.spec.to_dict(), "num_ws": num_ws}
+    if num_ws and (uint8_output or quantize):
+        raise ValueError(f"{source}: a style-based generator exports as float32 only (no --uint8, no --quantize yet)")
     out = Path(out) if out is not None else default_output(source, uint8_output, quantize)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fast: Generator = inference_generator(generator)
+    if num_ws:  # no inference rewrite: the graph is the module, called with its inputs by name
+        generator = (ConditionalStyleInputs if spec["conditional"] else StyleInputs)(generator).eval()
+        fast = generator
+    else:
+        fast = inference_generator(generator)
     notes: list[str] = []
     with TemporaryDirectory(dir=out.parent, prefix=".export-") as tmpdir:
         tmp = Path(tmpdir)
@@ -327,7 +361,7 @@ def export_onnx(source: Path, out: Path | None = None, *, opset: int = DEFAULT_O
             report = _quantization_report(fp32_model, model, Uint8Output(generator) if uint8_output else generator,
                                           spec)
         metadata = build_metadata(info, uint8_output=uint8_output, quantization=quantize or "none",
-                                  exporter=exporter, parity=max(parity.values()))
+                                  exporter=exporter, parity=max(parity.values()), num_ws=num_ws)
         _write_metadata(model, metadata)
         optimized = tmp / "optimized.onnx"
         _save_optimized(model, optimized, metadata)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from distgan.models.stylegan2_layers import (EqualConv2d, EqualLinear, MinibatchStd, fir_kernel, lrelu,
                                              modulated_conv2d, normalize_2nd_moment, upsample2d)
 
+ARCH = "stylegan2"
 W_AVG_BETA = 0.995  # w_avg <- lerp(batch mean of w, w_avg, beta): stylegan2-ada's decay
 MIN_SIZE, MAX_SIZE = 8, 256
 
@@ -44,6 +45,7 @@ MIN_SIZE, MAX_SIZE = 8, 256
 class StyleGAN2Spec:
     """Everything that fixes StyleGAN2's G and D: what builds, saves, loads and exports them."""
 
+    arch: str  # "stylegan2" (the key other specs dispatch on)
     nz: int  # z size
     w_dim: int  # w size (and the mapping's width)
     mapping_layers: int
@@ -58,6 +60,8 @@ class StyleGAN2Spec:
     conditional: bool
 
     def __post_init__(self) -> None:
+        if self.arch != ARCH:
+            raise ValueError(f"a StyleGAN2 spec has arch {ARCH!r}, got {self.arch!r}")
         for name in ("nz", "w_dim", "mapping_layers", "channel_base", "channel_max", "mbstd_group", "channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"stylegan2: {name} must be >= 1, got {getattr(self, name)}")
@@ -97,7 +101,7 @@ class StyleGAN2Spec:
         unknown, missing = set(spec) - set(fields), set(fields) - set(spec)
         if unknown or missing:
             raise ValueError(f"stylegan2 spec: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-        kinds = {"int": int, "float": (int, float), "bool": bool}
+        kinds = {"str": str, "int": int, "float": (int, float), "bool": bool}
         for key, type_name in fields.items():
             value = spec[key]
             if not isinstance(value, kinds[type_name]) or (type_name != "bool" and isinstance(value, bool)):
@@ -144,7 +148,7 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
         self.up = up
         if up:
-            self.register_buffer("fir", fir_kernel(gain=4.0), persistent=False)
+            self.register_buffer("fir", fir_kernel(out_channels, gain=4.0), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up, fir=self.fir if self.up else None)
@@ -181,7 +185,7 @@ class SynthesisBlock(nn.Module):
             self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
         else:
             self.conv0 = SynthesisLayer(spec.width_at(resolution // 2), out_channels, spec.w_dim, resolution, up=True)
-            self.register_buffer("fir", fir_kernel(gain=4.0), persistent=False)
+            self.register_buffer("fir", fir_kernel(spec.channels, gain=4.0), persistent=False)
         self.conv1 = SynthesisLayer(out_channels, out_channels, spec.w_dim, resolution, up=False)
         self.torgb = ToRGB(out_channels, spec.channels, spec.w_dim)
         self.num_conv = 1 if self.first else 2

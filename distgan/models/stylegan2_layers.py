@@ -29,29 +29,26 @@ def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
 
 
-def fir_kernel(gain: float = 1.0) -> torch.Tensor:
-    """The separable 2-D FIR kernel [4, 4], summing to `gain` (4 for a 2x up-sampling: 3 zeros in 4 inputs)."""
+def fir_kernel(channels: int, gain: float = 1.0) -> torch.Tensor:
+    """The separable 2-D FIR kernel summing to `gain` (4 for a 2x up-sampling: 3 zeros in 4 inputs), one copy per
+    channel: a depthwise weight [channels, 1, 4, 4] of a fixed shape (an exported graph needs it constant)."""
     taps = torch.tensor(FIR_TAPS)
     kernel = taps[:, None] * taps[None, :]
-    return kernel * (gain / kernel.sum())
+    return (kernel * (gain / kernel.sum())).expand(channels, 1, -1, -1).contiguous()
 
 
 def fir_filter(x: torch.Tensor, kernel: torch.Tensor, pad: int) -> torch.Tensor:
-    """Depthwise filtering of every channel with `kernel`, after zero padding `pad` on each side."""
-    channels = x.shape[1]
-    weight = kernel[None, None].expand(channels, 1, *kernel.shape)
-    return F.conv2d(F.pad(x, (pad, pad, pad, pad)), weight.to(x.dtype), groups=channels)
+    """Depthwise filtering of every channel with `kernel` (`fir_kernel`), after zero padding `pad` on each side."""
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad)), kernel.to(x.dtype), groups=kernel.shape[0])
 
 
 def upsample2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """2x up-sampling by zero insertion and the FIR low-pass (upfirdn2d's up=2): [H, W] -> [2H, 2W].
 
     One transposed convolution with stride 2 inserts the zeros and filters; padding 1 crops the full
-    output (2H + 2) to upfirdn2d's 2H samples.
+    output (2H + 2) to upfirdn2d's 2H samples. `kernel`: `fir_kernel(channels, gain=4)`.
     """
-    channels = x.shape[1]
-    weight = kernel[None, None].expand(channels, 1, *kernel.shape)
-    return F.conv_transpose2d(x, weight.to(x.dtype), stride=2, padding=1, groups=channels)
+    return F.conv_transpose2d(x, kernel.to(x.dtype), stride=2, padding=1, groups=kernel.shape[0])
 
 
 class EqualLinear(nn.Module):
@@ -87,7 +84,7 @@ class EqualConv2d(nn.Module):
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
         self.activation, self.down, self.kernel_size = activation, down, kernel_size
         if down:
-            self.register_buffer("fir", fir_kernel(), persistent=False)
+            self.register_buffer("fir", fir_kernel(in_channels), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight * self.weight_gain
@@ -111,7 +108,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     x = x * styles[:, :, None, None]
     if up:
         x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)  # 2H + k - 2 samples
-        x = fir_filter(x, fir, (len(FIR_TAPS) + 1 - weight.shape[-1]) // 2)  # -> 2H
+        x = fir_filter(x, fir, (len(FIR_TAPS) + 1 - weight.shape[-1]) // 2)  # -> 2H (fir: O channels, gain 4)
     else:
         x = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
     if demodulate:
