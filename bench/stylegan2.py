@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.infer import alternating_medians, cpu_name, matmul_peak_gflops, ort_session, physical_cores  # noqa: E402
 from distgan.export import onnx as export_module  # noqa: E402
-from distgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, StyleGAN2Spec  # noqa: E402
+from distgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, StyleGAN2Spec, StyleInputs  # noqa: E402
 
 # The networks of configs/stylegan2_{32,128}.yaml (stylegan2-ada-pytorch's "auto" widths below 512 px).
 SPECS = {size: StyleGAN2Spec(arch="stylegan2", nz=512, w_dim=512, mapping_layers=2, mapping_lr=0.01,
@@ -85,7 +85,7 @@ def onnx_vs_torch(spec: StyleGAN2Spec, batches: list[int], threads: int, seconds
     """The export's images/s against torch eager on the same inputs (psi 0.7, mixing at layer 4)."""
     torch.manual_seed(0)
     G = StyleGAN2Generator(spec).eval()
-    module = export_module.StyleInputs(G).eval()
+    module = StyleInputs(G).eval()
     export_spec = {**spec.to_dict(), "num_ws": G.num_ws}
     rows = {}
     with tempfile.TemporaryDirectory() as tmpdir:

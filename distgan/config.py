@@ -40,6 +40,9 @@ class LossConfig:
     d_steps: int = 1  # D updates per G update, each on a fresh real batch
     r1_gamma: float = 0.0  # R1 penalty gamma / 2 * E||grad_x D(x_real)||^2 (Mescheder et al. 2018); 0 = off
     r1_every: int = 16  # lazy R1 (StyleGAN2): on one D step in r1_every, weighted x r1_every
+    style_mixing: float = 0.0  # style-based G (stylegan2, whose default is 0.9): P(a batch mixes two z's styles)
+    pl_weight: float = 0.0  # style-based G (stylegan2: 2): path-length regularisation weight; 0 = off
+    pl_every: int = 4  # lazy path-length regularisation: on the G steps where step % pl_every == 0, x pl_every
 
 
 @dataclass
@@ -260,6 +263,18 @@ def _validate_small_data(cfg: Config) -> None:
                           "use optim.schedule=warmup")
     if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
         raise ConfigError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {cfg.optim.min_lr_ratio}")
+    _check_style_regularisers(cfg)
+
+
+def _check_style_regularisers(cfg: Config) -> None:
+    """Style mixing and path-length regularisation (a style-based G's; other families ignore them)."""
+    loss = cfg.loss
+    if not 0.0 <= loss.style_mixing <= 1.0:
+        raise ConfigError(f"config key 'loss.style_mixing' must be in [0, 1] (a probability), got {loss.style_mixing}")
+    if loss.pl_weight < 0:
+        raise ConfigError(f"config key 'loss.pl_weight' must be >= 0, got {loss.pl_weight}")
+    if loss.pl_every < 1:
+        raise ConfigError(f"config key 'loss.pl_every' must be >= 1, got {loss.pl_every}")
 
 
 def _check_combinations(cfg: Config) -> None:

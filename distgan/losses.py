@@ -159,14 +159,16 @@ def path_lengths(images: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor | N
     return grad.square().sum(dim=2).mean(dim=1).sqrt()
 
 
-def path_length_penalty(images: torch.Tensor, ws: torch.Tensor, pl_mean: torch.Tensor,
-                        decay: float = 0.01) -> torch.Tensor:
+def path_length_penalty(images: torch.Tensor, ws: torch.Tensor, pl_mean: torch.Tensor, decay: float = 0.01,
+                        average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Path-length regularisation (Karras et al. 2020): mean (length - a)^2, a the running mean of the lengths.
 
     `pl_mean` (a 0-d tensor, e.g. a buffer that is checkpointed) is moved `decay` of the way to this batch's mean
-    length in place, on the device. Lazy use (`loss.pl_every` = k): one G step in k, weighted by k.
+    length in place, on the device; `average` maps that batch mean to the global one (the mean over ranks), so
+    every rank keeps the same a. Lazy use (`loss.pl_every` = k): one G step in k, weighted by k.
     """
     lengths = path_lengths(images, ws)
-    mean = pl_mean.lerp(lengths.mean().detach(), decay)
+    batch_mean = lengths.mean().detach()
+    mean = pl_mean.lerp(average(batch_mean) if average is not None else batch_mean, decay)
     pl_mean.copy_(mean)
     return (lengths - mean).square().mean()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import GENERATOR_INFO, run_env
 from distgan.export import onnx as export_module
-from distgan.models.stylegan2 import StyleGAN2Generator, StyleGAN2Spec
+from distgan.models.stylegan2 import ConditionalStyleInputs, StyleGAN2Generator, StyleGAN2Spec
 from distgan.runtime import InputError, OnnxGenerator, latents
 
 CLASSES = ["a", "b", "c"]
@@ -45,7 +45,7 @@ def style_model(tmp_path_factory) -> tuple[Path, StyleGAN2Generator, dict[int, f
     G = lively_generator()
     path = tmp_path_factory.mktemp("stylegan2-onnx") / "generator.onnx"
     spec = {**G.spec.to_dict(), "num_ws": G.num_ws}
-    module = export_module.ConditionalStyleInputs(G).eval()
+    module = ConditionalStyleInputs(G).eval()
     exporter, parity = export_module._export_checked(module, module, spec, path, export_module.DEFAULT_OPSET,
                                                      export_module.FP32_TOLERANCE, [])
     info = {**GENERATOR_INFO, "spec": G.spec.to_dict(), "classes": CLASSES}

@@ -38,6 +38,7 @@ import distgan
 from distgan.artifacts import load_generator
 from distgan.export.quantize import quantize_int8
 from distgan.export.rewrite import inference_generator
+from distgan.models.stylegan2 import ConditionalStyleInputs, StyleInputs
 from distgan.runtime import PREFIX, PSI_RANGE, REQUIRED_KEYS, STYLE_INPUTS
 
 DEFAULT_OPSET = 18
@@ -111,25 +112,6 @@ def _inputs(spec: dict[str, Any], batch: int, seed: int) -> dict[str, np.ndarray
         feeds["z2"] = rng.standard_normal((batch, spec["nz"]), dtype=np.float32)
         feeds["mix_layer"] = rng.integers(0, spec["num_ws"] + 1, batch, dtype=np.int64)
     return feeds
-
-
-class StyleInputs(nn.Module):
-    """A style-based generator with the graph's inputs as named positional arguments: z, psi, z2, mix_layer."""
-
-    def __init__(self, generator: nn.Module):
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, z: torch.Tensor, psi: torch.Tensor, z2: torch.Tensor, mix_layer: torch.Tensor) -> torch.Tensor:
-        return self.generator(z, None, psi, z2, mix_layer)
-
-
-class ConditionalStyleInputs(StyleInputs):
-    """The same with labels: z, labels, psi, z2, mix_layer."""
-
-    def forward(self, z: torch.Tensor, labels: torch.Tensor, psi: torch.Tensor, z2: torch.Tensor,
-                mix_layer: torch.Tensor) -> torch.Tensor:
-        return self.generator(z, labels, psi, z2, mix_layer)
 
 
 def _torch_outputs(module: nn.Module, feeds: dict[str, np.ndarray]) -> np.ndarray:

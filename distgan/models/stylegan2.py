@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -38,6 +39,8 @@ from distgan.models.stylegan2_layers import (EqualConv2d, EqualLinear, Minibatch
 
 ARCH = "stylegan2"
 W_AVG_BETA = 0.995  # w_avg <- lerp(batch mean of w, w_avg, beta): stylegan2-ada's decay
+PL_DECAY = 0.01  # the path-length running mean's step toward each batch's mean (stylegan2-ada)
+PL_BATCH_SHRINK = 2  # the path-length penalty runs on half the batch (stylegan2-ada)
 MIN_SIZE, MAX_SIZE = 8, 256
 
 
@@ -109,6 +112,17 @@ class StyleGAN2Spec:
         return cls(**spec)
 
 
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """`value` averaged over the ranks of a distributed run (itself in one process): running statistics such as
+    w_avg then move by the global batch and stay bit-identical on every rank (the weight check before a
+    snapshot compares them; the checkpoint stores rank 0's)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
 # --- generator ----------------------------------------------------------------------
 
 
@@ -132,7 +146,7 @@ class MappingNetwork(nn.Module):
         w = self.layers(x)
         if track:
             with torch.no_grad():
-                self.w_avg.copy_(w.detach().mean(dim=0).lerp(self.w_avg, W_AVG_BETA))
+                self.w_avg.copy_(mean_over_ranks(w.detach().mean(dim=0)).lerp(self.w_avg, W_AVG_BETA))
         return w
 
 
@@ -321,3 +335,22 @@ class StyleGAN2Discriminator(nn.Module):
         if self.cmap is None:
             return out.flatten()
         return (out * self.cmap(labels).to(out.dtype)).sum(dim=1) / math.sqrt(out.shape[1])
+
+
+class StyleInputs(nn.Module):
+    """What the exporter traces: G with the graph's inputs as named positional arguments z, psi, z2, mix_layer."""
+
+    def __init__(self, generator: StyleGAN2Generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z: torch.Tensor, psi: torch.Tensor, z2: torch.Tensor, mix_layer: torch.Tensor) -> torch.Tensor:
+        return self.generator(z, None, psi, z2, mix_layer)
+
+
+class ConditionalStyleInputs(StyleInputs):
+    """The same with labels: z, labels, psi, z2, mix_layer."""
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, psi: torch.Tensor, z2: torch.Tensor,
+                mix_layer: torch.Tensor) -> torch.Tensor:
+        return self.generator(z, labels, psi, z2, mix_layer)

@@ -122,7 +122,7 @@ class MinibatchStd(nn.Module):
     """Appends the mean standard deviation over groups of `group_size` consecutive images (one channel).
 
     Groups are consecutive images, so a batch laid out as cat(real, fake) with both halves divisible by
-    the group size never mixes real and fake images in one group (stylegan2-ada-pytorch strides the
+    the group size (the family checks data.batch_size) never mixes real and fake images in one group (stylegan2-ada-pytorch strides the
     groups across the batch instead; it scores reals and fakes in separate forwards).
     """
 
@@ -132,7 +132,7 @@ class MinibatchStd(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, C, H, W = x.shape
-        group = min(self.group_size, x.shape[0])
+        group = math.gcd(self.group_size, x.shape[0])  # = group_size for the batches training uses
         y = x.reshape(-1, group, C, H, W)
         y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1)  # [n, C, H, W] variance over the group
         y = (y + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [n]

@@ -50,7 +50,8 @@ def train(cfg: Config) -> str:
     loader, num_classes = open_data(cfg, accelerator, control)
     manifest = loader.manifest
     evaluator = TrainingEvaluator(cfg, accelerator, manifest, run_dir.path, num_classes, control)  # fails early
-    graphed = use_step_graph(cfg.train, device, world, lazy_r1=cfg.loss.r1_gamma > 0 and cfg.loss.r1_every > 1)
+    graphed = use_step_graph(cfg.train, device, world, lazy_r1=(cfg.loss.r1_gamma > 0 and cfg.loss.r1_every > 1)
+                            or (cfg.loss.pl_weight > 0 and cfg.loss.pl_every > 1))
     state = build_state(cfg, accelerator, (manifest.channels, manifest.height, manifest.width), num_classes,
                         capturable=graphed)
     resume_from = run_dir.resolve_resume(cfg.train.resume)
