@@ -374,7 +374,10 @@ class OnnxGenerator:
         text = {f"{PREFIX}model_sha256": self.sha256, **{PREFIX + k: str(v) for k, v in request.items()},
                 f"{PREFIX}psi": repr(psi)}
         name = f"{self.sha256[:12]}_mixing{row_seed}x{col_seed}_{rows}x{cols}_at{layer}_psi{psi!r}.png"
-        return Drawing(tiles, z, cols + 1, np.repeat(row_seeds, cols), labels, text, name, ())
+        args = ("--seed", str(row_seed), "--n", str(rows), "--mix-grid", str(col_seed), "--cols", str(cols),
+                "--mix-layer", str(layer), *(("--class", class_name) if class_name is not None else ()),
+                *(("--psi", repr(psi)) if psi != 1.0 else ()))
+        return Drawing(tiles, z, cols + 1, np.repeat(row_seeds, cols), labels, text, name, args)
 
     def interpolate(self, seed_a: int, seed_b: int, steps: int, class_name: str | None = None, psi: float = 1.0,
                     n: int = 1) -> Drawing:

@@ -3,6 +3,7 @@ torch-free sampler's truncation and style mixing (`distgan-sample --psi --mix-se
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,27 @@ def test_mixing_grid_is_the_papers_figure(style_model):
             assert np.array_equal(tiles[1 + r, 1 + c], mixed)
     with pytest.raises(InputError, match="mix_layer: 7 is out of range"):
         model.mixing_grid(0, 2, 5, 2, mix_layer=7)
+
+
+def test_mixing_grid_through_the_sampler_and_the_api(style_model, tmp_path):
+    from starlette.testclient import TestClient
+
+    from distgan.serve.app import create_app
+    from distgan.serve.catalog import load_models
+
+    path, _, _ = style_model
+    expected = OnnxGenerator(path).mixing_grid(3, 2, 10, 3, mix_layer=4, class_name="b", psi=0.8)
+    proc = sample("--onnx", path, *expected.args, "--grid", tmp_path / "mix.png")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "mix.png").read_bytes() == expected.png()
+    client = TestClient(create_app(load_models([path])), base_url="http://localhost")
+    params = {"row_seed": 3, "rows": 2, "col_seed": 10, "cols": 3, "mix_layer": 4, "class": "b", "psi": 0.8}
+    assert client.get("/api/meta").json()["num_ws"] == 6
+    response = client.get("/api/mixing", params=params)
+    assert response.status_code == 200 and response.content == expected.png()
+    assert "--mix-grid 10" in response.headers["x-distgan-command"]
+    grid = np.load(io.BytesIO(client.get("/api/mixing", params={**params, "format": "npy"}).content))
+    assert grid.shape == (3, 4, 16, 16, 3) and np.array_equal(grid.reshape(expected.images.shape), expected.images)
+    for bad, field in (({"mix_layer": 7}, "mix_layer"), ({"psi": 2.5}, "psi"), ({"rows": 0}, "rows")):
+        response = client.get("/api/mixing", params={**params, **bad})
+        assert response.status_code == 400 and response.json()["field"] == field, response.json()

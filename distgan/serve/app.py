@@ -51,6 +51,7 @@ SECURITY_HEADERS = [
 ]
 SAMPLE_PARAMS = ("model", "seed", "n", "class", "psi", "format")
 WALK_PARAMS = ("model", "seed_a", "seed_b", "steps", "class", "psi", "format")
+MIXING_PARAMS = ("model", "row_seed", "rows", "col_seed", "cols", "mix_layer", "class", "psi", "format")
 FORMATS = ("png", "npy")
 
 
@@ -171,6 +172,18 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
         rows = len(drawing.images) // steps
         return _drawing_response(model, drawing, form, (rows, steps, *drawing.images.shape[1:]))
 
+    def mixing(request: Request) -> Response:
+        """Style-based models: the style-mixing grid (`OnnxGenerator.mixing_grid`), (rows + 1) x (cols + 1) tiles."""
+        query = Query(request.query_params.multi_items(), MIXING_PARAMS)
+        row_seed = query.integer("row_seed", 0, 0, MAX_SEED)
+        rows = query.integer("rows", 3, 1, limits.max_n)
+        col_seed = query.integer("col_seed", 100, 0, MAX_SEED)
+        cols = query.integer("cols", 4, 1, limits.max_n)
+        mix_layer = query.integer("mix_layer", 4, 0, MAX_SEED)  # the model's own range is checked when drawn
+        model, class_name, psi, form = common(query, "rows", (rows + 1) * (cols + 1), 1)
+        drawing = model.generator.mixing_grid(row_seed, rows, col_seed, cols, mix_layer, class_name, psi)
+        return _drawing_response(model, drawing, form, (rows + 1, cols + 1, *drawing.images.shape[1:]))
+
     def meta(request: Request) -> Response:
         model = pick(Query(request.query_params.multi_items(), ("model",)))
         return JSONResponse({**model.describe(full=True), "limits": limits_json(limits)})
@@ -192,7 +205,7 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
         Route("/", lambda request: page_file("index.html")),
         Route("/static/{name}", lambda request: page_file(request.path_params["name"])),
         Route("/healthz", healthz), Route("/api/models", model_list), Route("/api/meta", meta),
-        Route("/api/sample", sample), Route("/api/interpolate", interpolate),
+        Route("/api/sample", sample), Route("/api/interpolate", interpolate), Route("/api/mixing", mixing),
     ]
     guard = Middleware(Guard, max_query_bytes=limits.max_query_bytes, local_only=local_only)
     return Starlette(routes=routes, middleware=[guard], exception_handlers=_handlers())

@@ -7,6 +7,7 @@ import {
   showError,
 } from "/static/lib.js";
 import { downloadWalk, drawFrame, frameAt, renderWalk, stopWalk, toggleWalk } from "/static/walk.js";
+import { renderMixing, showMixing } from "/static/mixing.js";
 
 const state = {
   models: [],
@@ -216,6 +217,7 @@ async function chooseModel(id) {
   const response = await api("/api/meta", { model: id });
   state.model = await response.json();
   showModel(state.model);
+  showMixing(state.model);
   $("walk-card").hidden = true;
   stopWalk(state);
   await generate();
@@ -249,6 +251,7 @@ async function start() {
   $("download-grid").addEventListener("click", downloadGrid);
   $("copy-command").addEventListener("click", () => copyText($("command").textContent, "command"));
 
+  $("mixing-form").addEventListener("submit", (event) => { event.preventDefault(); renderMixing(state); });
   $("walk-form").addEventListener("submit", (event) => { event.preventDefault(); renderWalk(state); });
   $("walk-slider").addEventListener("input", () => {
     stopWalk(state);
