@@ -241,7 +241,13 @@ class OnnxGenerator:
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.info = GeneratorInfo.from_metadata(self.metadata, str(self.path))
         inputs = {i.name for i in self.session.get_inputs()}
-        expected = ({"z", "labels"} if self.info.num_classes else {"z"}) | set(STYLE_INPUTS if self.styled else ())
+        # Inputs beyond z and labels (a model family's: truncation, a mixing layer, ...) are declared in
+        # distgan.input_specs with the value a client feeds when it does not choose one.
+        self.defaults = {spec["name"]: spec for spec in json.loads(self.metadata.get(PREFIX + "input_specs", "[]"))
+                         if spec.get("default") is not None}
+        expected = ({"z", "labels"} if self.info.num_classes else {"z"}) | set(self.defaults)
+        if self.styled and not set(STYLE_INPUTS) <= inputs:
+            raise ModelError(f"{self.path}: a style-based model (distgan.num_ws) needs inputs {', '.join(STYLE_INPUTS)}")
         if inputs != expected:
             raise ModelError(f"{self.path}: inputs are {sorted(inputs)}, expected {sorted(expected)}")
         outputs = [o.name for o in self.session.get_outputs()]
@@ -440,7 +446,14 @@ class OnnxGenerator:
         mix_layer of a style-based model (`style_feeds`)."""
         self._check(z, labels)
         feeds = {"z": z} if labels is None else {"z": z, "labels": labels}
-        return self.session.run(["images"], feeds | self.style_feeds(z, **style))[0]
+        return self._run(feeds | self.style_feeds(z, **style))
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One session run; inputs the feeds leave out get their declared defaults."""
+        for name, spec in self.defaults.items():
+            if name not in feeds:
+                feeds[name] = np.full((len(feeds["z"]), *spec["shape"]), spec["default"], dtype=spec["dtype"])
+        return self.session.run(["images"], feeds)[0]
 
     def images(self, z: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 256, *, psi: float = 1.0,
                z2: np.ndarray | None = None, mix_layer: int | np.ndarray | None = None) -> np.ndarray:
@@ -452,7 +465,7 @@ class OnnxGenerator:
         for start in range(0, len(z), batch_size):
             part = slice(start, start + batch_size)
             feeds = {"z": z[part]} | ({} if labels is None else {"labels": labels[part]})
-            raw = self.session.run(["images"], feeds | {k: v[part] for k, v in style.items()})[0]
+            raw = self._run(feeds | {k: v[part] for k, v in style.items()})
             out.append(raw if self.info.output_dtype == "uint8" else to_uint8_nhwc(raw))
         return np.concatenate(out)
 

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from conftest import GENERATOR_INFO, run_env
-from distgan.export import onnx as export_module
-from distgan.models.stylegan2 import ConditionalStyleInputs, StyleGAN2Generator, StyleGAN2Spec
+from distgan.artifacts import save_generator
+from distgan.export import export_onnx
+from distgan.models.stylegan2 import StyleGAN2Generator, StyleGAN2Spec
 from distgan.runtime import InputError, OnnxGenerator, latents
 
 CLASSES = ["a", "b", "c"]
@@ -43,17 +44,12 @@ def lively_generator() -> StyleGAN2Generator:
 
 @pytest.fixture(scope="module")
 def style_model(tmp_path_factory) -> tuple[Path, StyleGAN2Generator, dict[int, float]]:
+    """The generator/ directory of a lively G, exported the way every run is (distgan-export's function)."""
     G = lively_generator()
-    path = tmp_path_factory.mktemp("stylegan2-onnx") / "generator.onnx"
-    spec = {**G.spec.to_dict(), "num_ws": G.num_ws}
-    module = ConditionalStyleInputs(G).eval()
-    exporter, parity = export_module._export_checked(module, module, spec, path, export_module.DEFAULT_OPSET,
-                                                     export_module.FP32_TOLERANCE, [])
-    info = {**GENERATOR_INFO, "spec": G.spec.to_dict(), "classes": CLASSES}
-    metadata = export_module.build_metadata(info, uint8_output=False, quantization="none", exporter=exporter,
-                                            parity=max(parity.values()), num_ws=G.num_ws)
-    export_module._write_metadata(path, metadata)
-    return path, G, parity
+    root = tmp_path_factory.mktemp("stylegan2-onnx")
+    save_generator(G, root / "generator", {**GENERATOR_INFO, "classes": CLASSES, "image_shape": [3, 16, 16]})
+    result = export_onnx(root / "generator", root / "generator.onnx")
+    return result.path, G, result.parity
 
 
 def torch_uint8(G: StyleGAN2Generator, z, labels, psi, z2=None, mix_layer=None) -> np.ndarray:

@@ -24,7 +24,6 @@ network size at D's input.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from distgan.losses import path_length_penalty
+from distgan.models.family import Family, InputSpec, LossTerms, check_common
+from distgan.models.specs import ModelConfig, ModelSpec
 from distgan.models.stylegan2_layers import (EqualConv2d, EqualLinear, MinibatchStd, fir_kernel, lrelu,
                                              modulated_conv2d, normalize_2nd_moment, upsample2d)
 
@@ -45,9 +47,10 @@ MIN_SIZE, MAX_SIZE = 8, 256
 
 
 @dataclass(frozen=True)
-class StyleGAN2Spec:
+class StyleGAN2Spec(ModelSpec):
     """Everything that fixes StyleGAN2's G and D: what builds, saves, loads and exports them."""
 
+    KIND = "generator"
     arch: str  # "stylegan2" (the key other specs dispatch on)
     nz: int  # z size
     w_dim: int  # w size (and the mapping's width)
@@ -67,16 +70,16 @@ class StyleGAN2Spec:
             raise ValueError(f"a StyleGAN2 spec has arch {ARCH!r}, got {self.arch!r}")
         for name in ("nz", "w_dim", "mapping_layers", "channel_base", "channel_max", "mbstd_group", "channels"):
             if getattr(self, name) < 1:
-                raise ValueError(f"stylegan2: {name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.mapping_lr <= 1.0:
-            raise ValueError(f"stylegan2: mapping_lr must be in (0, 1], got {self.mapping_lr}")
+            raise ValueError(f"model.mapping_lr must be in (0, 1], got {self.mapping_lr}")
         if self.height != self.width or not MIN_SIZE <= self.height <= MAX_SIZE:
             raise ValueError(f"stylegan2 needs square images of {MIN_SIZE}-{MAX_SIZE} px (28 is padded to 32), "
                              f"got {self.height}x{self.width}")
         if self.conditional and self.num_classes < 2:
             raise ValueError(f"a conditional model needs num_classes >= 2, got {self.num_classes}")
         if min(self.channel_base // r for r in (4, self.resolution)) < 1:
-            raise ValueError(f"stylegan2: channel_base {self.channel_base} leaves no channels at "
+            raise ValueError(f"model.channel_base {self.channel_base} leaves no channels at "
                              f"{self.resolution} px; use at least {self.resolution}")
 
     @property
@@ -94,22 +97,6 @@ class StyleGAN2Spec:
 
     def width_at(self, resolution: int) -> int:
         return min(self.channel_base // resolution, self.channel_max)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> StyleGAN2Spec:
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown, missing = set(spec) - set(fields), set(fields) - set(spec)
-        if unknown or missing:
-            raise ValueError(f"stylegan2 spec: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-        kinds = {"str": str, "int": int, "float": (int, float), "bool": bool}
-        for key, type_name in fields.items():
-            value = spec[key]
-            if not isinstance(value, kinds[type_name]) or (type_name != "bool" and isinstance(value, bool)):
-                raise ValueError(f"stylegan2 spec key {key!r} must be {type_name}, got {value!r}")
-        return cls(**spec)
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
@@ -354,3 +341,117 @@ class ConditionalStyleInputs(StyleInputs):
     def forward(self, z: torch.Tensor, labels: torch.Tensor, psi: torch.Tensor, z2: torch.Tensor,
                 mix_layer: torch.Tensor) -> torch.Tensor:
         return self.generator(z, labels, psi, z2, mix_layer)
+
+
+# --- the family (model.arch: stylegan2) -----------------------------------------------------
+
+
+@dataclass
+class StyleGAN2Config(ModelConfig):
+    """The `model:` keys of `model.arch: stylegan2`, besides the shared nz (z size) and conditional."""
+
+    w_dim: int = 512  # w size, and the mapping network's width
+    mapping_layers: int = 8  # FC layers of the mapping network
+    mapping_lr: float = 0.01  # the mapping network's learning-rate multiplier
+    channel_base: int = 16384  # channels at resolution r: min(channel_base // r, channel_max)
+    channel_max: int = 512
+    mbstd_group: int = 4  # D's minibatch-stddev group size (data.batch_size must be a multiple)
+
+
+class StyleGAN2DiscriminatorSpec(StyleGAN2Spec):
+    """The same fields for D (saved as discriminator.json)."""
+
+    KIND = "discriminator"
+
+
+class PathLengthTerms(LossTerms):
+    """Lazy path-length regularisation of G (Karras et al. 2020): on G steps where step % loss.pl_every == 0,
+    pl_weight x pl_every x E[(|J_w^T y| - a)^2] on half a batch drawn through G again; `pl_mean` (a) is the
+    running mean of the path lengths over every rank, a buffer the checkpoint saves. The counter is the step,
+    so a resume at any step continues the same schedule."""
+
+    def __init__(self, pl_weight: float, pl_every: int, style_mixing: float):
+        super().__init__()
+        self.pl_weight, self.pl_every, self.style_mixing = pl_weight, pl_every, style_mixing
+        self.generator: list[StyleGAN2Generator] = []  # G's raw module, unregistered (its weights are G's)
+        self.register_buffer("pl_mean", torch.zeros(()))
+
+    def attach(self, generator: nn.Module) -> None:
+        """G's raw module, for the path length's own G pass; G's training-time style-mixing probability."""
+        generator.style_mixing = self.style_mixing
+        self.generator[:] = [generator]
+
+    def g_loss(self, step: int, inputs: dict[str, torch.Tensor], fake: torch.Tensor) -> torch.Tensor | None:
+        if self.pl_weight == 0 or (self.pl_every > 1 and int(step) % self.pl_every):  # (int: eager steps only)
+            return None
+        half = {k: v[:max(1, v.shape[0] // PL_BATCH_SHRINK)] for k, v in inputs.items()}
+        with torch.autocast(device_type=fake.device.type, enabled=False):  # a gradient of a gradient: fp32
+            images, ws = self.generator[0](**half, return_ws=True)
+            penalty = path_length_penalty(images, ws, self.pl_mean, PL_DECAY, average=mean_over_ranks)
+        return penalty * (self.pl_weight * self.pl_every)
+
+
+class StyleGAN2Family(Family):
+    name = ARCH
+    config = StyleGAN2Config
+    generator_spec = StyleGAN2Spec
+    discriminator_spec = StyleGAN2DiscriminatorSpec
+    # stylegan2-ada-pytorch's training choices; a config's own values win.
+    defaults = {"model.nz": 512, "model.d_batchnorm": False, "loss.kind": "bce", "loss.r1_gamma": 10.0,
+                "loss.r1_every": 16, "loss.style_mixing": 0.9, "loss.pl_weight": 2.0, "loss.pl_every": 4,
+                "optim.g_lr": 0.0025, "optim.d_lr": 0.0025, "optim.g_betas": [0.0, 0.99],
+                "optim.d_betas": [0.0, 0.99]}
+
+    def check(self, cfg: StyleGAN2Config, shape: tuple[int, int, int], num_classes: int) -> None:
+        check_common(cfg, shape, num_classes)
+        self._spec(StyleGAN2Spec, cfg, shape, num_classes)  # its checks name the model.* key
+
+    def make_generator_spec(self, cfg: StyleGAN2Config, shape: tuple[int, int, int],
+                            num_classes: int) -> StyleGAN2Spec:
+        self.check(cfg, shape, num_classes)
+        return self._spec(StyleGAN2Spec, cfg, shape, num_classes)
+
+    def make_discriminator_spec(self, cfg: StyleGAN2Config, shape: tuple[int, int, int],
+                                num_classes: int) -> StyleGAN2DiscriminatorSpec:
+        self.check(cfg, shape, num_classes)
+        return self._spec(StyleGAN2DiscriminatorSpec, cfg, shape, num_classes)
+
+    @staticmethod
+    def _spec(kind: type[StyleGAN2Spec], cfg: StyleGAN2Config, shape: tuple[int, int, int], num_classes: int):
+        channels, height, width = shape
+        return kind(arch=ARCH, nz=cfg.nz, w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers,
+                    mapping_lr=cfg.mapping_lr, channel_base=cfg.channel_base, channel_max=cfg.channel_max,
+                    mbstd_group=cfg.mbstd_group, channels=channels, height=height, width=width,
+                    num_classes=num_classes if cfg.conditional else 0, conditional=cfg.conditional)
+
+    def build_generator(self, spec: StyleGAN2Spec) -> nn.Module:
+        return StyleGAN2Generator(spec)
+
+    def build_discriminator(self, spec: StyleGAN2Spec) -> nn.Module:
+        return StyleGAN2Discriminator(spec)
+
+    def d_batchnorm(self, cfg: ModelConfig) -> bool:
+        return False
+
+    def inputs(self, spec: StyleGAN2Spec) -> tuple[InputSpec, ...]:
+        """z (labels) as every family, then truncation and style mixing (distgan.runtime.STYLE_INPUTS)."""
+        return (*super().inputs(spec), InputSpec("psi", "float32", (), "psi", default=1.0),
+                InputSpec("z2", "float32", (spec.nz,), "normal", default=0.0),
+                InputSpec("mix_layer", "int64", (), "layer", default=float(spec.num_ws)))
+
+    def loss_terms(self, cfg: Any, g_spec: StyleGAN2Spec, d_spec: StyleGAN2Spec) -> LossTerms | None:
+        """Path length and style mixing; D's minibatch-stddev groups must not straddle real and fake."""
+        batch, group = cfg.data.batch_size, d_spec.mbstd_group
+        if batch % group and batch > group:
+            raise ValueError(f"config key 'data.batch_size' ({batch}) must be a multiple of 'model.mbstd_group' "
+                             f"({group}): D scores cat(real, fake) in groups of {group} consecutive images")
+        return PathLengthTerms(cfg.loss.pl_weight, cfg.loss.pl_every, cfg.loss.style_mixing)
+
+    def export_module(self, generator: nn.Module) -> nn.Module:
+        return (ConditionalStyleInputs if generator.spec.conditional else StyleInputs)(generator).eval()
+
+    def export_metadata(self, spec: StyleGAN2Spec) -> dict[str, str]:
+        return {"num_ws": str(spec.num_ws), "truncation": "w"}
+
+
+FAMILY = StyleGAN2Family()
