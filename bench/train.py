@@ -45,8 +45,9 @@ from distgan.data.shards import write_shards  # noqa: E402
 from distgan.data.sources import RawDataset, RawSplit  # noqa: E402
 from distgan.models import build_discriminator, build_generator  # noqa: E402
 
-CONFIGS = {"dcgan28": "configs/mnist_dcgan.yaml", "dcgan64": "configs/celeba64_dcgan.yaml"}
-SHAPES = {"dcgan28": (1, 28, 28), "dcgan64": (3, 64, 64)}
+CONFIGS = {"dcgan28": "configs/mnist_dcgan.yaml", "dcgan64": "configs/celeba64_dcgan.yaml",
+           "stylegan2": "configs/stylegan2_32.yaml"}  # stylegan2: bench/stylegan2.py --trainer (its own plain loop)
+SHAPES = {"dcgan28": (1, 28, 28), "dcgan64": (3, 64, 64), "stylegan2": (1, 28, 28)}
 
 
 def synthetic_shards(arch: str, out: Path, n: int) -> Path:

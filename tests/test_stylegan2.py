@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from distgan.losses import path_length_penalty, path_lengths, r1_penalty
-from distgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, StyleGAN2Spec
+from distgan.models.stylegan2 import (StyleGAN2Discriminator, StyleGAN2Generator, StyleGAN2Spec,
+                                      build_stylegan2_generator)
 from distgan.models.stylegan2_layers import EqualLinear, modulated_conv2d
 
 
@@ -82,15 +83,15 @@ def test_w_avg_tracks_the_mapping_output_in_training_only():
 @pytest.mark.parametrize("conditional", [False, True])
 def test_psi_zero_gives_the_w_avg_image_for_every_z(conditional):
     torch.manual_seed(0)
-    G = StyleGAN2Generator(tiny_spec(conditional=conditional))
+    G = build_stylegan2_generator(tiny_spec(conditional=conditional))
     trained_w_avg(G) if not conditional else None
     if conditional:
         G.mapping.w_avg.normal_()
     labels = torch.zeros(6, dtype=torch.int64) if conditional else None
     with torch.no_grad():
-        images = G(torch.randn(6, 4), labels, psi=torch.zeros(6))
+        images = G(torch.randn(6, 4), labels=labels, psi=torch.zeros(6))
         w_avg_image = G.synthesis(G.mapping.w_avg.expand(1, G.num_ws, -1))
-        half = G(torch.randn(6, 4), labels, psi=torch.full((6,), 0.5))
+        half = G(torch.randn(6, 4), labels=labels, psi=torch.full((6,), 0.5))
     assert torch.allclose(images, w_avg_image.expand_as(images), atol=1e-6)
     assert (half - w_avg_image).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # psi > 0 keeps each z's own image
 
@@ -147,7 +148,7 @@ def test_shapes_sizes_and_labels():
     torch.manual_seed(0)
     spec = tiny_spec(size=28, channels=3, conditional=True, channel_base=64)
     assert spec.resolution == 32 and spec.num_ws == 8
-    G, D = StyleGAN2Generator(spec), StyleGAN2Discriminator(spec)
+    G, D = build_stylegan2_generator(spec), StyleGAN2Discriminator(spec)
     labels = torch.tensor([0, 1, 2, 1])
     images = G(torch.randn(4, 4), labels)
     assert images.shape == (4, 3, 28, 28)

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import GENERATOR_INFO, run_env
 from distgan.artifacts import save_generator
 from distgan.export import export_onnx
-from distgan.models.stylegan2 import StyleGAN2Generator, StyleGAN2Spec
+from distgan.models.stylegan2 import StyleGAN2Generator, StyleGAN2Spec, build_stylegan2_generator
 from distgan.runtime import InputError, OnnxGenerator, latents
 
 CLASSES = ["a", "b", "c"]
@@ -29,7 +29,7 @@ def lively_generator() -> StyleGAN2Generator:
     spec = StyleGAN2Spec(arch="stylegan2", nz=NZ, w_dim=8, mapping_layers=2, mapping_lr=0.01, channel_base=128,
                          channel_max=16, mbstd_group=4, channels=3, height=16, width=16, num_classes=3,
                          conditional=True)
-    G = StyleGAN2Generator(spec)
+    G = build_stylegan2_generator(spec)
     with torch.no_grad():
         for name, p in G.named_parameters():
             if name.endswith("noise_strength"):

@@ -136,7 +136,6 @@ def test_a_two_rank_run_exports_and_samples(two_rank_runs, tmp_path):
     generator, _ = load_generator(run)
     z, z2 = latents(np.arange(3, 7), 8), latents(np.arange(5, 9), 8)
     with torch.inference_mode():
-        images = generator(torch.from_numpy(z), None, torch.full((4,), 0.7), torch.from_numpy(z2),
-                           torch.full((4,), 4)).numpy()
+        images = generator(torch.from_numpy(z), torch.full((4,), 0.7), torch.from_numpy(z2), torch.full((4,), 4)).numpy()
     want = np.round(np.clip((images + 1) * 127.5, 0, 255)).transpose(0, 2, 3, 1)
     assert np.abs(drawing.images.astype(int) - want).max() <= 1

@@ -261,10 +261,11 @@ class StyleGAN2Generator(nn.Module):
             img = img[:, :, top:top + self.spec.height, top:top + self.spec.width]
         return img
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, psi: torch.Tensor | None = None,
-                z2: torch.Tensor | None = None, mix_layer: torch.Tensor | None = None,
+    def forward(self, z: torch.Tensor, psi: torch.Tensor | None = None, z2: torch.Tensor | None = None,
+                mix_layer: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 return_ws: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """`return_ws`: also the styles the image was made from (the path-length regulariser's input)."""
+        """The arguments in the order of the family's inputs (so the export traces G itself); `return_ws`: also the
+        styles the image was made from (the path-length regulariser's input)."""
         ws = self.ws(z, labels, psi, z2, mix_layer)
         if return_ws:
             ws = ws.detach().requires_grad_(True) if not ws.requires_grad else ws
@@ -324,23 +325,18 @@ class StyleGAN2Discriminator(nn.Module):
         return (out * self.cmap(labels).to(out.dtype)).sum(dim=1) / math.sqrt(out.shape[1])
 
 
-class StyleInputs(nn.Module):
-    """What the exporter traces: G with the graph's inputs as named positional arguments z, psi, z2, mix_layer."""
+class ConditionalStyleGAN2Generator(StyleGAN2Generator):
+    """The conditional G: labels second, as the family declares its inputs (z, labels, psi, z2, mix_layer)."""
 
-    def __init__(self, generator: StyleGAN2Generator):
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, z: torch.Tensor, psi: torch.Tensor, z2: torch.Tensor, mix_layer: torch.Tensor) -> torch.Tensor:
-        return self.generator(z, None, psi, z2, mix_layer)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, psi: torch.Tensor | None = None,
+                z2: torch.Tensor | None = None, mix_layer: torch.Tensor | None = None,
+                return_ws: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return super().forward(z, psi, z2, mix_layer, labels=labels, return_ws=return_ws)
 
 
-class ConditionalStyleInputs(StyleInputs):
-    """The same with labels: z, labels, psi, z2, mix_layer."""
-
-    def forward(self, z: torch.Tensor, labels: torch.Tensor, psi: torch.Tensor, z2: torch.Tensor,
-                mix_layer: torch.Tensor) -> torch.Tensor:
-        return self.generator(z, labels, psi, z2, mix_layer)
+def build_stylegan2_generator(spec: StyleGAN2Spec, style_mixing: float = 0.0) -> StyleGAN2Generator:
+    """G for `spec`: its forward takes the family's inputs in their declared order, labels second when conditional."""
+    return (ConditionalStyleGAN2Generator if spec.conditional else StyleGAN2Generator)(spec, style_mixing)
 
 
 # --- the family (model.arch: stylegan2) -----------------------------------------------------
@@ -425,7 +421,7 @@ class StyleGAN2Family(Family):
                     num_classes=num_classes if cfg.conditional else 0, conditional=cfg.conditional)
 
     def build_generator(self, spec: StyleGAN2Spec) -> nn.Module:
-        return StyleGAN2Generator(spec)
+        return build_stylegan2_generator(spec)
 
     def build_discriminator(self, spec: StyleGAN2Spec) -> nn.Module:
         return StyleGAN2Discriminator(spec)
@@ -446,9 +442,6 @@ class StyleGAN2Family(Family):
             raise ValueError(f"config key 'data.batch_size' ({batch}) must be a multiple of 'model.mbstd_group' "
                              f"({group}): D scores cat(real, fake) in groups of {group} consecutive images")
         return PathLengthTerms(cfg.loss.pl_weight, cfg.loss.pl_every, cfg.loss.style_mixing)
-
-    def export_module(self, generator: nn.Module) -> nn.Module:
-        return (ConditionalStyleInputs if generator.spec.conditional else StyleInputs)(generator).eval()
 
     def export_metadata(self, spec: StyleGAN2Spec) -> dict[str, str]:
         return {"num_ws": str(spec.num_ws), "truncation": "w"}
