@@ -4,8 +4,6 @@ torch-free sampler's truncation and style mixing (`distgan-sample --psi --mix-se
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import GENERATOR_INFO, run_env
+from conftest import GENERATOR_INFO
 from distgan.artifacts import save_generator
 from distgan.export import export_onnx
 from distgan.models.stylegan2 import StyleGAN2Generator, StyleGAN2Spec, build_stylegan2_generator
 from distgan.runtime import InputError, OnnxGenerator, latents
+from test_export import sample  # distgan-sample in a subprocess that fails if anything imported torch
 
 CLASSES = ["a", "b", "c"]
 NZ = 8
@@ -81,16 +80,6 @@ def test_onnx_parity_with_every_input_and_a_dynamic_batch(style_model):
     assert np.abs(psi0 - psi0[:1]).max() <= 1e-5  # every z gives the w_avg image
     assert np.abs(model.run(z, labels) - model.run(z, labels, z2=z2, mix_layer=6)).max() == 0.0
     assert np.abs(model.run(z2, labels) - model.run(z, labels, z2=z2, mix_layer=0)).max() <= 1e-5
-
-
-NO_TORCH = ("import runpy, sys; sys.argv = ['distgan-sample'] + sys.argv[1:]\n"
-            "try:\n    runpy.run_module('distgan.sample', run_name='__main__')\n"
-            "finally:\n    assert 'torch' not in sys.modules, 'distgan-sample imported torch'\n")
-
-
-def sample(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], env=run_env(), capture_output=True,
-                          text=True, timeout=120)
 
 
 def test_sampler_truncates_and_mixes_without_torch(style_model, tmp_path):
