@@ -289,6 +289,10 @@ def _check_style_regularisers(cfg: Config) -> None:
         raise ConfigError(f"config key 'loss.pl_weight' must be >= 0, got {loss.pl_weight}")
     if loss.pl_every < 1:
         raise ConfigError(f"config key 'loss.pl_every' must be >= 1, got {loss.pl_every}")
+    group, batch = getattr(cfg.model, "mbstd_group", 0), cfg.data.batch_size  # a D with minibatch stddev
+    if group > 1 and batch > group and batch % group:
+        raise ConfigError(f"config key 'data.batch_size' ({batch}) must be a multiple of 'model.mbstd_group' "
+                          f"({group}): D scores cat(real, fake) in groups of {group} consecutive images")
 
 
 def _check_combinations(cfg: Config) -> None:

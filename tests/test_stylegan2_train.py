@@ -36,6 +36,8 @@ def test_config_keys_are_validated_by_name(tmp_path):
         load_config(CONFIG, [f"data.path={tmp_path}", "loss.style_mixing=2"])
     with pytest.raises(ConfigError, match="'loss.pl_every' must be >= 1"):
         load_config(CONFIG, [f"data.path={tmp_path}", "loss.pl_every=0"])
+    with pytest.raises(ConfigError, match="'data.batch_size' \\(6\\) must be a multiple of 'model.mbstd_group' \\(4\\)"):
+        load_config(CONFIG, [f"data.path={tmp_path}", "data.batch_size=6"])
     from distgan.models import get_family
 
     family, model = get_family("stylegan2"), load_config(CONFIG, [f"data.path={tmp_path}"]).model

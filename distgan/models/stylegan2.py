@@ -436,11 +436,7 @@ class StyleGAN2Family(Family):
                 InputSpec("mix_layer", "int64", (), "layer", default=float(spec.num_ws)))
 
     def loss_terms(self, cfg: Any, g_spec: StyleGAN2Spec, d_spec: StyleGAN2Spec) -> LossTerms | None:
-        """Path length and style mixing; D's minibatch-stddev groups must not straddle real and fake."""
-        batch, group = cfg.data.batch_size, d_spec.mbstd_group
-        if batch % group and batch > group:
-            raise ValueError(f"config key 'data.batch_size' ({batch}) must be a multiple of 'model.mbstd_group' "
-                             f"({group}): D scores cat(real, fake) in groups of {group} consecutive images")
+        """Path length and style mixing (the config checked data.batch_size against model.mbstd_group)."""
         return PathLengthTerms(cfg.loss.pl_weight, cfg.loss.pl_every, cfg.loss.style_mixing)
 
     def export_metadata(self, spec: StyleGAN2Spec) -> dict[str, str]:
