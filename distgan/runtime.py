@@ -247,7 +247,8 @@ class OnnxGenerator:
                          if spec.get("default") is not None}
         expected = ({"z", "labels"} if self.info.num_classes else {"z"}) | set(self.defaults)
         if self.styled and not set(STYLE_INPUTS) <= inputs:
-            raise ModelError(f"{self.path}: a style-based model (distgan.num_ws) needs inputs {', '.join(STYLE_INPUTS)}")
+            raise ModelError(f"{self.path}: a style-based model (distgan.num_ws) needs inputs "
+                             f"{', '.join(STYLE_INPUTS)}")
         if inputs != expected:
             raise ModelError(f"{self.path}: inputs are {sorted(inputs)}, expected {sorted(expected)}")
         outputs = [o.name for o in self.session.get_outputs()]
@@ -364,7 +365,8 @@ class OnnxGenerator:
         zr, zc = latents(row_seeds, self.info.nz), latents(col_seeds, self.info.nz)
         z = np.concatenate([zr[:, None].repeat(cols, axis=1).reshape(-1, self.info.nz), zc, zr])
         z2 = np.concatenate([zc[None].repeat(rows, axis=0).reshape(-1, self.info.nz), zc, zr])
-        layers = np.concatenate([np.full(rows * cols, layer), np.zeros(cols, np.int64), np.full(rows, self.info.num_ws)])
+        layers = np.concatenate([np.full(rows * cols, layer), np.zeros(cols, np.int64),
+                                 np.full(rows, self.info.num_ws)])
         labels = None
         if self.conditional:
             per_row = (np.full(rows, self.class_id(class_name), np.int64) if class_name is not None

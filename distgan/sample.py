@@ -56,12 +56,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="conditional models: a class name or index for every image, or 'all' (each seed in every "
                              "class, a row per seed); default: seed mod K, every class in turn")
     parser.add_argument("--psi", type=float, default=1.0,
-                        help="truncation in 0..2 (default 1: none): z * psi; style-based models: w_avg + psi (w - w_avg)")
+                        help="truncation in 0..2 (default 1: none): z * psi; style-based models: "
+                             "w_avg + psi (w - w_avg)")
     parser.add_argument("--mix-seed", type=int, metavar="M",
                         help="style-based models: image i takes the styles of seed M + i from --mix-layer on")
     parser.add_argument("--mix-grid", type=int, metavar="COL_SEED",
-                        help="the style-mixing figure: a row per seed (--seed, --n rows), a column per seed COL_SEED + j "
-                             "(--cols), each tile the row's styles below --mix-layer and the column's from it on")
+                        help="the style-mixing figure: a row per seed (--seed, --n rows), a column per seed "
+                             "COL_SEED + j (--cols), each tile the row's styles below --mix-layer and the column's "
+                             "from it on")
     parser.add_argument("--cols", type=int, default=4, help="with --mix-grid: columns (default 4)")
     parser.add_argument("--mix-layer", type=int, metavar="L",
                         help="with --mix-seed: the first style layer taken from it (0: all; the model's num_ws: none)")
@@ -80,8 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--gif needs --interpolate SEED_B")
     if args.interpolate is not None and args.outdir:
         parser.error("--interpolate writes --grid, --gif or --npz, not --outdir")
-    if args.mix_grid is not None and (args.mix_seed is not None or args.interpolate is not None or args.mix_layer is None
-                                      or not args.grid):
+    if args.mix_grid is not None and (args.mix_seed is not None or args.interpolate is not None
+                                      or args.mix_layer is None or not args.grid):
         parser.error("--mix-grid takes --mix-layer and writes --grid (not --mix-seed, --interpolate)")
     if args.mix_grid is None and (args.mix_seed is None) != (args.mix_layer is None):
         parser.error("style mixing needs both --mix-seed and --mix-layer")

@@ -15,8 +15,8 @@ from distgan.models.stylegan2_layers import EqualLinear, modulated_conv2d
 
 
 def tiny_spec(size: int = 8, channels: int = 1, conditional: bool = False, **overrides) -> StyleGAN2Spec:
-    fields = dict(arch="stylegan2", nz=4, w_dim=4, mapping_layers=2, mapping_lr=0.01, channel_base=32, channel_max=8, mbstd_group=2,
-                  channels=channels, height=size, width=size, num_classes=3 if conditional else 0,
+    fields = dict(arch="stylegan2", nz=4, w_dim=4, mapping_layers=2, mapping_lr=0.01, channel_base=32, channel_max=8,
+                  mbstd_group=2, channels=channels, height=size, width=size, num_classes=3 if conditional else 0,
                   conditional=conditional)
     return StyleGAN2Spec(**{**fields, **overrides})
 

@@ -36,7 +36,7 @@ def test_config_keys_are_validated_by_name(tmp_path):
         load_config(CONFIG, [f"data.path={tmp_path}", "loss.style_mixing=2"])
     with pytest.raises(ConfigError, match="'loss.pl_every' must be >= 1"):
         load_config(CONFIG, [f"data.path={tmp_path}", "loss.pl_every=0"])
-    with pytest.raises(ConfigError, match="'data.batch_size' \\(6\\) must be a multiple of 'model.mbstd_group' \\(4\\)"):
+    with pytest.raises(ConfigError, match=r"'data.batch_size' \(6\) must be a multiple of 'model.mbstd_group' \(4\)"):
         load_config(CONFIG, [f"data.path={tmp_path}", "data.batch_size=6"])
     from distgan.models import get_family
 
@@ -138,6 +138,7 @@ def test_a_two_rank_run_exports_and_samples(two_rank_runs, tmp_path):
     generator, _ = load_generator(run)
     z, z2 = latents(np.arange(3, 7), 8), latents(np.arange(5, 9), 8)
     with torch.inference_mode():
-        images = generator(torch.from_numpy(z), torch.full((4,), 0.7), torch.from_numpy(z2), torch.full((4,), 4)).numpy()
+        images = generator(torch.from_numpy(z), torch.full((4,), 0.7), torch.from_numpy(z2),
+                           torch.full((4,), 4)).numpy()
     want = np.round(np.clip((images + 1) * 127.5, 0, 255)).transpose(0, 2, 3, 1)
     assert np.abs(drawing.images.astype(int) - want).max() <= 1

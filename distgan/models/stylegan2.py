@@ -245,7 +245,8 @@ class StyleGAN2Generator(nn.Module):
         return torch.where(take[:, :, None], w2[:, None], ws)
 
     def _mixing_regulariser(self, ws: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """With probability style_mixing, one random cutoff in [1, num_ws) for the batch (stylegan2-ada), on the device."""
+        """With probability style_mixing, one random cutoff in [1, num_ws) for the batch (stylegan2-ada), drawn
+        on the device."""
         cutoff = torch.randint(1, self.num_ws, (), device=z.device)
         mixing = torch.rand((), device=z.device) < self.style_mixing
         cutoff = torch.where(mixing, cutoff, torch.full_like(cutoff, self.num_ws))

@@ -122,8 +122,9 @@ class MinibatchStd(nn.Module):
     """Appends the mean standard deviation over groups of `group_size` consecutive images (one channel).
 
     Groups are consecutive images, so a batch laid out as cat(real, fake) with both halves divisible by
-    the group size (the family checks data.batch_size) never mixes real and fake images in one group (stylegan2-ada-pytorch strides the
-    groups across the batch instead; it scores reals and fakes in separate forwards).
+    the group size (the config checks data.batch_size) never mixes real and fake images in one group
+    (stylegan2-ada-pytorch strides the groups across the batch instead; it scores reals and fakes in
+    separate forwards).
     """
 
     def __init__(self, group_size: int):
