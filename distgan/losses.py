@@ -137,12 +137,16 @@ def r1_penalty(
     return 0.5 * gamma * grad.flatten(1).square().sum(dim=1).mean()
 
 
+# The score above which D calls an image real, per loss; wgan-gp has none (see decision_threshold).
+FIXED_THRESHOLDS = {"bce": 0.0, "hinge": 0.0, "lsgan": 0.5}
+
+
 def decision_threshold(kind: str, real_logits: torch.Tensor) -> torch.Tensor:
     """The score above which D calls an image real: 0 for bce/hinge logits, 0.5 for lsgan.
 
     wgan-gp has no absolute threshold; the mean score of the real images stands in.
     """
-    fixed = {"bce": 0.0, "hinge": 0.0, "lsgan": 0.5}.get(kind)
+    fixed = FIXED_THRESHOLDS.get(kind)
     if fixed is None:
         return real_logits.float().mean()
     return torch.full((), fixed, device=real_logits.device)  # a fill kernel: no host copy (CUDA-graph safe)

@@ -70,9 +70,9 @@ class TrainingEvaluator:
                 self.stats = reference_stats(self.extractor, data, self.cfg.split)
             except (DataError, OSError, ValueError) as exc:
                 error = exc
-        if control.any(error is not None):
-            raise ConfigError(f"eval: reference statistics of split {cfg.eval.split!r} of {cfg.data.path}: "
-                              f"{error or 'failed on rank 0'}")
+        failed = control.failures(error)
+        if failed is not None:
+            raise ConfigError(f"eval: reference statistics of split {cfg.eval.split!r} of {cfg.data.path}: {failed}")
         self.best = self._previous_best()
 
     def _previous_best(self) -> float:

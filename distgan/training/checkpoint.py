@@ -63,10 +63,10 @@ def save_checkpoint(accelerator: Accelerator, control: Control, run_path: Path, 
     except Exception as exc:  # noqa: BLE001  a full disk, a quota, a lost mount (safetensors and torch.save
         # wrap OSError in their own types): this rank's part is not on disk, and every rank must learn of it
         error = f"{type(exc).__name__}: {exc}"
-    if control.any(error is not None):
+    failed = control.failures(error)
+    if failed is not None:
         if accelerator.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
-        failed = "; ".join(control.messages(error))
         raise TrainingError(f"writing checkpoint {final} failed ({failed}); the run stopped. The previous "
                             f"checkpoint is intact: free space and resume with train.resume=auto")
     if accelerator.is_main_process:

@@ -15,6 +15,7 @@ from distgan.ada import AdaptiveP
 from distgan.config import Config
 from distgan.ddp import GlobalBatchNorm
 from distgan.ema import EMA
+from distgan.losses import FIXED_THRESHOLDS
 from distgan.models import Family, LossTerms, get_family
 from distgan.schedule import LRSchedule, lr_scheduler
 
@@ -102,6 +103,6 @@ def build_state(cfg: Config, accelerator: Accelerator, shape: tuple[int, int, in
     augment_p = None
     if cfg.aug.policy.strip():
         augment_p = AdaptiveP(cfg.aug.target, cfg.aug.speed_images, initial_p=cfg.aug.p,
-                              threshold=0.5 if cfg.loss.kind == "lsgan" else 0.0).to(device)
+                              threshold=FIXED_THRESHOLDS.get(cfg.loss.kind, 0.0)).to(device)
     return TrainState(G, D, g_module, d_module, d_for_g, ema, opt_g, opt_d, scaler, base_lrs, family, loss_terms,
                       augment_p)
