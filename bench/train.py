@@ -54,8 +54,10 @@ from distgan.data.sources import RawDataset, RawSplit  # noqa: E402
 from distgan.models import build_discriminator, build_generator  # noqa: E402
 
 CONFIGS = {"dcgan28": "configs/mnist_dcgan.yaml", "dcgan64": "configs/celeba64_dcgan.yaml",
-           "resnet32": "configs/resnet32.yaml", "resnet128": "configs/resnet128.yaml"}
-SHAPES = {"dcgan28": (1, 28, 28), "dcgan64": (3, 64, 64), "resnet32": (3, 32, 32), "resnet128": (3, 128, 128)}
+           "resnet32": "configs/resnet32.yaml", "resnet128": "configs/resnet128.yaml",
+           "stylegan2": "configs/stylegan2_32.yaml"}  # stylegan2: bench/stylegan2.py --trainer (its own plain loop)
+SHAPES = {"dcgan28": (1, 28, 28), "dcgan64": (3, 64, 64), "resnet32": (3, 32, 32), "resnet128": (3, 128, 128),
+          "stylegan2": (1, 28, 28)}
 
 
 def synthetic_shards(arch: str, out: Path, n: int) -> Path:

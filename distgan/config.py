@@ -49,6 +49,10 @@ class LossConfig:
     vgg_layer: str = "vgg54"  # features: vgg54 (after conv5_4, the paper's SRGAN) | vgg22
     vgg_weights: str = ""  # features: torchvision's vgg19-dcbb9e9d.pth; "" = $DISTGAN_VGG19 or the caches
 
+    style_mixing: float = 0.0  # style-based G (stylegan2, whose default is 0.9): P(a batch mixes two z's styles)
+    pl_weight: float = 0.0  # style-based G (stylegan2: 2): path-length regularisation weight; 0 = off
+    pl_every: int = 4  # lazy path-length regularisation: on the G steps where step % pl_every == 0, x pl_every
+
 
 @dataclass
 class OptimConfig:
@@ -328,6 +332,22 @@ def _check_augmentation_r1_schedule(cfg: Config) -> None:
                           "use optim.schedule=warmup")
     if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
         raise ConfigError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {cfg.optim.min_lr_ratio}")
+    _check_style_regularisers(cfg)
+
+
+def _check_style_regularisers(cfg: Config) -> None:
+    """Style mixing and path-length regularisation (a style-based G's; other families ignore them)."""
+    loss = cfg.loss
+    if not 0.0 <= loss.style_mixing <= 1.0:
+        raise ConfigError(f"config key 'loss.style_mixing' must be in [0, 1] (a probability), got {loss.style_mixing}")
+    if loss.pl_weight < 0:
+        raise ConfigError(f"config key 'loss.pl_weight' must be >= 0, got {loss.pl_weight}")
+    if loss.pl_every < 1:
+        raise ConfigError(f"config key 'loss.pl_every' must be >= 1, got {loss.pl_every}")
+    group, batch = getattr(cfg.model, "mbstd_group", 0), cfg.data.batch_size  # a D with minibatch stddev
+    if group > 1 and batch > group and batch % group:
+        raise ConfigError(f"config key 'data.batch_size' ({batch}) must be a multiple of 'model.mbstd_group' "
+                          f"({group}): D scores cat(real, fake) in groups of {group} consecutive images")
 
 
 def _check_content_loss(cfg: Config) -> None:

@@ -18,6 +18,7 @@ All terms are means over the batch. The bce G loss is the non-saturating one
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -149,3 +150,29 @@ def decision_threshold(kind: str, real_logits: torch.Tensor) -> torch.Tensor:
     if fixed is None:
         return real_logits.float().mean()
     return torch.full((), fixed, device=real_logits.device)  # a fill kernel: no host copy (CUDA-graph safe)
+
+
+def path_lengths(images: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Per image ||J_w^T y|| (StyleGAN2's path length): J the Jacobian of the image w.r.t. the styles `ws`
+    [B, L, w_dim], y image-shaped N(0, 1) / sqrt(H W) noise (drawn unless given); the squared norm is averaged
+    over the L layers' styles, as stylegan2-ada does. Kept in the graph (create_graph) so a penalty on it trains G.
+    """
+    if noise is None:
+        noise = torch.randn_like(images) / math.sqrt(images.shape[2] * images.shape[3])
+    (grad,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)
+    return grad.square().sum(dim=2).mean(dim=1).sqrt()
+
+
+def path_length_penalty(images: torch.Tensor, ws: torch.Tensor, pl_mean: torch.Tensor, decay: float = 0.01,
+                        average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Path-length regularisation (Karras et al. 2020): mean (length - a)^2, a the running mean of the lengths.
+
+    `pl_mean` (a 0-d tensor, e.g. a buffer that is checkpointed) is moved `decay` of the way to this batch's mean
+    length in place, on the device; `average` maps that batch mean to the global one (the mean over ranks), so
+    every rank keeps the same a. Lazy use (`loss.pl_every` = k): one G step in k, weighted by k.
+    """
+    lengths = path_lengths(images, ws)
+    batch_mean = lengths.mean().detach()
+    mean = pl_mean.lerp(average(batch_mean) if average is not None else batch_mean, decay)
+    pl_mean.copy_(mean)
+    return (lengths - mean).square().mean()

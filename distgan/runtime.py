@@ -13,7 +13,11 @@ request gives byte-identical PNGs from each.
   SeedSequence, PCG64 and float32 ziggurat, tested against numpy).
 - Class: a name (any case) or index gives every image that class; none gives seed s class
   s mod K (every class in turn); "all" draws each seed in every class, a row per seed.
-- Truncation psi (0 .. 2): z * psi, towards the mean of N(0, I); 1 is z as drawn.
+- Truncation psi (0 .. 2): z * psi, towards the mean of N(0, I); 1 is z as drawn. A model with style
+  inputs (StyleGAN2: metadata distgan.num_ws > 0) truncates in W instead, in the graph: its `psi` input,
+  w_avg + psi (w - w_avg); z goes in as drawn.
+- Style mixing (models with style inputs): --mix-seed m --mix-layer L gives image i the styles of seed
+  m + i from style layer L on (L = 0: seed m + i's image; L = num_ws: no mixing); the class held.
 - A walk from seed a to seed b: `steps` frames of the spherical interpolation of their
   latents at t = i / (steps - 1), exactly a's and b's latents at the ends, psi applied
   after, the class of a's image held.
@@ -46,6 +50,8 @@ REQUIRED_KEYS = (
     "output_layout", "output_dtype", "step", "dataset", "distgan_version", "config_hash", "quantization",
 )
 MAX_SEED = 2**32 - 1
+STYLE_INPUTS = ("psi", "z2", "mix_layer")  # a style-based export's inputs besides z (and labels): psi [B] float32,
+# z2 [B, nz] float32, mix_layer [B] int64; metadata distgan.num_ws says how many style layers mix_layer indexes
 PSI_RANGE = (0.0, 2.0)
 ALL_CLASSES = "all"  # the class value that draws every class (a class named "all" is reachable by its index)
 
@@ -79,6 +85,7 @@ class GeneratorInfo:
     dataset: str
     quantization: str
     metadata: dict[str, str]
+    num_ws: int = 0  # style layers of a style-based model (its graph takes STYLE_INPUTS); 0: z (and labels) only
 
     @property
     def num_classes(self) -> int:
@@ -99,6 +106,7 @@ class GeneratorInfo:
                 output_dtype=get["output_dtype"], output_layout=get["output_layout"], output_range=(low, high),
                 step=int(get["step"]), dataset=get["dataset"], quantization=get["quantization"],
                 metadata={k: v for k, v in meta.items() if k.startswith(PREFIX)},
+                num_ws=int(meta.get(PREFIX + "num_ws", "0")),
             )
         except (ValueError, TypeError) as exc:
             raise ModelError(f"{source}: malformed distgan metadata: {exc}") from exc
@@ -241,6 +249,9 @@ class OnnxGenerator:
         self.defaults = {spec["name"]: spec for spec in json.loads(self.metadata.get(PREFIX + "input_specs", "[]"))
                          if spec.get("default") is not None}
         expected = ({"z", "labels"} if self.info.num_classes else {"z"}) | set(self.defaults)
+        if self.styled and not set(STYLE_INPUTS) <= inputs:
+            raise ModelError(f"{self.path}: a style-based model (distgan.num_ws) needs inputs "
+                             f"{', '.join(STYLE_INPUTS)}")
         if inputs != expected:
             raise ModelError(f"{self.path}: inputs are {sorted(inputs)}, expected {sorted(expected)}")
         outputs = [o.name for o in self.session.get_outputs()]
@@ -250,6 +261,24 @@ class OnnxGenerator:
     @property
     def conditional(self) -> bool:
         return self.info.num_classes > 0
+
+    @property
+    def styled(self) -> bool:
+        """A style-based model: truncation in W and style mixing are inputs of its graph."""
+        return self.info.num_ws > 0
+
+    def check_mixing(self, mix_seed: object, mix_layer: object, n: int) -> tuple[np.ndarray, int] | None:
+        """The mixing seeds' first row and the checked layer, or None when no mixing is asked for."""
+        if mix_seed is None and mix_layer is None:
+            return None
+        if not self.styled:
+            raise InputError("mix_layer", "this model has no style layers to mix (only style-based models do)")
+        if mix_seed is None or mix_layer is None:
+            raise InputError("mix_seed" if mix_seed is None else "mix_layer", "style mixing needs both mix_seed and "
+                                                                                "mix_layer")
+        layer = check_int("mix_layer", mix_layer, 0, self.info.num_ws,
+                          f" (0: every style from mix_seed; {self.info.num_ws}: none)")
+        return seed_range("mix_seed", mix_seed, n), layer
 
     def latents(self, n: int, seed: int) -> np.ndarray:
         """The latents of seeds seed .. seed + n - 1: the same seed gives the same image everywhere."""
@@ -291,7 +320,8 @@ class OnnxGenerator:
         """The drawing with its PNG text, file name and distgan-sample arguments."""
         text = {f"{PREFIX}model_sha256": self.sha256, f"{PREFIX}model_file": str(self.path.resolve()),
                 **{PREFIX + k: str(v) for k, v in request.items()}}
-        flags = {"seed": "--seed", "seed_a": "--seed", "n": "--n", "seed_b": "--interpolate", "steps": "--steps"}
+        flags = {"seed": "--seed", "seed_a": "--seed", "n": "--n", "seed_b": "--interpolate", "steps": "--steps",
+                 "mix_seed": "--mix-seed", "mix_layer": "--mix-layer"}
         args = [a for k, v in request.items() for a in (flags[k], str(v))]
         parts = [self.sha256[:12], name]
         if described:  # conditional models
@@ -305,14 +335,61 @@ class OnnxGenerator:
         args += [] if psi == 1.0 else ["--psi", repr(psi)]
         return Drawing(images, z, columns, seeds, labels, text, "_".join(parts) + ".png", tuple(args))
 
-    def sample(self, seed: int = 0, n: int = 1, class_name: str | None = None, psi: float = 1.0) -> Drawing:
-        """The images of seeds seed .. seed + n - 1 (with class "all": each of them in every class)."""
+    def sample(self, seed: int = 0, n: int = 1, class_name: str | None = None, psi: float = 1.0,
+               mix_seed: int | None = None, mix_layer: int | None = None) -> Drawing:
+        """The images of seeds seed .. seed + n - 1 (with class "all": each of them in every class); style-based
+        models: from style layer mix_layer on, the styles of seeds mix_seed .. mix_seed + n - 1."""
         psi = check_psi(psi)
         seeds, labels, columns, described = self._rows(seed, n, class_name)
-        z = truncate(latents(seeds, self.info.nz), psi)
-        name = f"seed{seed}" if n == 1 else f"seed{seed}-{seed + n - 1}"
-        return self._drawing(self.images(z, labels), z, columns, seeds, labels, {"seed": seed, "n": n}, name,
-                             described, psi)
+        mixing = self.check_mixing(mix_seed, mix_layer, n)
+        z = latents(seeds, self.info.nz)
+        z = z if self.styled else truncate(z, psi)
+        request, name = {"seed": seed, "n": n}, f"seed{seed}" if n == 1 else f"seed{seed}-{seed + n - 1}"
+        z2 = layer = None
+        if mixing is not None:
+            z2, layer = latents(seeds - seeds[0] + mixing[0][0], self.info.nz), mixing[1]
+            request |= {"mix_seed": int(mixing[0][0]), "mix_layer": layer}
+            name += f"_mix{mixing[0][0]}-at{layer}"
+        images = self.images(z, labels, psi=psi, z2=z2, mix_layer=layer)
+        return self._drawing(images, z, columns, seeds, labels, request, name, described, psi)
+
+    def mixing_grid(self, row_seed: int, rows: int, col_seed: int, cols: int, mix_layer: int,
+                    class_name: str | None = None, psi: float = 1.0) -> Drawing:
+        """StyleGAN's style-mixing figure: the top row is the images of seeds col_seed .. + cols - 1, the left
+        column those of row_seed .. + rows - 1, and tile (r, c) takes row seed r's styles below mix_layer and
+        column seed c's from mix_layer on (the top-left tile is black). The class: `class_name`, or the row seed's."""
+        psi = check_psi(psi)
+        check_int("rows", rows, 1)
+        check_int("cols", cols, 1)
+        row_seeds, col_seeds = seed_range("row_seed", row_seed, rows), seed_range("col_seed", col_seed, cols)
+        if not self.styled:
+            raise InputError("mix_layer", "this model has no style layers to mix (only style-based models do)")
+        layer = check_int("mix_layer", mix_layer, 0, self.info.num_ws, f" (0: the column's image; "
+                                                                         f"{self.info.num_ws}: the row's)")
+        zr, zc = latents(row_seeds, self.info.nz), latents(col_seeds, self.info.nz)
+        z = np.concatenate([zr[:, None].repeat(cols, axis=1).reshape(-1, self.info.nz), zc, zr])
+        z2 = np.concatenate([zc[None].repeat(rows, axis=0).reshape(-1, self.info.nz), zc, zr])
+        layers = np.concatenate([np.full(rows * cols, layer), np.zeros(cols, np.int64),
+                                 np.full(rows, self.info.num_ws)])
+        labels = None
+        if self.conditional:
+            per_row = (np.full(rows, self.class_id(class_name), np.int64) if class_name is not None
+                       else self.default_labels(rows, row_seed))
+            labels = np.concatenate([per_row.repeat(cols), per_row[:1].repeat(cols), per_row])
+        made = self.images(z, labels, psi=psi, z2=z2, mix_layer=layers)
+        tiles = np.zeros(((rows + 1) * (cols + 1), *made.shape[1:]), np.uint8)
+        tiles.reshape(rows + 1, cols + 1, *made.shape[1:])[1:, 1:] = made[:rows * cols].reshape(rows, cols,
+                                                                                              *made.shape[1:])
+        tiles.reshape(rows + 1, cols + 1, *made.shape[1:])[0, 1:] = made[rows * cols:rows * cols + cols]
+        tiles.reshape(rows + 1, cols + 1, *made.shape[1:])[1:, 0] = made[rows * cols + cols:]
+        request = {"row_seed": row_seed, "rows": rows, "col_seed": col_seed, "cols": cols, "mix_layer": layer}
+        text = {f"{PREFIX}model_sha256": self.sha256, **{PREFIX + k: str(v) for k, v in request.items()},
+                f"{PREFIX}psi": repr(psi)}
+        name = f"{self.sha256[:12]}_mixing{row_seed}x{col_seed}_{rows}x{cols}_at{layer}_psi{psi!r}.png"
+        args = ("--seed", str(row_seed), "--n", str(rows), "--mix-grid", str(col_seed), "--cols", str(cols),
+                "--mix-layer", str(layer), *(("--class", class_name) if class_name is not None else ()),
+                *(("--psi", repr(psi)) if psi != 1.0 else ()))
+        return Drawing(tiles, z, cols + 1, np.repeat(row_seeds, cols), labels, text, name, args)
 
     def interpolate(self, seed_a: int, seed_b: int, steps: int, class_name: str | None = None, psi: float = 1.0,
                     n: int = 1) -> Drawing:
@@ -325,9 +402,10 @@ class OnnxGenerator:
         za, zb = latents(seeds, self.info.nz), latents(seeds_b, self.info.nz)
         path = np.stack([slerp(za, zb, i / (steps - 1)) for i in range(steps)], axis=1)  # [rows, steps, nz]
         labels = None if labels is None else np.repeat(labels, steps)
-        z = truncate(path.reshape(-1, self.info.nz), psi)
+        z = path.reshape(-1, self.info.nz)
+        z = z if self.styled else truncate(z, psi)
         name = f"walk{seed_a}-{seed_b}_steps{steps}" + (f"_n{n}" if n > 1 else "")
-        return self._drawing(self.images(z, labels), z, steps, np.repeat(seeds, steps), labels,
+        return self._drawing(self.images(z, labels, psi=psi), z, steps, np.repeat(seeds, steps), labels,
                              {"seed_a": seed_a, "n": n, "seed_b": seed_b, "steps": steps}, name, described, psi)
 
     # --- raw arrays --------------------------------------------------------------------
@@ -351,22 +429,50 @@ class OnnxGenerator:
             raise ModelError(f"labels must be class ids in 0..{self.info.num_classes - 1}; "
                              f"got {labels.min()}..{labels.max()}")
 
-    def run(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        """The model's own output for these inputs (float NCHW or uint8 NHWC, see `info`)."""
+    def style_feeds(self, z: np.ndarray, psi: float = 1.0, z2: np.ndarray | None = None,
+                    mix_layer: int | np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """A style-based model's STYLE_INPUTS for latents `z`: psi for every image, z2 (default z) mixed in from
+        mix_layer (one layer, or one per image; default num_ws: no mixing). {} for other models."""
+        if not self.styled:
+            if z2 is not None or mix_layer is not None:
+                raise InputError("mix_layer", "this model has no style layers to mix (only style-based models do)")
+            return {}
+        n = len(z)
+        z2 = z if z2 is None else z2
+        if not isinstance(z2, np.ndarray) or z2.dtype != np.float32 or z2.shape != z.shape:
+            raise ModelError(f"z2 must be float32 of shape {list(z.shape)} (like z)")
+        layers = np.broadcast_to(np.asarray(self.info.num_ws if mix_layer is None else mix_layer, np.int64), (n,))
+        if len(layers) and (layers.min() < 0 or layers.max() > self.info.num_ws):
+            raise InputError("mix_layer", f"{layers.min()}..{layers.max()} is out of range; valid: "
+                                          f"0..{self.info.num_ws}")
+        return {"psi": np.full(n, check_psi(psi), np.float32), "z2": z2, "mix_layer": np.ascontiguousarray(layers)}
+
+    def run(self, z: np.ndarray, labels: np.ndarray | None = None, **style: object) -> np.ndarray:
+        """The model's own output for these inputs (float NCHW or uint8 NHWC, see `info`); `style`: psi, z2 and
+        mix_layer of a style-based model (`style_feeds`)."""
         self._check(z, labels)
         feeds = {"z": z} if labels is None else {"z": z, "labels": labels}
+        return self._run(feeds | self.style_feeds(z, **style))
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One session run; inputs the feeds leave out get their declared defaults."""
         for name, spec in self.defaults.items():
-            feeds[name] = np.full((len(z), *spec["shape"]), spec["default"], dtype=spec["dtype"])
+            if name not in feeds:
+                feeds[name] = np.full((len(feeds["z"]), *spec["shape"]), spec["default"], dtype=spec["dtype"])
         return self.session.run(["images"], feeds)[0]
 
-    def images(self, z: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:
-        """uint8 [B, H, W, C] images, whatever the model's output format, in batches of `batch_size`."""
+    def images(self, z: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 256, *, psi: float = 1.0,
+               z2: np.ndarray | None = None, mix_layer: int | np.ndarray | None = None) -> np.ndarray:
+        """uint8 [B, H, W, C] images, whatever the model's output format, in batches of `batch_size`.
+        psi, z2, mix_layer: a style-based model's (`style_feeds`); other models take psi through z (`truncate`)."""
         self._check(z, labels)
+        style = self.style_feeds(z, psi, z2, mix_layer)
         out = []
         for start in range(0, len(z), batch_size):
-            part = self.run(z[start:start + batch_size],
-                            None if labels is None else labels[start:start + batch_size])
-            out.append(part if self.info.output_dtype == "uint8" else to_uint8_nhwc(part))
+            part = slice(start, start + batch_size)
+            feeds = {"z": z[part]} | ({} if labels is None else {"labels": labels[part]})
+            raw = self._run(feeds | {k: v[part] for k, v in style.items()})
+            out.append(raw if self.info.output_dtype == "uint8" else to_uint8_nhwc(raw))
         return np.concatenate(out)
 
 

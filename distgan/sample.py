@@ -1,7 +1,10 @@
 """`distgan-sample`: images from an exported generator with onnxruntime, numpy and pillow only.
 
     distgan-sample --onnx FILE [--seed S] [--n N] [--class NAME|INDEX|all] [--psi P]
+                   [--mix-seed M --mix-layer L]  (style-based models: StyleGAN2)
                    (--grid out.png | --outdir DIR | --npz FILE)
+    distgan-sample --onnx FILE --seed ROW_SEED --n ROWS --mix-grid COL_SEED --cols C --mix-layer L --grid out.png
+                   (the style-mixing figure: rows take their coarse styles, columns from layer L on)
     distgan-sample --onnx FILE --seed A --interpolate B --steps S (--grid strip.png | --gif walk.gif | --npz FILE)
     distgan-sample --from-png FILE [--onnx MODEL] [--grid out.png]   (a distgan PNG drawn again, bit for bit)
 
@@ -58,7 +61,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--class", dest="class_name", metavar="NAME",
                         help="conditional models: a class name or index for every image, or 'all' (each seed in every "
                              "class, a row per seed); default: seed mod K, every class in turn")
-    parser.add_argument("--psi", type=float, default=1.0, help="truncation: z * psi, in 0..2 (default 1: none)")
+    parser.add_argument("--psi", type=float, default=1.0,
+                        help="truncation in 0..2 (default 1: none): z * psi; style-based models: "
+                             "w_avg + psi (w - w_avg)")
+    parser.add_argument("--mix-seed", type=int, metavar="M",
+                        help="style-based models: image i takes the styles of seed M + i from --mix-layer on")
+    parser.add_argument("--mix-grid", type=int, metavar="COL_SEED",
+                        help="the style-mixing figure: a row per seed (--seed, --n rows), a column per seed "
+                             "COL_SEED + j (--cols), each tile the row's styles below --mix-layer and the column's "
+                             "from it on")
+    parser.add_argument("--cols", type=int, default=4, help="with --mix-grid: columns (default 4)")
+    parser.add_argument("--mix-layer", type=int, metavar="L",
+                        help="with --mix-seed: the first style layer taken from it (0: all; the model's num_ws: none)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--grid", type=Path, metavar="PNG", help="one grid image (with --interpolate: a row of frames "
                                                               "per image)")
@@ -80,6 +94,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--gif needs --interpolate SEED_B")
     if args.interpolate is not None and args.outdir:
         parser.error("--interpolate writes --grid, --gif or --npz, not --outdir")
+    if args.mix_grid is not None and (args.mix_seed is not None or args.interpolate is not None
+                                      or args.mix_layer is None or not args.grid):
+        parser.error("--mix-grid takes --mix-layer and writes --grid (not --mix-seed, --interpolate)")
+    if args.mix_grid is None and (args.mix_seed is None) != (args.mix_layer is None):
+        parser.error("style mixing needs both --mix-seed and --mix-layer")
+    if args.mix_seed is not None and args.interpolate is not None:
+        parser.error("--mix-seed draws images, not walks: leave out --interpolate")
     if not (args.grid or args.outdir or args.npz or args.gif):
         parser.error("say where the images go: --grid, --outdir, --npz (or --gif with --interpolate)")
     return args
@@ -135,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         model = OnnxGenerator(args.onnx, threads=args.threads)
-        if args.interpolate is None:
-            drawing = model.sample(args.seed, args.n, args.class_name, args.psi)
+        if args.mix_grid is not None:
+            drawing = model.mixing_grid(args.seed, args.n, args.mix_grid, args.cols, args.mix_layer, args.class_name,
+                                        args.psi)
+        elif args.interpolate is None:
+            drawing = model.sample(args.seed, args.n, args.class_name, args.psi, args.mix_seed, args.mix_layer)
         else:
             drawing = model.interpolate(args.seed, args.interpolate, args.steps, args.class_name, args.psi, args.n)
     except (FileNotFoundError, ModelError) as exc:
@@ -150,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         every = (args.class_name or "").lower() == ALL_CLASSES  # one file per (seed, class)
         for seed, label in zip(drawing.seeds.tolist(), [None] * len(drawing.seeds) if drawing.labels is None
                                else drawing.labels.tolist()):
-            single = model.sample(seed, 1, str(label) if every else args.class_name, args.psi)
+            mix_seed = None if args.mix_seed is None else args.mix_seed + seed - args.seed
+            single = model.sample(seed, 1, str(label) if every else args.class_name, args.psi, mix_seed,
+                                  args.mix_layer)
             write_atomic(args.outdir / single.name, single.png())
         print(f"wrote {len(drawing.images)} images to {args.outdir}/ ({what})")
     if args.npz:

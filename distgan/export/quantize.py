@@ -55,7 +55,7 @@ CALIBRATION_BATCH_SIZE = 32
 def draw_feeds(inputs: list[dict], batch: int, rng: np.random.Generator,
                class_ids: Callable[[int], np.ndarray]) -> dict[str, np.ndarray]:
     """Feeds for G's declared inputs (`InputSpec.to_dict()`s, in order): N(0, 1) latents, images uniform in
-    [-1, 1], and class ids from `class_ids(batch)`."""
+    [-1, 1], class ids from `class_ids(batch)`, truncation psi uniform in [0, 2], style layers 0..15."""
     feeds = {}
     for spec in inputs:
         shape = (batch, *spec["shape"])
@@ -63,6 +63,10 @@ def draw_feeds(inputs: list[dict], batch: int, rng: np.random.Generator,
             feeds[spec["name"]] = class_ids(batch)
         elif spec["draw"] == "image":
             feeds[spec["name"]] = rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+        elif spec["draw"] == "psi":  # a truncation psi in its runtime range
+            feeds[spec["name"]] = rng.uniform(0.0, 2.0, shape).astype(np.float32)
+        elif spec["draw"] == "layer":  # a style layer index: 0..15 covers every layer of 8..256 px and beyond
+            feeds[spec["name"]] = rng.integers(0, 16, shape, dtype=np.int64)
         else:
             feeds[spec["name"]] = rng.standard_normal(shape, dtype=np.float32)
     return feeds

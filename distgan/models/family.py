@@ -33,7 +33,8 @@ import torch.nn as nn
 from distgan.models.specs import ModelConfig, ModelSpec
 
 # The families distgan ships: module paths, each defining FAMILY (imported on first use).
-FAMILY_MODULES = ("distgan.models.mlp", "distgan.models.dcgan", "distgan.models.resnet", "distgan.models.srgan")
+FAMILY_MODULES = ("distgan.models.mlp", "distgan.models.dcgan", "distgan.models.resnet", "distgan.models.srgan",
+                   "distgan.models.stylegan2")
 PLUGIN_ENV = "DISTGAN_FAMILIES"  # comma list of module:attribute, each a Family instance
 
 
@@ -79,6 +80,10 @@ class LossTerms(nn.Module):
     def adversarial_weight(self, step: int | torch.Tensor) -> float | torch.Tensor | None:
         """What the GAN's own G loss is multiplied by (SRGAN: 1e-3, and 0 in its warm-up); None: 1."""
         return None
+
+    def attach(self, generator: nn.Module) -> None:
+        """Called once with G's raw module before training, for terms that run or configure G themselves
+        (StyleGAN2's path length runs G again; its style-mixing probability is a training setting of G)."""
 
 
 class Family:

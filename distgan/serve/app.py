@@ -62,6 +62,7 @@ SECURITY_HEADERS = [
 SAMPLE_PARAMS = ("model", "seed", "n", "class", "psi", "format")
 WALK_PARAMS = ("model", "seed_a", "seed_b", "steps", "class", "psi", "format")
 NEAREST_PARAMS = ("model", "seed", "class", "psi", "k")
+MIXING_PARAMS = ("model", "row_seed", "rows", "col_seed", "cols", "mix_layer", "class", "psi", "format")
 FORMATS = ("png", "npy", "json")
 MAX_NEIGHBOURS = 16
 # A prefix from X-Forwarded-Prefix: a path of plain segments (it is written into links).
@@ -260,6 +261,19 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
                                             "indices": found.indices.tolist(), "distances": found.distances.tolist(),
                                             "labels": index.labels[found.indices].tolist()}})
 
+    def mixing(request: Request) -> Response:
+        """Style-based models: the style-mixing grid (`OnnxGenerator.mixing_grid`), (rows + 1) x (cols + 1) tiles."""
+        query = Query(request.query_params.multi_items(), MIXING_PARAMS)
+        row_seed = query.integer("row_seed", 0, 0, MAX_SEED)
+        rows = query.integer("rows", 3, 1, limits.max_n)
+        col_seed = query.integer("col_seed", 100, 0, MAX_SEED)
+        cols = query.integer("cols", 4, 1, limits.max_n)
+        mix_layer = query.integer("mix_layer", 4, 0, MAX_SEED)  # the model's own range is checked when drawn
+        model, class_name, psi, form = common(query, "rows", (rows + 1) * (cols + 1), 1)
+        drawing = model.generator.mixing_grid(row_seed, rows, col_seed, cols, mix_layer, class_name, psi)
+        view = view_of(query, {"model": "model"})  # the page's URL keeps the model; the card's fields are its own
+        return _drawing_response(request, model, drawing, form, (rows + 1, cols + 1, *drawing.images.shape[1:]), view)
+
     def meta(request: Request) -> Response:
         model = pick(Query(request.query_params.multi_items(), ("model",)))
         described = {**model.describe(full=True), "limits": limits_json(limits)}
@@ -283,6 +297,7 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
         Route("/static/{name}", lambda request: page_file(request.path_params["name"])),
         Route("/healthz", healthz), Route("/api/models", model_list), Route("/api/meta", meta),
         Route("/api/sample", sample), Route("/api/interpolate", interpolate), Route("/api/nearest", nearest_images),
+        Route("/api/mixing", mixing),
     ]
     guard = Middleware(Guard, max_query_bytes=limits.max_query_bytes, local_only=local_only,
                        allowed_hosts=allowed_hosts)

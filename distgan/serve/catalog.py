@@ -34,6 +34,7 @@ class ServedModel:
             "mode": "L" if info.channels == 1 else "RGB", "classes": list(info.class_names),
             "conditional": g.conditional, "quantization": info.quantization,
             "latent": g.metadata.get("distgan.latent", "standard_normal"),
+            "num_ws": info.num_ws,  # style layers (0: no style mixing; /api/mixing needs > 0)
         }
         if full:
             out["metadata"] = g.metadata

@@ -64,10 +64,11 @@ def use_step_graph(train_cfg: TrainConfig, device: torch.device, world: int, laz
         return False
     if lazy_r1:
         if wanted:
-            raise TrainingError("train.cuda_graph replays one fixed step, but lazy R1 (loss.r1_every > 1) "
-                                "changes the step every r1_every-th time: set loss.r1_every=1 or "
-                                "train.cuda_graph=null")
-        log.info("loss.r1_every > 1: the step runs eagerly (a CUDA graph replays one fixed step)")
+            raise TrainingError("train.cuda_graph replays one fixed step, but lazy regularisation (loss.r1_every > 1 "
+                                "with R1, loss.pl_every > 1 with path length) changes the step every few steps: "
+                                "set those to 1 or train.cuda_graph=null")
+        log.info("lazy regularisation (loss.r1_every or loss.pl_every > 1): the step runs eagerly (a CUDA graph "
+                 "replays one fixed step)")
         return False
     if sync_bn and world > 1:
         if wanted:

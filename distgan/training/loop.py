@@ -66,8 +66,8 @@ def train_holding_the_lock(cfg: Config, accelerator: Accelerator, control: Contr
     loader, num_classes = open_data(cfg, accelerator, control)
     manifest = loader.manifest
     evaluator = TrainingEvaluator(cfg, accelerator, manifest, run_dir.path, num_classes, control)  # fails early
-    graphed = use_step_graph(cfg.train, device, world, lazy_r1=cfg.loss.r1_gamma > 0 and cfg.loss.r1_every > 1,
-                             sync_bn=cfg.model.sync_bn)
+    lazy = (cfg.loss.r1_gamma > 0 and cfg.loss.r1_every > 1) or (cfg.loss.pl_weight > 0 and cfg.loss.pl_every > 1)
+    graphed = use_step_graph(cfg.train, device, world, lazy_r1=lazy, sync_bn=cfg.model.sync_bn)
     stream = capture_stream(graphed, device)
     try:
         state = build_state(cfg, accelerator, (manifest.channels, manifest.height, manifest.width), num_classes,

@@ -76,6 +76,7 @@ def build_state(cfg: Config, accelerator: Accelerator, shape: tuple[int, int, in
     loss_terms = family.loss_terms(cfg, G.spec, D.spec)
     if loss_terms is not None:
         loss_terms.to(device)
+        loss_terms.attach(G)
     if cfg.model.sync_bn and world > 1:  # batch statistics of the global batch, whatever the world size
         G, D = GlobalBatchNorm.convert(G), GlobalBatchNorm.convert(D)
     if cfg.train.channels_last:

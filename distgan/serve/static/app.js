@@ -15,6 +15,7 @@ import { hideNearest, showNearest } from "./nearest.js";
 import { readView, writeView } from "./view.js";
 
 const GRID_STALE = { box: "grid", note: "grid-stale" };
+import { renderMixing, showMixing } from "./mixing.js";
 
 const state = {
   models: [],
@@ -227,6 +228,7 @@ async function chooseModel(id, view = null) {
   const response = await api("api/meta", { model: id });
   state.model = await response.json();
   showModel(state.model);
+  showMixing(state.model);
   $("walk-card").hidden = true;
   stopWalk(state);
   state.walk = null;
@@ -256,6 +258,10 @@ function wireSample() {
   $("copy-command").addEventListener("click", () => copyText($("command").textContent, "command"));
   $("copy-link").addEventListener("click", () => copyText(location.href, "command", "link"));
   clearOnEdit("sample");
+}
+
+function wireMixing() {
+  $("mixing-form").addEventListener("submit", (event) => { event.preventDefault(); renderMixing(state); });
 }
 
 function wireWalk() {
@@ -294,6 +300,7 @@ async function start() {
   picker.addEventListener("change", () => chooseModel(picker.value).catch((e) => setStatus(e.message, true)));
   wireSample();
   wireWalk();
+  wireMixing();
   wireLightbox();
   await chooseModel(view.model, view);
 }
