@@ -154,7 +154,8 @@ def test_mixing_grid_through_the_sampler_and_the_api(style_model, tmp_path):
     assert client.get("/api/meta").json()["num_ws"] == 6
     response = client.get("/api/mixing", params=params)
     assert response.status_code == 200 and response.content == expected.png()
-    assert "--mix-grid 10" in response.headers["x-distgan-command"]
+    answer = client.get("/api/mixing", params={**params, "format": "json"}).json()
+    assert "--mix-grid 10" in answer["command"] and answer["shape"] == [3, 4, 16, 16, 3]
     grid = np.load(io.BytesIO(client.get("/api/mixing", params={**params, "format": "npy"}).content))
     assert grid.shape == (3, 4, 16, 16, 3) and np.array_equal(grid.reshape(expected.images.shape), expected.images)
     for bad, field in (({"mix_layer": 7}, "mix_layer"), ({"psi": 2.5}, "psi"), ({"rows": 0}, "rows")):
