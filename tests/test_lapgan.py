@@ -1,0 +1,129 @@
+"""LAPGAN: the pyramid is exact, the level networks fit together, the whole pyramid exports as one ONNX graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FASHION_MNIST_DIR
+from distgan.models.lapgan import (LapganSpec, build_level_discriminator, discriminator_input, lapgan_from_spec,
+                                   level_real)
+from distgan.models.pyramid import down, laplacian_pyramid, level_sizes, reconstruct, up
+
+INFO = {"step": 3, "dataset": "test", "classes": [str(i) for i in range(10)], "distgan_version": "0",
+        "config_hash": "h"}
+
+
+def _real_images() -> torch.Tensor:
+    """8 Fashion-MNIST training images in [-1, 1] (random ones where the data set is not installed)."""
+    path = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
+    if path.exists():
+        from distgan.data.sources import read_idx
+        images = read_idx(path, 3)[:8]
+    else:
+        images = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    return torch.from_numpy(images.astype(np.float32))[:, None] / 127.5 - 1.0
+
+
+def _spec(conditional: bool = True, size: int = 28, channels: int = 1) -> LapganSpec:
+    return LapganSpec(channels=channels, height=size, width=size, num_classes=10 if conditional else 0,
+                      conditional=conditional, coarse_nz=16, ngf=8, ndf=8)
+
+
+def test_level_sizes_halve_to_8px_or_less():
+    assert level_sizes(28, 28) == ((28, 28), (14, 14), (7, 7))
+    assert level_sizes(64, 64) == ((64, 64), (32, 32), (16, 16), (8, 8))
+    assert level_sizes(32, 16) == ((32, 16), (16, 8), (8, 4))
+    with pytest.raises(ValueError, match="36x36 image halves to 9x9"):
+        level_sizes(36, 36)
+    with pytest.raises(ValueError, match="at least two levels"):
+        level_sizes(8, 8)
+
+
+def test_laplacian_pyramid_of_a_real_image_reconstructs_it_exactly():
+    images = _real_images()
+    bands = laplacian_pyramid(images, 3)
+    assert [tuple(b.shape[-2:]) for b in bands] == [(28, 28), (14, 14), (7, 7)]
+    assert (reconstruct(bands) - images).abs().max().item() <= 1e-6
+    assert bands[0].abs().max() > 0.1  # a real band, not all zeros
+    # The operators: area down, up of a constant image is the constant (no border darkening).
+    flat = torch.full((1, 3, 8, 8), 0.25)
+    assert torch.equal(down(flat), torch.full((1, 3, 4, 4), 0.25))
+    assert torch.allclose(up(flat), torch.full((1, 3, 16, 16), 0.25))
+
+
+def test_level_real_is_the_band_and_its_condition():
+    images = _real_images()
+    bands = laplacian_pyramid(images, 3)
+    for level in range(3):
+        target, condition = level_real(images, level, 3)
+        assert torch.equal(target, bands[level])
+        if level < 2:  # D sees the level's image: h_k + l_k == I_k
+            expected = images if level == 0 else down(images)
+            assert torch.allclose(discriminator_input(target, condition), expected, atol=1e-6)
+        else:
+            assert condition is None
+
+
+def test_spec_json_round_trip_and_bad_values_named():
+    spec = _spec()
+    assert spec.total_nz == 16 + 14 * 14 + 28 * 28
+    assert LapganSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["nz"] == spec.total_nz
+    with pytest.raises(ValueError, match="'ngf' must be an int >= 1"):
+        LapganSpec.from_dict({**spec.to_dict(), "ngf": 0})
+    with pytest.raises(ValueError, match="'nz' is 5"):
+        LapganSpec.from_dict({**spec.to_dict(), "nz": 5})
+    with pytest.raises(ValueError, match="missing key"):
+        LapganSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "ndf"})
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_every_level_discriminator_scores_its_generator(conditional):
+    spec = _spec(conditional, size=32, channels=3)
+    generator = lapgan_from_spec(spec)
+    labels = torch.arange(4) if conditional else None
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    z = torch.randn(4, spec.total_nz)
+    slices = spec.latent_slices()
+    for level in range(spec.levels):
+        target, condition = level_real(real, level, spec.levels)
+        fake = generator.generators[level](z[:, slices[level]], condition, labels)
+        assert fake.shape == target.shape
+        logits = build_level_discriminator(spec, level)(discriminator_input(fake, condition), condition, labels)
+        assert logits.shape == (4,) and logits.dtype == torch.float32
+
+
+def _chain_by_hand(generator, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The torch levels chained here, coarse to fine, independently of LaplacianGenerator.stages."""
+    spec, slices = generator.spec, generator.spec.latent_slices()
+    image = generator.generators[2](z[:, slices[2]], None, labels)
+    for level in (1, 0):
+        coarse = up(image)
+        image = torch.clamp(coarse + generator.generators[level](z[:, slices[level]], coarse, labels), -1, 1)
+    assert image.shape[1:] == (spec.channels, spec.height, spec.width)
+    return image
+
+
+def test_one_onnx_graph_equals_the_chained_torch_levels(tmp_path):
+    from distgan.export.pyramid import export_pyramid_onnx
+    from distgan.runtime import OnnxGenerator, latents
+
+    torch.manual_seed(0)
+    generator = lapgan_from_spec(_spec())
+    with torch.no_grad():  # running BatchNorm statistics that are not the init's
+        generator.train()(torch.randn(32, generator.spec.total_nz), torch.randint(0, 10, (32,)))
+    generator.eval()
+    result = export_pyramid_onnx(generator, INFO, tmp_path / "generator.onnx")
+    assert result.max_abs_diff <= 1e-4
+    model = OnnxGenerator(result.path)  # the torch-free runtime, unchanged: nz is the concatenated latent
+    assert model.info.nz == generator.spec.total_nz and model.info.family == "lapgan"
+    z, labels = latents(np.arange(5, dtype=np.uint64), model.info.nz), np.arange(5, dtype=np.int64)
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    got = session.run(["images"], {"z": z, "labels": labels})[0]
+    with torch.no_grad():
+        want = _chain_by_hand(generator, torch.from_numpy(z), torch.from_numpy(labels)).numpy()
+    assert np.abs(got - want).max() <= 1e-4
+    assert want.std() > 1e-4  # images that vary, not a constant (small at init: N(0, 0.02) weights)
