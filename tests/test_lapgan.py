@@ -127,3 +127,104 @@ def test_one_onnx_graph_equals_the_chained_torch_levels(tmp_path):
         want = _chain_by_hand(generator, torch.from_numpy(z), torch.from_numpy(labels)).numpy()
     assert np.abs(got - want).max() <= 1e-4
     assert want.std() > 1e-4  # images that vary, not a constant (small at init: N(0, 0.02) weights)
+
+
+# --- training the levels ---------------------------------------------------------------------------------
+
+
+def test_train_levels_parsed_and_bad_values_named():
+    from distgan.training.levels import parse_levels
+    assert parse_levels("all", 3) == (0, 1, 2)
+    assert parse_levels([2, 0], 3) == (0, 2)
+    for bad, message in (([3], "level 3 is not a level"), ([], "non-empty list"), ("some", "'all' or"),
+                         ([1, 1], "twice"), ([True], "level True")):
+        with pytest.raises(ValueError, match=f"train.levels.*{message}|{message}"):
+            parse_levels(bad, 3)
+
+
+def test_ranks_spread_over_levels():
+    from distgan.training.levels import assign_ranks, owned_levels
+    assert assign_ranks((0, 1, 2), 2) == {0: (0,), 1: (1,), 2: (0,)}  # fewer ranks: a rank owns several levels
+    assert assign_ranks((0, 1), 2) == {0: (0,), 1: (1,)}
+    assert assign_ranks((0, 1, 2), 5) == {0: (0, 1), 1: (2, 3), 2: (4,)}  # DDP inside a level; finest first
+    assert assign_ranks((2,), 3) == {2: (0, 1, 2)}  # one level (an array job's task): all ranks on it
+    assert owned_levels(assign_ranks((0, 1, 2), 2), 0) == (0, 2)
+
+
+def _level_cfg(data: Path, run_dir: Path, steps: int):
+    from distgan.config import Config
+    cfg = Config(name="lap", run_dir=str(run_dir))
+    cfg.data.path, cfg.data.batch_size, cfg.data.num_workers, cfg.data.shuffle_buffer = str(data), 16, 0, 64
+    cfg.model.d_dropout = 0.2  # dropout masks must resume too
+    cfg.train.steps, cfg.train.checkpoint_every, cfg.train.log_every = steps, 2, 100
+    return cfg
+
+
+def _level_weights(run_dir: Path, level: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    from distgan.training.level_run import level_checkpoints
+    newest = level_checkpoints(run_dir / "lap", level)[-1]
+    return {**load_file(str(newest / "generator.safetensors")), **load_file(str(newest / "discriminator.safetensors"))}
+
+
+def test_per_level_resume_is_bitwise(tmp_path, shards):
+    from distgan.training.level_run import train_levels
+    data, _ = shards
+    spec = LapganSpec(channels=1, height=28, width=28, num_classes=10, conditional=True, coarse_nz=16, ngf=8, ndf=8,
+                      d_dropout=0.2)
+    info = {"dataset": "test", "classes": INFO["classes"], "distgan_version": "0", "config_hash": "h"}
+    def steps(trainers):
+        return {t.level: t.step for t in trainers}
+    assert steps(train_levels(_level_cfg(data, tmp_path / "once", 4), spec, [1, 2], info)) == {1: 4, 2: 4}
+    assert steps(train_levels(_level_cfg(data, tmp_path / "split", 2), spec, [1, 2], info)) == {1: 2, 2: 2}
+    assert steps(train_levels(_level_cfg(data, tmp_path / "split", 4), spec, [1, 2], info)) == {1: 4, 2: 4}
+    for level in (1, 2):
+        once, split = _level_weights(tmp_path / "once", level), _level_weights(tmp_path / "split", level)
+        assert once.keys() == split.keys()
+        assert all(torch.equal(once[k], split[k]) for k in once), f"level {level} resumed differently"
+    fresh = build_level_generator_weights(spec, 1)
+    assert any(not torch.equal(fresh[k], once[k]) for k in fresh)  # it trained
+    assert not (tmp_path / "once" / "lap" / "levels" / "level-0").exists()  # a level not asked for
+
+
+def build_level_generator_weights(spec: LapganSpec, level: int) -> dict[str, torch.Tensor]:
+    from distgan.models.lapgan import build_level_generator
+    return build_level_generator(spec, level).state_dict()
+
+
+@pytest.mark.slow
+def test_two_ranks_train_two_different_levels_at_once(tmp_path, shards):
+    """`train.levels: [0, 1]` on 2 real gloo ranks: rank 0 trains level 0, rank 1 level 1, over the same time."""
+    import json
+    import subprocess
+    from conftest import LAUNCH_2_CPU, REPO, run_env
+    data, _ = shards
+    result = subprocess.run([*LAUNCH_2_CPU, str(REPO / "tests" / "lapgan_levels_probe.py"), str(data),
+                             str(tmp_path), "[0, 1]"], env=run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["levels"] for r in ranks] == [{"0": 6}, {"1": 6}]
+    assert max(r["start"] for r in ranks) < min(r["end"] for r in ranks)  # overlapping, not one after the other
+    for level in (0, 1):
+        assert _level_weights(tmp_path, level)  # each level's own checkpoint
+    assert not (tmp_path / "lap" / "levels" / "level-2").exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_level_with_ddp(tmp_path, shards):
+    """`train.levels: [1]` on 2 ranks: DDP inside the level (its group is both ranks); each rank's batch differs,
+    the weights stay equal, and the level's first rank writes its checkpoint."""
+    import json
+    import subprocess
+    from conftest import LAUNCH_2_CPU, REPO, run_env
+    data, _ = shards
+    result = subprocess.run([*LAUNCH_2_CPU, str(REPO / "tests" / "lapgan_levels_probe.py"), str(data),
+                             str(tmp_path), "[1]"], env=run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["levels"] for r in ranks] == [{"1": 6}, {"1": 6}]
+    assert ranks[0]["first_batch"] != ranks[1]["first_batch"]  # each rank its own share of the data
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # one model: gradients averaged over the level's group
+    assert _level_weights(tmp_path, 1)
