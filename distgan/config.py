@@ -11,6 +11,7 @@ import difflib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -86,6 +87,7 @@ class TrainConfig:
     resume: str = "auto"  # auto (newest complete checkpoint) | none | a checkpoint path
     allow_config_change: bool = False  # resume although the setup differs from the run's (recorded in the run)
     sync_every: int = 20  # steps between the host collectives that share stop requests and data errors
+    levels: Any = "all"  # model.arch lapgan: the pyramid levels this launch trains, "all" or a list (0 = finest)
 
 
 @dataclass

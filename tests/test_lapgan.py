@@ -228,3 +228,47 @@ def test_two_ranks_share_one_level_with_ddp(tmp_path, shards):
     assert ranks[0]["first_batch"] != ranks[1]["first_batch"]  # each rank its own share of the data
     assert ranks[0]["weights"] == ranks[1]["weights"]  # one model: gradients averaged over the level's group
     assert _level_weights(tmp_path, 1)
+
+
+# --- the command line: configs/lapgan.yaml -> distgan-train -> distgan-export -> distgan-sample ------------
+
+LAPGAN_TINY = ["model.nz=16", "model.ngf=8", "model.ndf=8", "data.batch_size=16", "data.num_workers=0",
+               "data.shuffle_buffer=64", "train.log_every=2", "train.checkpoint_every=2"]
+
+
+def test_lapgan_config_trains_one_level_per_job_then_exports_and_samples(tmp_path, shards, capsys):
+    """An array job's view: each `train.levels: [k]` launch trains its level into the one run directory; the
+    export chains the levels' newest checkpoints; the torch-free sampler draws from it unchanged."""
+    from conftest import REPO
+    from distgan.export.cli import main as export_main
+    from distgan.sample import main as sample_main
+    from distgan.train import main as train_main
+    data, _ = shards
+    common = ["--config", str(REPO / "configs" / "lapgan.yaml"), f"data.path={data}", f"run_dir={tmp_path}",
+              "name=lap", "train.steps=2", *LAPGAN_TINY]
+    assert train_main([*common, "train.levels=[2]"]) == 0
+    with pytest.raises(SystemExit) as exited:  # levels 0 and 1 are missing: named
+        export_main(["--onnx", str(tmp_path / "lap")])
+    assert exited.value.code == 2
+    assert "level 0 has no checkpoint yet" in capsys.readouterr().err
+    assert train_main([*common, "train.levels=[0, 1]"]) == 0
+    assert export_main(["--onnx", str(tmp_path / "lap")]) == 0
+    model = tmp_path / "lap" / "generator.onnx"
+    assert "model: lapgan, z [batch, 996] -> float32 NCHW 1x28x28" in capsys.readouterr().out  # 16 + 14*14 + 28*28
+    assert sample_main(["--onnx", str(model), "--n", "4", "--class", "3", "--grid", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.levels=[3]", "train.levels"), ("train.levels=none", "train.levels"), ("model.ngf=0", "model.ngf"),
+    ("aug.policy=color", "aug.policy"), ("loss.kind=wgan-gp", "loss.kind"), ("loss.r1_gamma=1.0", "loss.r1_gamma"),
+])
+def test_bad_lapgan_config_values_refused_naming_the_key(tmp_path, shards, capsys, override, key):
+    from conftest import REPO
+    from distgan.train import main as train_main
+    data, _ = shards
+    code = train_main(["--config", str(REPO / "configs" / "lapgan.yaml"), f"data.path={data}", f"run_dir={tmp_path}",
+                       *LAPGAN_TINY, override])
+    err = capsys.readouterr().err
+    assert code == 2 and key in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

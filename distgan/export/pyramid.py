@@ -17,6 +17,7 @@ from typing import Any
 from distgan.export.onnx import (DEFAULT_OPSET, FP32_TOLERANCE, ExportError, ExportResult, _export_checked,
                                  _max_diff, _save_optimized, _write_metadata, build_metadata, optimized_output)
 from distgan.models.lapgan import LaplacianGenerator
+from distgan.pyramid_run import LEVELS_DIR, SPEC_FILE, assemble_generator
 
 INFO_KEYS = ("step", "dataset", "classes", "distgan_version", "config_hash")
 
@@ -52,3 +53,14 @@ def export_pyramid_onnx(generator: LaplacianGenerator, info: dict[str, Any], out
         os.replace(optimized, optimized_output(out))
     return ExportResult(path=out, optimized_path=optimized_output(out), exporter=exporter, parity=parity,
                         metadata=metadata, notes=notes)
+
+
+def is_pyramid_run(source: Path) -> bool:
+    """A LAPGAN run directory (its levels/lapgan.json), which `export_run_pyramid` exports."""
+    return (Path(source) / LEVELS_DIR / SPEC_FILE).is_file()
+
+
+def export_run_pyramid(run_path: Path, out: Path, *, opset: int = DEFAULT_OPSET) -> ExportResult:
+    """Each level's newest checkpoint of a LAPGAN run, chained, as one ONNX graph at `out`."""
+    generator, info = assemble_generator(Path(run_path))
+    return export_pyramid_onnx(generator, info, out, opset=opset)

@@ -1,8 +1,6 @@
 """Training LAPGAN's levels: each level a conditional GAN of its own, with its own data stream, optimisers,
-checkpoints and resume, so that ranks (`levels.py`) or separate jobs train different levels at once.
-
-    runs/NAME/levels/lapgan.json                    the pyramid's spec + run info (what export reads)
-    runs/NAME/levels/level-K/step-0000100/          G and D (safetensors), both Adams (optim.pt), state.json
+checkpoints and resume (files: `distgan/pyramid_run.py`), so that ranks (`levels.py`) or separate jobs
+train different levels at once.
 
 Everything a level's step draws is a pure function of (seed, level, rank within the level, step): the
 latents and the dropout masks from a seed derived from them, the real batch from the loader position saved
@@ -25,32 +23,19 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
-from distgan.config import Config
+import distgan
+from distgan.config import Config, ConfigError, config_hash
 from distgan.data import ShardLoader
-from distgan.data.loader import to_device
+from distgan.data.loader import read_manifest, to_device
 from distgan.ddp import Control
 from distgan.losses import discriminator_loss, generator_loss
-from distgan.models.lapgan import (LapganSpec, LaplacianGenerator, build_level_discriminator, build_level_generator,
-                                   discriminator_input, lapgan_from_spec, level_real)
+from distgan.models.lapgan import LapganSpec, build_level_discriminator, build_level_generator, discriminator_input, level_real
+from distgan.pyramid_run import STEP_PREFIX, level_checkpoints, level_dir, write_spec
 from distgan.training.levels import assign_ranks, level_groups, owned_levels, parse_levels
 
 log = logging.getLogger("distgan")
 
-LEVELS_DIR = "levels"
-SPEC_FILE = "lapgan.json"
-STEP_PREFIX = "step-"
 LOSS_KINDS = ("bce", "hinge", "lsgan")  # wgan-gp's penalty is not wired into the level step
-
-
-def level_dir(run_path: Path, level: int) -> Path:
-    return run_path / LEVELS_DIR / f"level-{level}"
-
-
-def level_checkpoints(run_path: Path, level: int) -> list[Path]:
-    """A level's complete checkpoints, oldest first (staging directories never listed)."""
-    root = level_dir(run_path, level)
-    found = [p for p in root.glob(f"{STEP_PREFIX}*") if (p / "state.json").is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
 
 
 def step_seed(seed: int, level: int, index: int, step: int) -> int:
@@ -176,33 +161,11 @@ class LevelTrainer:
         self._batches = None
 
 
-def write_spec(run_path: Path, spec: LapganSpec, info: dict[str, Any]) -> None:
-    """The pyramid's spec and run info, atomically (every job of an array job writes the same file)."""
-    path = run_path / LEVELS_DIR / SPEC_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file():
-        known = json.loads(path.read_text())["spec"]
-        if known != spec.to_dict():
-            raise ValueError(f"{path}: this run's pyramid is {known}; the config builds {spec.to_dict()}")
-    tmp = path.with_name(f".{SPEC_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"spec": spec.to_dict(), **info}, indent=2))
-    os.replace(tmp, path)
-
-
-def assemble_generator(run_path: Path) -> tuple[LaplacianGenerator, dict[str, Any]]:
-    """The whole pyramid from each level's newest checkpoint (eval mode), and the run info with `step` the
-    smallest level step; a level without a checkpoint is named."""
-    info = json.loads((run_path / LEVELS_DIR / SPEC_FILE).read_text())
-    generator = lapgan_from_spec(info["spec"])
-    steps = []
-    for level in range(generator.spec.levels):
-        found = level_checkpoints(run_path, level)
-        if not found:
-            raise FileNotFoundError(f"{level_dir(run_path, level)}: level {level} has no checkpoint yet; "
-                                    f"train it (train.levels: [{level}]) before sampling the pyramid")
-        generator.generators[level].load_state_dict(load_file(str(found[-1] / "generator.safetensors")))
-        steps.append(json.loads((found[-1] / "state.json").read_text())["step"])
-    return generator.eval(), {**{k: v for k, v in info.items() if k != "spec"}, "step": min(steps)}
+def _device() -> torch.device:
+    """This process's GPU (LOCAL_RANK), or the CPU where there is none or the launcher says ACCELERATE_USE_CPU."""
+    if not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"):
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def train_levels(cfg: Config, spec: LapganSpec, levels: object, info: dict[str, Any]) -> list[LevelTrainer]:
@@ -214,7 +177,7 @@ def train_levels(cfg: Config, spec: LapganSpec, levels: object, info: dict[str, 
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     assignment = assign_ranks(parse_levels(levels, spec.levels), world)
     groups = level_groups(assignment, rank) if distributed else {k: None for k in assignment}
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    device = _device()
     run_path = Path(cfg.run_dir) / cfg.name
     if rank == 0:
         write_spec(run_path, spec, info)
@@ -236,3 +199,69 @@ def train_levels(cfg: Config, spec: LapganSpec, levels: object, info: dict[str, 
             if trainer.step % t.checkpoint_every == 0 or trainer.step == t.steps:
                 trainer.save(run_path)
     return trainers
+
+
+# What the level step implements; anything else is refused at start with its key named.
+UNSUPPORTED = {  # key -> (value that means "off", why)
+    "loss.d_steps": (1, "one D update per step"), "loss.r1_gamma": (0.0, "no R1 penalty"),
+    "aug.policy": ("", "no augmentation"), "model.spectral_norm": (False, "no spectral norm"),
+    "model.sync_bn": (False, "BatchNorm per rank"), "train.compile": (False, "eager"),
+    "optim.schedule": ("constant", "a constant lr"), "optim.grad_clip": (0.0, "no clipping"),
+    "optim.lr_scaling": ("none", "the lr as given"), "eval.every": (0, "no evaluation during training"),
+}
+
+
+def spec_from_config(cfg: Config, shape: tuple[int, int, int], num_classes: int) -> LapganSpec:
+    """The pyramid the config and data describe; ConfigError naming the key for what lapgan cannot do."""
+    for key, (off, what) in UNSUPPORTED.items():
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) != off:
+            raise ConfigError(f"config key {key!r} is not supported by model.arch lapgan (it trains with {what}); "
+                              f"remove it or set it to {off!r}")
+    if cfg.loss.kind not in LOSS_KINDS:
+        raise ConfigError(f"config key 'loss.kind': {cfg.loss.kind!r} is not supported by model.arch lapgan; "
+                          f"valid: {', '.join(LOSS_KINDS)}")
+    for key in ("nz", "ngf", "ndf"):
+        if getattr(cfg.model, key) < 1:
+            raise ConfigError(f"config key 'model.{key}' must be >= 1, got {getattr(cfg.model, key)}")
+    if not 0.0 <= cfg.model.d_dropout < 1.0:
+        raise ConfigError(f"config key 'model.d_dropout' must be in [0, 1), got {cfg.model.d_dropout}")
+    if cfg.model.conditional and num_classes < 2:
+        raise ConfigError(f"config key 'model.conditional': {cfg.data.path} has no class labels")
+    try:
+        spec = LapganSpec(channels=shape[0], height=shape[1], width=shape[2],
+                          num_classes=num_classes if cfg.model.conditional else 0, conditional=cfg.model.conditional,
+                          coarse_nz=cfg.model.nz, ngf=cfg.model.ngf, ndf=cfg.model.ndf, d_dropout=cfg.model.d_dropout)
+        parse_levels(cfg.train.levels, spec.levels)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return spec
+
+
+def _start_processes() -> None:
+    """Join the launcher's process group (gloo on CPUs, NCCL on GPUs) when there is more than one process."""
+    device = _device()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo" if device.type == "cpu" else "nccl")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
+                        format="%(message)s")
+
+
+def train_lapgan(cfg: Config) -> str:
+    """`distgan-train` for model.arch lapgan: this launch's share of `train.levels`, into runs/NAME/levels/."""
+    manifest = read_manifest(cfg.data.path)
+    num_classes = manifest.num_classes if cfg.model.conditional else 0
+    spec = spec_from_config(cfg, (manifest.channels, manifest.height, manifest.width), num_classes)
+    info = {"dataset": manifest.name, "classes": manifest.classes if num_classes else [],
+            "distgan_version": distgan.__version__, "config_hash": config_hash(cfg)}
+    _start_processes()
+    try:
+        trainers = train_levels(cfg, spec, cfg.train.levels, info)
+        log.info("%s: level(s) %s at step %d; export the pyramid with distgan-export --onnx %s",
+                 cfg.name, ", ".join(str(t.level) for t in trainers), cfg.train.steps, Path(cfg.run_dir) / cfg.name)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return "completed"
