@@ -236,6 +236,7 @@ LAPGAN_TINY = ["model.nz=16", "model.ngf=8", "model.ndf=8", "data.batch_size=16"
                "data.shuffle_buffer=64", "train.log_every=2", "train.checkpoint_every=2"]
 
 
+@pytest.mark.slow
 def test_lapgan_config_trains_one_level_per_job_then_exports_and_samples(tmp_path, shards, capsys):
     """An array job's view: each `train.levels: [k]` launch trains its level into the one run directory; the
     export chains the levels' newest checkpoints; the torch-free sampler draws from it unchanged."""
@@ -272,3 +273,29 @@ def test_bad_lapgan_config_values_refused_naming_the_key(tmp_path, shards, capsy
     err = capsys.readouterr().err
     assert code == 2 and key in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_lapgan_levels_log_to_wandb_offline_with_media(tmp_path, shards):
+    """log.log_with=wandb: one offline W&B run per level, with its losses and a sample grid per checkpoint;
+    the same in levels/level-K/metrics.jsonl and samples/."""
+    import json
+    import subprocess
+    import sys
+    from conftest import REPO, run_env
+    data, _ = shards
+    cmd = [sys.executable, str(REPO / "distgan" / "train.py"), "--config", str(REPO / "configs" / "lapgan.yaml"),
+           f"data.path={data}", f"run_dir={tmp_path}", "name=lap", "train.steps=4", "train.levels=[1, 2]",
+           "log.log_with=wandb", *LAPGAN_TINY]
+    subprocess.run(cmd, env=run_env(WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1"), check=True,
+                   capture_output=True, timeout=300)
+    for level in (1, 2):
+        directory = tmp_path / "lap" / "levels" / f"level-{level}"
+        rows = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss/d"]) for r in rows)
+        assert sorted(p.name for p in (directory / "samples").iterdir()) == ["step-0000002.png", "step-0000004.png"]
+        offline = list((directory / "wandb").glob(f"offline-run-*-lap-level{level}"))
+        assert offline, list((directory / "wandb").iterdir())
+        records = (offline[0] / f"run-lap-level{level}.wandb").read_bytes()
+        assert b"loss/d" in records and b"loss/g" in records
+        assert len(list((offline[0] / "files" / "media" / "images").glob("samples_*.png"))) == 2

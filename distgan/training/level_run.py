@@ -31,6 +31,7 @@ from distgan.ddp import Control
 from distgan.losses import discriminator_loss, generator_loss
 from distgan.models.lapgan import LapganSpec, build_level_discriminator, build_level_generator, discriminator_input, level_real
 from distgan.pyramid_run import STEP_PREFIX, level_checkpoints, level_dir, write_spec
+from distgan.training.level_monitor import LevelMonitor
 from distgan.training.levels import assign_ranks, level_groups, owned_levels, parse_levels
 
 log = logging.getLogger("distgan")
@@ -76,6 +77,7 @@ class LevelTrainer:
                                   num_workers=cfg.data.num_workers, on_corrupt=cfg.data.on_corrupt,
                                   shards=cfg.data.shards, control=Control(1))
         self._batches = None
+        self.last_images: torch.Tensor | None = None
 
     def train_step(self) -> dict[str, float]:
         """One D update and one G update of this level; returns both losses."""
@@ -97,6 +99,7 @@ class LevelTrainer:
     def _d_update(self, target, condition, labels, z) -> float:
         with torch.no_grad():
             fake = self.g_module(z, condition, labels)
+            self.last_images = discriminator_input(fake, condition)  # what D judged: the level's image
         both = torch.cat([discriminator_input(target, condition), discriminator_input(fake, condition)])
         twice = (lambda t: None if t is None else torch.cat([t, t]))
         logits = self.D(both, twice(condition), twice(labels))  # one DDP forward for real and fake
@@ -187,18 +190,32 @@ def train_levels(cfg: Config, spec: LapganSpec, levels: object, info: dict[str, 
         found = level_checkpoints(run_path, trainer.level)
         if found and cfg.train.resume == "auto":
             trainer.load(found[-1])
+    monitors = {t.level: LevelMonitor(cfg, run_path, t.level, t.step) for t in trainers if t.place.index == 0}
+    try:
+        _run(cfg, trainers, monitors, run_path)
+    finally:
+        for monitor in monitors.values():
+            monitor.close()
+    return trainers
+
+
+def _run(cfg: Config, trainers: list[LevelTrainer], monitors: dict[int, LevelMonitor], run_path: Path) -> None:
+    """Every level of this rank to train.steps, one step of each in turn; logs and checkpoints on cadence."""
     t = cfg.train
     while any(trainer.step < t.steps for trainer in trainers):
         for trainer in trainers:
             if trainer.step >= t.steps:
                 continue
             losses = trainer.train_step()
-            if trainer.place.index == 0 and trainer.step % t.log_every == 0:
+            monitor = monitors.get(trainer.level)
+            if monitor is not None and trainer.step % t.log_every == 0:
                 log.info("level %d step %d: d_loss %.4f g_loss %.4f", trainer.level, trainer.step,
                          losses["d_loss"], losses["g_loss"])
+                monitor.log(trainer.step, {"loss/d": losses["d_loss"], "loss/g": losses["g_loss"]})
             if trainer.step % t.checkpoint_every == 0 or trainer.step == t.steps:
                 trainer.save(run_path)
-    return trainers
+                if monitor is not None:
+                    monitor.images(trainer.step, trainer.last_images)
 
 
 # What the level step implements; anything else is refused at start with its key named.
@@ -209,6 +226,7 @@ UNSUPPORTED = {  # key -> (value that means "off", why)
     "optim.schedule": ("constant", "a constant lr"), "optim.grad_clip": (0.0, "no clipping"),
     "optim.lr_scaling": ("none", "the lr as given"), "eval.every": (0, "no evaluation during training"),
 }
+TRACKERS = ("none", "wandb")
 
 
 def spec_from_config(cfg: Config, shape: tuple[int, int, int], num_classes: int) -> LapganSpec:
@@ -218,6 +236,9 @@ def spec_from_config(cfg: Config, shape: tuple[int, int, int], num_classes: int)
         if getattr(getattr(cfg, section), name) != off:
             raise ConfigError(f"config key {key!r} is not supported by model.arch lapgan (it trains with {what}); "
                               f"remove it or set it to {off!r}")
+    if cfg.log.log_with not in TRACKERS:
+        raise ConfigError(f"config key 'log.log_with': {cfg.log.log_with!r} is not supported by model.arch lapgan; "
+                          f"valid: {', '.join(TRACKERS)}")
     if cfg.loss.kind not in LOSS_KINDS:
         raise ConfigError(f"config key 'loss.kind': {cfg.loss.kind!r} is not supported by model.arch lapgan; "
                           f"valid: {', '.join(LOSS_KINDS)}")
