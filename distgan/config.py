@@ -18,7 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from distgan.augment import parse_policy
 from distgan.losses import LOSS_KINDS
-from distgan.models import ModelConfig
+from distgan.models import ModelConfig, get_family
 from distgan.schedule import SCHEDULES
 
 
@@ -167,20 +167,34 @@ def _explain(exc: OmegaConfBaseException, schema) -> str:
     return f"config key {key!r}: {message}" if key else message
 
 
+def _family_schema(schema, raw) -> None:
+    """The `model:` section typed by the family `model.arch` names (its own keys), and the family's defaults
+    for other sections (loss kind, lrs, ...) put under the user's values, in place."""
+    arch = OmegaConf.select(raw, "model.arch", default=None) or schema.model.arch
+    try:
+        family = get_family(str(arch))
+    except ValueError as exc:
+        raise ConfigError(f"config key 'model.arch': {exc}") from None
+    schema.model = OmegaConf.structured(family.config)
+    for key, value in family.defaults.items():
+        OmegaConf.update(schema, key, value, merge=False)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """YAML file + `a.b=value` overrides -> a validated Config."""
+    """YAML file + `a.b=value` overrides -> a validated Config (the `model:` keys of the family it names)."""
     schema = OmegaConf.structured(Config)
     try:
-        merged = schema
+        raw = OmegaConf.create()
         if path is not None:
             if not Path(path).is_file():
                 raise ConfigError(f"config file {path} not found")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            raw = OmegaConf.merge(raw, OmegaConf.load(path))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
-        cfg: Config = OmegaConf.to_object(merged)
+            raw = OmegaConf.merge(raw, OmegaConf.from_dotlist([item]))
+        _family_schema(schema, raw)
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(schema, raw))
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain(exc, schema)) from None
     validate(cfg)
@@ -228,10 +242,10 @@ def validate(cfg: Config) -> None:
     _check_combinations(cfg)
     if cfg.data.path in ("", "???"):
         raise ConfigError("config key 'data.path' is required (the directory with dataset.json)")
-    _validate_small_data(cfg)
+    _check_augmentation_r1_schedule(cfg)
 
 
-def _validate_small_data(cfg: Config) -> None:
+def _check_augmentation_r1_schedule(cfg: Config) -> None:
     """Augmentation, R1 and the lr schedule."""
     try:
         parse_policy(cfg.aug.policy)
@@ -267,7 +281,7 @@ def _validate_small_data(cfg: Config) -> None:
 def _check_combinations(cfg: Config) -> None:
     """Loss x discriminator options that cannot train correctly, refused with the keys named."""
     m, loss = cfg.model, cfg.loss
-    d_batchnorm = m.d_batchnorm and not m.spectral_norm and m.arch != "mlp"  # as models.DiscriminatorSpec builds D
+    d_batchnorm = get_family(m.arch).d_batchnorm(m)
     if loss.kind == "wgan-gp" and d_batchnorm:
         raise ConfigError("config keys 'loss.kind'=wgan-gp and 'model.d_batchnorm'=true: the gradient penalty "
                           "is per sample, but a BatchNorm D makes each sample's score depend on its batch; set "

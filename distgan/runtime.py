@@ -233,7 +233,11 @@ class OnnxGenerator:
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.info = GeneratorInfo.from_metadata(self.metadata, str(self.path))
         inputs = {i.name for i in self.session.get_inputs()}
-        expected = {"z", "labels"} if self.info.num_classes else {"z"}
+        # Inputs beyond z and labels (a model family's: truncation, a mixing layer, ...) are declared in
+        # distgan.input_specs with the value a client feeds when it does not choose one.
+        self.defaults = {spec["name"]: spec for spec in json.loads(self.metadata.get(PREFIX + "input_specs", "[]"))
+                         if spec.get("default") is not None}
+        expected = ({"z", "labels"} if self.info.num_classes else {"z"}) | set(self.defaults)
         if inputs != expected:
             raise ModelError(f"{self.path}: inputs are {sorted(inputs)}, expected {sorted(expected)}")
         outputs = [o.name for o in self.session.get_outputs()]
@@ -347,6 +351,8 @@ class OnnxGenerator:
         """The model's own output for these inputs (float NCHW or uint8 NHWC, see `info`)."""
         self._check(z, labels)
         feeds = {"z": z} if labels is None else {"z": z, "labels": labels}
+        for name, spec in self.defaults.items():
+            feeds[name] = np.full((len(z), *spec["shape"]), spec["default"], dtype=spec["dtype"])
         return self.session.run(["images"], feeds)[0]
 
     def images(self, z: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:

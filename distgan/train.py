@@ -17,7 +17,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 from distgan.config import ConfigError, load_config  # noqa: E402
 from distgan.data import DataError  # noqa: E402
 from distgan.training import TrainingError, train  # noqa: E402
-from distgan.training.level_run import train_lapgan  # noqa: E402
+from distgan.models import get_family  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        # LAPGAN's levels train as separate GANs (training/level_run.py); to become the family's own trainer.
-        (train_lapgan if cfg.model.arch == "lapgan" else train)(cfg)
+        (get_family(cfg.model.arch).own_trainer() or train)(cfg)  # LAPGAN: one GAN per level, its own trainer
     except (ConfigError, DataError, TrainingError) as exc:
         print(f"distgan-train: error: {exc}", file=sys.stderr)
         return 2

@@ -107,7 +107,8 @@ def _chain_by_hand(generator, z: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def test_one_onnx_graph_equals_the_chained_torch_levels(tmp_path):
-    from distgan.export.pyramid import export_pyramid_onnx
+    from distgan.artifacts import save_generator
+    from distgan.export.onnx import export_onnx
     from distgan.runtime import OnnxGenerator, latents
 
     torch.manual_seed(0)
@@ -115,10 +116,12 @@ def test_one_onnx_graph_equals_the_chained_torch_levels(tmp_path):
     with torch.no_grad():  # running BatchNorm statistics that are not the init's
         generator.train()(torch.randn(32, generator.spec.total_nz), torch.randint(0, 10, (32,)))
     generator.eval()
-    result = export_pyramid_onnx(generator, INFO, tmp_path / "generator.onnx")
+    save_generator(generator, tmp_path / "generator", INFO)
+    result = export_onnx(tmp_path)  # through the lapgan family, like any generator
     assert result.max_abs_diff <= 1e-4
     model = OnnxGenerator(result.path)  # the torch-free runtime, unchanged: nz is the concatenated latent
     assert model.info.nz == generator.spec.total_nz and model.info.family == "lapgan"
+    assert result.metadata["distgan.lapgan_levels"] == "[[28, 28], [14, 14], [7, 7]]"
     z, labels = latents(np.arange(5, dtype=np.uint64), model.info.nz), np.arange(5, dtype=np.int64)
     import onnxruntime as ort
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])

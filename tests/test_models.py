@@ -14,7 +14,6 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from distgan.models import (
-    ARCHS,
     ModelConfig,
     build_discriminator,
     build_generator,
@@ -23,6 +22,7 @@ from distgan.models import (
 
 # A shape each arch accepts; the mlp one is deliberately neither 28x28 nor 64x64.
 SHAPES = {"mlp": (3, 16, 16), "dcgan28": (1, 28, 28), "dcgan64": (3, 64, 64)}
+ARCHS = tuple(SHAPES)
 NUM_CLASSES = 10
 
 
@@ -241,10 +241,12 @@ def test_config_errors_say_what_to_do() -> None:
     with pytest.raises(ValueError) as err:
         build_discriminator(ModelConfig(arch="dcgan64"), 1, 28, 28, 0)
     assert "64x64" in str(err.value) and "28x28" in str(err.value) and "dcgan28" in str(err.value)
-    with pytest.raises(ValueError, match="'mlp'"):
+    with pytest.raises(ValueError, match="use arch 'dcgan' for 32x32"):
         build_generator(ModelConfig(arch="dcgan28"), 3, 32, 32, 0)
-    with pytest.raises(ValueError, match="mlp, dcgan28, dcgan64"):
-        build_generator(ModelConfig(arch="resnet"), 1, 28, 28, 0)
+    with pytest.raises(ValueError, match="use arch 'mlp' for 30x30"):
+        build_generator(ModelConfig(arch="dcgan28"), 3, 30, 30, 0)
+    with pytest.raises(ValueError, match="unknown model.arch 'nosuch'; valid: mlp, dcgan, dcgan28, dcgan64"):
+        build_generator(ModelConfig(arch="nosuch"), 1, 28, 28, 0)
     with pytest.raises(ValueError, match="num_classes >= 2"):
         build_discriminator(ModelConfig(conditional=True), 1, 28, 28, 1)
     with pytest.raises(ValueError, match="d_dropout"):

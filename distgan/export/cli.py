@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from distgan.export.onnx import (DEFAULT_OPSET, FP32_TOLERANCE, QUANTIZATIONS, UINT8_TOLERANCE, ExportError,
-                                 default_output, export_onnx)
+                                 export_onnx)
 from distgan.export.pyramid import export_run_pyramid, is_pyramid_run
 from distgan.runtime import PREFIX
 
@@ -25,13 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="output uint8 [batch, H, W, C] in 0..255 instead of float [batch, C, H, W] in [-1, 1]")
     args = parser.parse_args(argv)
     try:
-        if is_pyramid_run(args.onnx):  # LAPGAN: every level's newest checkpoint, chained in one graph
-            if args.quantize or args.uint8_output:
-                raise ValueError("a LAPGAN pyramid exports in fp32 only (no --quantize, --uint8-output)")
-            result = export_run_pyramid(args.onnx, args.out or default_output(args.onnx), opset=args.opset)
-        else:
-            result = export_onnx(args.onnx, args.out, opset=args.opset, uint8_output=args.uint8_output,
-                                 quantize=args.quantize)
+        export = export_run_pyramid if is_pyramid_run(args.onnx) else export_onnx  # LAPGAN: its levels, chained
+        result = export(args.onnx, args.out, opset=args.opset, uint8_output=args.uint8_output, quantize=args.quantize)
     except (FileNotFoundError, ValueError, ExportError) as exc:
         parser.exit(2, f"distgan-export: error: {exc}\n")
     meta = result.metadata

@@ -36,9 +36,8 @@ import torch.nn as nn
 
 import distgan
 from distgan.artifacts import load_generator
-from distgan.export.quantize import quantize_int8
-from distgan.export.rewrite import inference_generator
-from distgan.models import Generator
+from distgan.export.quantize import draw_feeds, quantize_int8
+from distgan.models import family_of
 from distgan.runtime import PREFIX, REQUIRED_KEYS
 
 DEFAULT_OPSET = 18
@@ -92,25 +91,29 @@ class Uint8Output(nn.Module):
         super().__init__()
         self.generator = generator
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        images = self.generator(z, labels)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        images = self.generator(*inputs)
         return torch.round(torch.clamp((images + 1.0) * 127.5, 0.0, 255.0)).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 # --- inputs -------------------------------------------------------------------------
 
 
-def _inputs(spec: dict[str, Any], batch: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feeds = {"z": rng.standard_normal((batch, spec["nz"]), dtype=np.float32)}
-    if spec["conditional"]:
-        feeds["labels"] = rng.integers(0, spec["num_classes"], batch, dtype=np.int64)
-    return feeds
-
-
 def _torch_outputs(module: nn.Module, feeds: dict[str, np.ndarray]) -> np.ndarray:
     with torch.inference_mode():
         return module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What G takes, as the exporter and its checks need it."""
+
+    specs: list[dict[str, Any]]  # InputSpec.to_dict() each, in G's argument order
+    num_classes: int
+
+    def feeds(self, batch: int, seed: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return draw_feeds(self.specs, batch, rng, lambda n: rng.integers(0, self.num_classes, n, dtype=np.int64))
 
 
 def _session(path: Path, level: ort.GraphOptimizationLevel | None = None,
@@ -123,14 +126,14 @@ def _session(path: Path, level: ort.GraphOptimizationLevel | None = None,
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _max_diff(path: Path, reference: nn.Module | Path, spec: dict[str, Any]) -> dict[int, float]:
+def _max_diff(path: Path, reference: nn.Module | Path, spec: _Inputs) -> dict[int, float]:
     """Max |onnxruntime - reference| per parity batch size, on the same inputs; the reference is
     a torch module or another ONNX file."""
     session = _session(path)
     other = _session(reference) if isinstance(reference, Path) else None
     diffs = {}
     for batch in PARITY_BATCHES:
-        feeds = _inputs(spec, batch, seed=batch)
+        feeds = spec.feeds(batch, seed=batch)
         got = session.run(["images"], feeds)[0].astype(np.float64)
         want = other.run(["images"], feeds)[0] if other is not None else _torch_outputs(reference, feeds)
         diffs[batch] = float(np.abs(got - want.astype(np.float64)).max())
@@ -140,22 +143,30 @@ def _max_diff(path: Path, reference: nn.Module | Path, spec: dict[str, Any]) -> 
 # --- exporters ----------------------------------------------------------------------
 
 
+def _axes(inputs: _Inputs) -> dict[str, dict[int, str]]:
+    """Each input's dynamic axes by name: the batch, and what the family marks dynamic."""
+    return {i["name"]: {0: "batch", **{a + 1: d for a, d in enumerate(i["dynamic"]) if d}} for i in inputs.specs}
+
+
 def _export_dynamo(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int,
-                   names: list[str]) -> None:
-    batch = torch.export.Dim("batch", min=1)
+                   inputs: _Inputs) -> None:
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = {name: {a: dims.setdefault(d, torch.export.Dim(d, min=1)) for a, d in axes.items()}
+              for name, axes in _axes(inputs).items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "axis name batch will not be used": z and labels share it
-        torch.onnx.export(module, args, str(path), input_names=names, output_names=["images"], opset_version=opset,
-                          dynamo=True, external_data=False, verbose=False,
-                          dynamic_shapes={n: {0: batch} for n in names})
+        torch.onnx.export(module, args, str(path), input_names=list(shapes), output_names=["images"],
+                          opset_version=opset, dynamo=True, external_data=False, verbose=False,
+                          dynamic_shapes=shapes)
 
 
 def _export_torchscript(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int,
-                        names: list[str]) -> None:
+                        inputs: _Inputs) -> None:
+    axes = _axes(inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter": chosen on purpose, see above
-        torch.onnx.export(module, args, str(path), input_names=names, output_names=["images"], opset_version=opset,
-                          dynamo=False, dynamic_axes={n: {0: "batch"} for n in [*names, "images"]})
+        torch.onnx.export(module, args, str(path), input_names=list(axes), output_names=["images"],
+                          opset_version=opset, dynamo=False, dynamic_axes={**axes, "images": {0: "batch"}})
 
 
 def drop_empty_optional_inputs(path: Path) -> None:
@@ -182,17 +193,16 @@ def _exporters() -> list[tuple[str, Callable[..., None]]]:
     return found
 
 
-def _export_checked(module: nn.Module, reference: nn.Module, spec: dict[str, Any], path: Path, opset: int,
+def _export_checked(module: nn.Module, reference: nn.Module, spec: _Inputs, path: Path, opset: int,
                     tolerance: float, notes: list[str]) -> tuple[str, dict[int, float]]:
     """Export with the first exporter whose model matches `reference` within `tolerance`."""
-    names = ["z", "labels"] if spec["conditional"] else ["z"]
-    example = tuple(torch.from_numpy(v) for v in _inputs(spec, 2, seed=0).values())  # batch 2: 1 would specialise
+    example = tuple(torch.from_numpy(v) for v in spec.feeds(2, seed=0).values())  # batch 2: 1 would specialise
     if len(_exporters()) == 1 and not notes:
         notes.append("dynamo exporter not available (needs onnxscript); used the TorchScript exporter")
     failures = []
     for name, export in _exporters():
         try:
-            export(module, example, path, opset, names)
+            export(module, example, path, opset, spec)
             drop_empty_optional_inputs(path)
             diffs = _max_diff(path, reference, spec)
         except Exception as exc:  # an exporter bug must not hide the other exporter
@@ -208,22 +218,25 @@ def _export_checked(module: nn.Module, reference: nn.Module, spec: dict[str, Any
 # --- metadata -------------------------------------------------------------------------
 
 
-def build_metadata(info: dict[str, Any], *, uint8_output: bool, quantization: str, exporter: str,
-                   parity: float) -> dict[str, str]:
-    """Everything a client needs, as `distgan.*` string pairs (keys: distgan.runtime.REQUIRED_KEYS + extras)."""
+def build_metadata(info: dict[str, Any], inputs: _Inputs, family_extras: dict[str, str], *, uint8_output: bool,
+                   quantization: str, exporter: str, parity: float) -> dict[str, str]:
+    """Everything a client needs, as `distgan.*` string pairs (keys: distgan.runtime.REQUIRED_KEYS + extras):
+    G's named inputs (`input_specs`: name, dtype, shape, how to draw, dynamic axes) and the family's extras."""
     spec = info["spec"]
+    nz = next((i["shape"][0] for i in inputs.specs if i["name"] == "z"), 0)
     classes = list(info["classes"]) if spec["conditional"] else []
     if len(classes) != (spec["num_classes"] if spec["conditional"] else 0):
         classes = [str(i) for i in range(spec["num_classes"])]  # a data set without names
     values = {
-        "family": spec["arch"], "nz": spec["nz"], "channels": spec["channels"], "height": spec["height"],
+        "family": spec["arch"], "nz": nz, "channels": spec["channels"], "height": spec["height"],
         "width": spec["width"], "num_classes": len(classes), "class_names": json.dumps(classes),
         "output_range": "0,255" if uint8_output else "-1,1", "output_layout": "NHWC" if uint8_output else "NCHW",
         "output_dtype": "uint8" if uint8_output else "float32", "step": info["step"],
         "dataset": info["dataset"], "distgan_version": info["distgan_version"],
         "config_hash": info["config_hash"], "quantization": quantization,
         # Extras: how to draw z, how the model was made, the full architecture.
-        "latent": "standard_normal", "inputs": "z,labels" if classes else "z",
+        "latent": "standard_normal", "inputs": ",".join(i["name"] for i in inputs.specs),
+        "input_specs": json.dumps(inputs.specs), **family_extras,
         "exporter": exporter, "fp32_parity_max_abs": f"{parity:.3g}",
         "export_version": distgan.__version__, "spec": json.dumps(spec, sort_keys=True),
     }
@@ -271,11 +284,11 @@ def _images_per_s(path: Path, feeds: dict[str, np.ndarray], repeats: int = 5) ->
     return len(feeds["z"]) / statistics.median(times)
 
 
-def _quantization_report(fp32: Path, int8: Path, reference: nn.Module, spec: dict[str, Any]) -> QuantizationReport:
-    feeds = _inputs(spec, PARITY_BATCHES[-1], seed=PARITY_BATCHES[-1])
+def _quantization_report(fp32: Path, int8: Path, reference: nn.Module, spec: _Inputs) -> QuantizationReport:
+    feeds = spec.feeds(PARITY_BATCHES[-1], seed=PARITY_BATCHES[-1])
     got = _session(int8).run(["images"], feeds)[0].astype(np.float64)  # uint8 output: no wrap-around
     diff = np.abs(got - _torch_outputs(reference, feeds).astype(np.float64))
-    timing = _inputs(spec, 64, seed=64)
+    timing = spec.feeds(64, seed=64)
     return QuantizationReport(float(diff.max()), float(diff.mean()),
                               _images_per_s(fp32, timing), _images_per_s(int8, timing))
 
@@ -307,10 +320,12 @@ def export_onnx(source: Path, out: Path | None = None, *, opset: int = DEFAULT_O
     missing = [k for k in INFO_KEYS if k not in info]
     if missing:
         raise ValueError(f"{source}: generator.json lacks {', '.join(missing)}")
-    spec: dict[str, Any] = generator.spec.to_dict()
+    family = family_of(generator)
+    spec = _Inputs([i.to_dict() for i in family.inputs(generator.spec)],
+                   generator.spec.num_classes if generator.spec.conditional else 0)
     out = Path(out) if out is not None else default_output(source, uint8_output, quantize)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fast: Generator = inference_generator(generator)
+    fast = family.export_module(generator)
     notes: list[str] = []
     with TemporaryDirectory(dir=out.parent, prefix=".export-") as tmpdir:
         tmp = Path(tmpdir)
@@ -322,11 +337,11 @@ def export_onnx(source: Path, out: Path | None = None, *, opset: int = DEFAULT_O
                                                      UINT8_TOLERANCE, notes)
         report = None
         if quantize:
-            quantize_int8(model, tmp / "int8.onnx", spec["nz"], spec["num_classes"] if spec["conditional"] else 0)
+            quantize_int8(model, tmp / "int8.onnx", spec.specs, spec.num_classes)
             fp32_model, model = model, tmp / "int8.onnx"
             report = _quantization_report(fp32_model, model, Uint8Output(generator) if uint8_output else generator,
                                           spec)
-        metadata = build_metadata(info, uint8_output=uint8_output, quantization=quantize or "none",
+        metadata = build_metadata(info, spec, family.export_metadata(generator.spec), uint8_output=uint8_output, quantization=quantize or "none",
                                   exporter=exporter, parity=max(parity.values()))
         _write_metadata(model, metadata)
         optimized = tmp / "optimized.onnx"

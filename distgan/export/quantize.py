@@ -39,6 +39,7 @@ by 8% but doubled the max (BENCHMARKS.md).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 from tempfile import TemporaryDirectory
 
 import numpy as np
@@ -51,25 +52,40 @@ CALIBRATION_BATCHES = 8
 CALIBRATION_BATCH_SIZE = 32
 
 
-class LatentReader(CalibrationDataReader):
-    """Batches of generator inputs: N(0, 1) latents and, for conditional models, every class in turn."""
+def draw_feeds(inputs: list[dict], batch: int, rng: np.random.Generator,
+               class_ids: Callable[[int], np.ndarray]) -> dict[str, np.ndarray]:
+    """Feeds for G's declared inputs (`InputSpec.to_dict()`s, in order): N(0, 1) latents, images uniform in
+    [-1, 1], and class ids from `class_ids(batch)`."""
+    feeds = {}
+    for spec in inputs:
+        shape = (batch, *spec["shape"])
+        if spec["draw"] == "class":
+            feeds[spec["name"]] = class_ids(batch)
+        elif spec["draw"] == "image":
+            feeds[spec["name"]] = rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+        else:
+            feeds[spec["name"]] = rng.standard_normal(shape, dtype=np.float32)
+    return feeds
 
-    def __init__(self, nz: int, num_classes: int, seed: int = 1234):
+
+class LatentReader(CalibrationDataReader):
+    """Batches of generator inputs as G declares them (`InputSpec.to_dict()`s): N(0, 1) latents, every class
+    in turn, images uniform in [-1, 1]."""
+
+    def __init__(self, inputs: list[dict], num_classes: int, seed: int = 1234):
         rng = np.random.default_rng(seed)
         self._batches = []
         for b in range(CALIBRATION_BATCHES):
-            feeds = {"z": rng.standard_normal((CALIBRATION_BATCH_SIZE, nz), dtype=np.float32)}
-            if num_classes:
-                ids = np.arange(b * CALIBRATION_BATCH_SIZE, (b + 1) * CALIBRATION_BATCH_SIZE)
-                feeds["labels"] = (ids % num_classes).astype(np.int64)
-            self._batches.append(feeds)
+            ids = np.arange(b * CALIBRATION_BATCH_SIZE, (b + 1) * CALIBRATION_BATCH_SIZE)
+            every_class = lambda n, ids=ids: (ids % num_classes).astype(np.int64)  # noqa: E731
+            self._batches.append(draw_feeds(inputs, CALIBRATION_BATCH_SIZE, rng, every_class))
         self._next = iter(self._batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._next, None)
 
 
-def quantize_int8(fp32_model: Path, out: Path, nz: int, num_classes: int) -> None:
+def quantize_int8(fp32_model: Path, out: Path, inputs: list[dict], num_classes: int) -> None:
     """Write the QDQ int8 version of `fp32_model` to `out` (metadata is the caller's job)."""
     with TemporaryDirectory() as tmp:
         # onnxruntime's recommended pre-processing (shape inference + basic graph optimisation);
@@ -77,7 +93,7 @@ def quantize_int8(fp32_model: Path, out: Path, nz: int, num_classes: int) -> Non
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(out), LatentReader(nz, num_classes),
+            str(prepared), str(out), LatentReader(inputs, num_classes),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=fp32_nodes(onnx.load(str(prepared))),

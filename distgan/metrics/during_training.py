@@ -30,6 +30,7 @@ from distgan.data import DataError, Manifest
 from distgan.metrics.evaluate import make_extractors
 from distgan.runtime import to_uint8_nhwc
 from distgan.metrics.generated import latents
+from distgan.models import generate
 from distgan.metrics.inception import InceptionWeightsError
 from distgan.metrics.reference import reference_features, reference_stats
 from distgan.metrics.scores import FeatureStats, fid, kid
@@ -99,7 +100,7 @@ class TrainingEvaluator:
         for at in range(0, self.per_rank, self.cfg.batch_size):
             z = self.z[at:at + self.cfg.batch_size].to(device)
             labels = self.labels[at:at + self.cfg.batch_size].to(device) if self.labels is not None else None
-            parts.append(self.extractor(to_uint8_nhwc(generator(z, labels).float())))
+            parts.append(self.extractor(to_uint8_nhwc(generate(generator, z, labels).float())))
         generator.train(was_training)
         features = self.accelerator.gather(torch.cat(parts).to(device)).cpu()
         if not self.accelerator.is_main_process:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from distgan.artifacts import load_generator
+from distgan.models import generate, latent_size
 from distgan.runtime import to_uint8_nhwc
 
 
@@ -68,7 +69,7 @@ class TorchSource:
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TorchSource":
         generator, meta = load_generator(Path(directory))
         spec = generator.spec
-        info = SourceInfo("torch", str(directory), spec.nz, spec.num_classes if spec.conditional else 0,
+        info = SourceInfo("torch", str(directory), latent_size(generator), spec.num_classes if spec.conditional else 0,
                           (spec.channels, spec.height, spec.width), meta.get("dataset", ""),
                           meta.get("step"), meta.get("config_hash", ""))
         return cls(generator, info, device)
@@ -79,7 +80,7 @@ class TorchSource:
         for start in range(0, n, batch_size):
             zb = z[start:start + batch_size].to(self.device)
             lb = labels[start:start + batch_size] if labels is not None else None
-            images = self.generator(zb, lb.to(self.device) if lb is not None else None)
+            images = generate(self.generator, zb, lb.to(self.device) if lb is not None else None)
             yield GeneratedBatch(to_uint8_nhwc(images.float()).cpu(), lb)
 
 

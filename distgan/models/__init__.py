@@ -1,8 +1,9 @@
-"""Generators and discriminators: an MLP GAN and two DCGANs (28x28 and 64x64).
+"""Generators and discriminators, one family per module, found through `family.py`'s registry.
 
 - `mlp`: fully connected, any image shape; the baseline of Goodfellow et al. 2014.
-- `dcgan28`: MNIST / Fashion-MNIST; z -> 7x7 -> 14x14 -> 28x28.
-- `dcgan64`: CelebA; the stack of Radford et al. 2015, z -> 4x4 -> ... -> 64x64.
+- `dcgan`: Radford et al. 2015 at 28 (z -> 7x7 -> 14x14 -> 28x28) and 32..256 px (z -> 4x4 -> ...);
+  `dcgan28` and `dcgan64` are its older names.
+- `resnet`: the SNGAN / BigGAN ResNet (`resnet.py`).
 
 Conditional models feed the label to G through conditional BatchNorm (de Vries
 et al. 2017; the G of Miyato & Koyama 2018): every BatchNorm of G normalises
@@ -24,11 +25,26 @@ file plus its spec (JSON) is a complete model; and the forward pass has no
 data-dependent control flow so it exports to ONNX with a dynamic batch.
 """
 
-from distgan.models.discriminator import Discriminator, build_discriminator, discriminator_from_spec
-from distgan.models.generator import Generator, build_generator, generator_from_spec
+from distgan.models.discriminator import Discriminator
+from distgan.models.family import (
+    Family,
+    InputSpec,
+    LossTerms,
+    arch_names,
+    build_discriminator,
+    build_generator,
+    discriminator_from_spec,
+    family_of,
+    generate,
+    generator_from_spec,
+    get_family,
+    latent_size,
+)
+from distgan.models.generator import Generator
 from distgan.models.layers import LABEL_LAYERS, ClassAffine, ConditionalBatchNorm, init_weights
-from distgan.models.specs import ARCHS, DiscriminatorSpec, GeneratorSpec, ModelConfig
+from distgan.models.specs import DiscriminatorSpec, GeneratorSpec, ModelConfig, ModelSpec
 
-__all__ = ["ARCHS", "LABEL_LAYERS", "ClassAffine", "ConditionalBatchNorm", "Discriminator", "DiscriminatorSpec",
-           "Generator", "GeneratorSpec", "ModelConfig", "build_discriminator", "build_generator",
-           "discriminator_from_spec", "generator_from_spec", "init_weights"]
+__all__ = ["LABEL_LAYERS", "ClassAffine", "ConditionalBatchNorm", "Discriminator", "DiscriminatorSpec", "Family",
+           "Generator", "GeneratorSpec", "InputSpec", "LossTerms", "ModelConfig", "ModelSpec", "arch_names",
+           "build_discriminator", "build_generator", "discriminator_from_spec", "family_of", "generate",
+           "generator_from_spec", "get_family", "init_weights", "latent_size"]

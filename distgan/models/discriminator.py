@@ -1,82 +1,28 @@
-"""The discriminator: images (+ a label through a projection) -> logits."""
+"""A discriminator of features, a head and a class projection: images (+ a label) -> logits.
+
+The mlp, dcgan and resnet families build their D as this class around their own `features` and `head`.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm as add_spectral_norm
 
-from distgan.models.layers import init_weights
-from distgan.models.specs import ARCHS, DiscriminatorSpec, ModelConfig
-
-def _down_block(in_ch: int, out_ch: int, *, batchnorm: bool, dropout: float) -> list[nn.Module]:
-    """Halve the resolution: Conv(4, stride 2, pad 1) [+ BatchNorm] + LeakyReLU(0.2) [+ Dropout]."""
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not batchnorm)]
-    if batchnorm:
-        layers.append(nn.BatchNorm2d(out_ch))
-    layers.append(nn.LeakyReLU(0.2))
-    if dropout > 0:
-        layers.append(nn.Dropout(dropout))
-    return layers
-
-
-# Each builder returns (features, head, channels of the features): the head reads
-# the whole last feature map, the class projection its channels (see the module doc).
-
-
-def _mlp_discriminator(
-    channels: int, height: int, width: int, hidden: int, dropout: float
-) -> tuple[nn.Sequential, nn.Module, int]:
-    layers: list[nn.Module] = [nn.Flatten()]
-    for in_dim, out_dim in ((channels * height * width, 2 * hidden), (2 * hidden, hidden)):
-        layers += [nn.Linear(in_dim, out_dim), nn.LeakyReLU(0.2)]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers), nn.Linear(hidden, 1), hidden
-
-
-def _dcgan28_discriminator(
-    channels: int, ndf: int, batchnorm: bool, dropout: float
-) -> tuple[nn.Sequential, nn.Module, int]:
-    features = nn.Sequential(
-        *_down_block(channels, ndf, batchnorm=False, dropout=dropout),  # 28 -> 14
-        *_down_block(ndf, ndf * 2, batchnorm=batchnorm, dropout=dropout),  # 14 -> 7
-    )
-    return features, nn.Sequential(nn.Flatten(), nn.Linear(ndf * 2 * 7 * 7, 1)), ndf * 2
-
-
-def _dcgan64_discriminator(
-    channels: int, ndf: int, batchnorm: bool, dropout: float
-) -> tuple[nn.Sequential, nn.Module, int]:
-    features = nn.Sequential(
-        *_down_block(channels, ndf, batchnorm=False, dropout=dropout),  # 64 -> 32
-        *_down_block(ndf, ndf * 2, batchnorm=batchnorm, dropout=dropout),  # 32 -> 16
-        *_down_block(ndf * 2, ndf * 4, batchnorm=batchnorm, dropout=dropout),  # 16 -> 8
-        *_down_block(ndf * 4, ndf * 8, batchnorm=batchnorm, dropout=dropout),  # 8 -> 4
-    )
-    return features, nn.Conv2d(ndf * 8, 1, 4, 1, 0), ndf * 8
+from distgan.models.specs import ModelSpec
 
 
 class Discriminator(nn.Module):
-    """images [B, C, H, W] (+ labels [B] when conditional) -> logits [B]."""
+    """images [B, C, H, W] (+ labels [B] when conditional) -> logits [B].
 
-    def __init__(self, spec: DiscriminatorSpec):
+    `features` gives h(x) (a map [B, phi_dim, h, w] or a vector [B, phi_dim]), `head` reads all of it; the
+    class term is <embed(y), phi(x)> with phi(x) = h(x) summed over positions (see distgan/models/__init__.py).
+    """
+
+    def __init__(self, spec: ModelSpec, features: nn.Module, head: nn.Module, phi_dim: int):
         super().__init__()
         self.spec = spec
-        if spec.arch == "mlp":
-            self.features, self.head, phi_dim = _mlp_discriminator(
-                spec.channels, spec.height, spec.width, spec.mlp_hidden, spec.dropout
-            )
-        elif spec.arch == "dcgan28":
-            self.features, self.head, phi_dim = _dcgan28_discriminator(spec.channels, spec.ndf, spec.batchnorm,
-                                                                       spec.dropout)
-        elif spec.arch == "dcgan64":
-            self.features, self.head, phi_dim = _dcgan64_discriminator(spec.channels, spec.ndf, spec.batchnorm,
-                                                                       spec.dropout)
-        else:
-            raise ValueError(f"unknown arch {spec.arch!r}; valid: {', '.join(ARCHS)}")
+        self.features, self.head = features, head
         # One weight per class and channel of the pooled features phi(x), not per position.
         self.projection = nn.Embedding(spec.num_classes, phi_dim) if spec.conditional else None
         if self.projection is not None:
@@ -101,18 +47,10 @@ class Discriminator(nn.Module):
         return logits + (self.projection(labels) * pooled.float()).sum(dim=1)
 
 
-def build_discriminator(
-    cfg: ModelConfig, channels: int, height: int, width: int, num_classes: int
-) -> Discriminator:
-    """A DCGAN-initialised discriminator, with spectral norm on every conv/linear/embedding if asked."""
-    return discriminator_from_spec(DiscriminatorSpec.from_config(cfg, channels, height, width, num_classes))
-
-
-def discriminator_from_spec(spec: DiscriminatorSpec | dict[str, Any]) -> Discriminator:
-    discriminator = Discriminator(spec if isinstance(spec, DiscriminatorSpec) else DiscriminatorSpec.from_dict(spec))
-    discriminator.apply(init_weights)
-    if discriminator.spec.spectral_norm:
-        for module in list(discriminator.modules()):
-            if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
-                add_spectral_norm(module)
-    return discriminator
+def add_spectral_norms(module: nn.Module) -> nn.Module:
+    """Spectral norm on every Conv2d, Linear and Embedding of `module` (after its init, so the power
+    iteration starts from the weights it will train with)."""
+    for layer in list(module.modules()):
+        if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)):
+            add_spectral_norm(layer)
+    return module

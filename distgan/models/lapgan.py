@@ -20,14 +20,17 @@ two-convolution D with a linear read-out at every level.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from distgan.models.family import Family
 from distgan.models.layers import LABEL_LAYERS, _conditional, init_weights
 from distgan.models.pyramid import gaussian_pyramid, level_sizes, up
+from distgan.models.specs import ModelConfig
 
 ARCH = "lapgan"
 
@@ -55,6 +58,10 @@ class LapganSpec:
         if not 0.0 <= self.d_dropout < 1.0:
             raise ValueError(f"lapgan spec key 'd_dropout' must be in [0, 1), got {self.d_dropout}")
         level_sizes(self.height, self.width)  # raises for sizes that do not halve to <= 8 px
+
+    @property
+    def arch(self) -> str:
+        return ARCH
 
     @property
     def sizes(self) -> tuple[tuple[int, int], ...]:
@@ -265,3 +272,47 @@ def discriminator_input(target: torch.Tensor, condition: torch.Tensor | None) ->
     """What D sees of a (real or generated) target: h_k + l_k at a finer level, the image at the coarsest."""
     return target if condition is None else target + condition
 
+
+
+class LapganFamily(Family):
+    """`model.arch: lapgan`: G is the whole pyramid (what export, sampling and the metrics use); training is
+    per level, by the family's own trainer (`training/level_run.py`), since there is one D per level."""
+
+    name = ARCH
+    config = ModelConfig  # model.nz (the coarse latent), ngf, ndf, conditional, d_dropout
+    generator_spec = LapganSpec
+    discriminator_spec = LapganSpec
+
+    def check(self, cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int) -> None:
+        self.make_generator_spec(cfg, shape, num_classes)
+
+    def make_generator_spec(self, cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int) -> LapganSpec:
+        return LapganSpec(channels=shape[0], height=shape[1], width=shape[2],
+                          num_classes=num_classes if cfg.conditional else 0, conditional=cfg.conditional,
+                          coarse_nz=cfg.nz, ngf=cfg.ngf, ndf=cfg.ndf, d_dropout=cfg.d_dropout)
+
+    make_discriminator_spec = make_generator_spec
+
+    def build_generator(self, spec: LapganSpec) -> LaplacianGenerator:
+        return lapgan_from_spec(spec)
+
+    def build_discriminator(self, spec: LapganSpec) -> nn.Module:
+        raise ValueError("model.arch lapgan has one discriminator per level (build_level_discriminator); "
+                         "it trains with its own trainer (distgan-train runs it)")
+
+    def latent_size(self, spec: LapganSpec) -> int:
+        return spec.total_nz
+
+    def d_batchnorm(self, cfg: ModelConfig) -> bool:
+        return False  # no level's D has BatchNorm
+
+    def export_metadata(self, spec: LapganSpec) -> dict[str, str]:
+        return {"lapgan_levels": json.dumps([list(size) for size in spec.sizes])}  # finest first
+
+    def own_trainer(self):
+        from distgan.training.level_run import train_lapgan  # training code: imported only to train
+
+        return train_lapgan
+
+
+FAMILY = LapganFamily()

@@ -7,15 +7,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-ARCHS = ("mlp", "dcgan28", "dcgan64")
-
-# Image shape (height, width) each convolutional architecture is built for.
-_ARCH_SHAPES = {"dcgan28": (28, 28), "dcgan64": (64, 64)}
-
-
 @dataclass
 class ModelConfig:
-    arch: str = "dcgan28"  # "mlp" | "dcgan28" | "dcgan64"
+    """The `model:` keys every family shares; a family adds its own in a subclass (its `Family.config`)."""
+
+    arch: str = "dcgan28"  # a family's name (distgan.models.family): mlp | dcgan (dcgan28, dcgan64) | resnet
     nz: int = 100  # latent size
     ngf: int = 64  # G width
     ndf: int = 64  # D width
@@ -27,35 +23,17 @@ class ModelConfig:
     sync_bn: bool = False  # under DDP, BatchNorm statistics of the global batch (distgan.ddp.GlobalBatchNorm)
 
 
-# --- validation ---------------------------------------------------------------------
-
-
-def _check_model_inputs(cfg: ModelConfig, channels: int, height: int, width: int, num_classes: int) -> None:
-    """Fail at build time, with the fix in the message, rather than with a shape error mid-forward."""
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"unknown arch {cfg.arch!r}; valid: {', '.join(ARCHS)}")
-    for name in ("nz", "ngf", "ndf", "mlp_hidden"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if min(channels, height, width) < 1:
-        raise ValueError(f"image shape must be positive, got {channels}x{height}x{width}")
-    if cfg.arch in _ARCH_SHAPES and (height, width) != _ARCH_SHAPES[cfg.arch]:
-        fits = [a for a, shape in _ARCH_SHAPES.items() if shape == (height, width)] or ["mlp"]
-        want_h, want_w = _ARCH_SHAPES[cfg.arch]
-        raise ValueError(
-            f"arch {cfg.arch!r} needs {want_h}x{want_w} images but the data is {height}x{width} "
-            f"({channels} channels); use arch {fits[0]!r} for {height}x{width}"
-        )
-    if cfg.conditional and num_classes < 2:
-        raise ValueError(f"a conditional model needs num_classes >= 2, got {num_classes}")
-    if not 0.0 <= cfg.d_dropout < 1.0:
-        raise ValueError(f"d_dropout must be in [0, 1), got {cfg.d_dropout}")
-
-
-class _Spec:
-    """JSON in and out, for the spec dataclasses below: every key checked on the way in, errors name it."""
+class ModelSpec:
+    """What every spec is: a frozen dataclass with at least these fields, JSON in and out (every key checked on
+    the way in, errors name it). A family's spec subclasses it (see `GeneratorSpec` for the fields)."""
 
     KIND = ""
+    arch: str
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    conditional: bool
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]):
@@ -66,8 +44,9 @@ class _Spec:
 
 
 @dataclass(frozen=True)
-class GeneratorSpec(_Spec):
-    """Everything that fixes G's architecture: what builds, saves, loads, exports and evaluates it."""
+class GeneratorSpec(ModelSpec):
+    """G of the mlp and dcgan families: everything that fixes its architecture (what builds, saves, loads,
+    exports and evaluates it)."""
 
     KIND = "generator"
     arch: str
@@ -82,14 +61,13 @@ class GeneratorSpec(_Spec):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, channels: int, height: int, width: int, num_classes: int) -> GeneratorSpec:
-        _check_model_inputs(cfg, channels, height, width, num_classes)
         return cls(arch=cfg.arch, nz=cfg.nz, ngf=cfg.ngf, mlp_hidden=cfg.mlp_hidden, channels=channels,
                    height=height, width=width, num_classes=num_classes, conditional=cfg.conditional)
 
 
 @dataclass(frozen=True)
-class DiscriminatorSpec(_Spec):
-    """Everything that fixes D's architecture (saved with every checkpoint as discriminator.json)."""
+class DiscriminatorSpec(ModelSpec):
+    """D of the mlp and dcgan families (saved with every checkpoint as discriminator.json)."""
 
     KIND = "discriminator"
     arch: str
@@ -107,7 +85,6 @@ class DiscriminatorSpec(_Spec):
     @classmethod
     def from_config(cls, cfg: ModelConfig, channels: int, height: int, width: int,
                     num_classes: int) -> DiscriminatorSpec:
-        _check_model_inputs(cfg, channels, height, width, num_classes)
         return cls(arch=cfg.arch, ndf=cfg.ndf, mlp_hidden=cfg.mlp_hidden, channels=channels, height=height,
                    width=width, num_classes=num_classes, conditional=cfg.conditional,
                    batchnorm=cfg.d_batchnorm and not cfg.spectral_norm,  # SN already bounds D; BN would fight it
@@ -115,8 +92,9 @@ class DiscriminatorSpec(_Spec):
 
 
 def _spec_from_dict(cls, spec: dict[str, Any], what: str):
+    """The spec from its JSON dict, every key and type checked (the family checks the values)."""
     types = {f.name: f.type for f in dataclasses.fields(cls)}
-    kinds = {"str": str, "int": int, "bool": bool, "float": float}
+    kinds = {"str": str, "int": int, "bool": bool, "float": float, "tuple[int, ...]": list}
     for key in spec:
         if key not in types:
             raise ValueError(f"{what} spec has unknown key {key!r}; expected keys: {', '.join(types)}")
@@ -126,11 +104,10 @@ def _spec_from_dict(cls, spec: dict[str, Any], what: str):
         kind, value = kinds[type_name], spec[key]
         # bool is an int subclass; a spec from JSON never mixes them up, a hand-made one might.
         ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if kind is list:
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         if not ok or (kind is not bool and isinstance(value, bool)):
             raise ValueError(f"{what} spec key {key!r} must be {type_name}, got {value!r}")
-    instance = cls(**spec)
-    model_cfg = ModelConfig(arch=instance.arch, mlp_hidden=instance.mlp_hidden, conditional=instance.conditional)
-    _check_model_inputs(model_cfg, instance.channels, instance.height, instance.width, instance.num_classes)
-    return instance
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
 
 

@@ -22,6 +22,7 @@ from distgan.artifacts import save_generator
 from distgan.config import Config, config_hash
 from distgan.data import DataError, Manifest, ShardLoader
 from distgan.metrics.during_training import TrainingEvaluator
+from distgan.models import generate, latent_size
 from distgan.monitor import RunMonitor
 from distgan.training.checkpoint import save_checkpoint
 from distgan.training.errors import TrainingError
@@ -46,7 +47,7 @@ class RunActions:
         self.state, self.step, self.loader, self.monitor, self.evaluator = state, step, loader, monitor, evaluator
         device, manifest = accelerator.device, loader.manifest
         fixed = torch.Generator().manual_seed(cfg.seed)
-        self.fixed_z = torch.randn(cfg.log.sample_grid, cfg.model.nz, generator=fixed).to(device)
+        self.fixed_z = torch.randn(cfg.log.sample_grid, latent_size(state.g_module), generator=fixed).to(device)
         self.fixed_labels = (torch.arange(cfg.log.sample_grid) % num_classes).to(device) if num_classes else None
         self.generator_info = {"dataset": manifest.name, "classes": manifest.classes if num_classes else [],
                                "image_shape": [manifest.channels, manifest.height, manifest.width], "config_hash": config_hash(cfg),
@@ -122,7 +123,7 @@ class RunActions:
     def sample(self, step: int) -> None:
         """The fixed-noise grid from the EMA generator in fp32: the precision of the exported model."""
         with self._not_a_step():
-            self.monitor.samples(step, self.state.ema.module.eval()(self.fixed_z, self.fixed_labels))
+            self.monitor.samples(step, generate(self.state.ema.module.eval(), self.fixed_z, self.fixed_labels))
 
     def evaluate(self, step: int) -> None:
         with self._not_a_step():

@@ -2,7 +2,8 @@
 
     runs/NAME/checkpoints/step-0001000/   accelerator.save_state (G, D, RNG per rank),
                                           optimizers.pt, ema.safetensors, discriminator.json, state.json,
-                                          augment.safetensors (with aug.policy)
+                                          augment.safetensors (with aug.policy), family.safetensors (a
+                                          model family's loss-term state, when it has one)
 
 Every rank writes its part into `.tmp-step-…`; the ranks then agree (one flag on the
 control channel) that every part is on disk, and rank 0 renames the directory into
@@ -31,6 +32,7 @@ from distgan.training.run_dir import RunDirectory
 from distgan.training.state import TrainState
 
 AUGMENT_STATE = "augment.safetensors"  # the augmentation probability p and the adaptive sums
+FAMILY_STATE = "family.safetensors"  # the model family's loss-term state (distgan.models.LossTerms), if any
 
 
 def save_checkpoint(accelerator: Accelerator, control: Control, run_path: Path, state: TrainState,
@@ -52,6 +54,9 @@ def save_checkpoint(accelerator: Accelerator, control: Control, run_path: Path, 
                       str(staging / "ema.safetensors"))
             if state.augment_p is not None:
                 save_file(dict(state.augment_p.state_dict()), str(staging / AUGMENT_STATE))
+            if state.loss_terms is not None:
+                save_file({k: v.detach().contiguous().cpu() for k, v in state.loss_terms.state_dict().items()},
+                          str(staging / FAMILY_STATE))
             (staging / DISCRIMINATOR_SPEC).write_text(json.dumps(state.d_module.spec.to_dict(), indent=2))
             progress = {"step": state.progress.step, "epoch": state.progress.epoch, "batch": state.progress.batch}
             (staging / "state.json").write_text(json.dumps({**progress, **info}, indent=2))
@@ -96,6 +101,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> 
     state.ema.load_state_dict(load_file(str(path / "ema.safetensors")))
     if state.augment_p is not None and (path / AUGMENT_STATE).is_file():  # else: the run had no augmentation
         state.augment_p.load_state_dict(load_file(str(path / AUGMENT_STATE)))
+    if state.loss_terms is not None:
+        state.loss_terms.load_state_dict(load_file(str(path / FAMILY_STATE)))
     info = json.loads((path / "state.json").read_text())
     state.progress.step, state.progress.epoch, state.progress.batch = info["step"], info["epoch"], info["batch"]
     return info

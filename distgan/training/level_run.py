@@ -29,7 +29,8 @@ from distgan.data import ShardLoader
 from distgan.data.loader import read_manifest, to_device
 from distgan.ddp import Control
 from distgan.losses import discriminator_loss, generator_loss
-from distgan.models.lapgan import LapganSpec, build_level_discriminator, build_level_generator, discriminator_input, level_real
+from distgan.models.lapgan import (FAMILY, LapganSpec, build_level_discriminator, build_level_generator,
+                                   discriminator_input, level_real)
 from distgan.pyramid_run import STEP_PREFIX, level_checkpoints, level_dir, write_spec
 from distgan.training.level_monitor import LevelMonitor
 from distgan.training.levels import assign_ranks, level_groups, owned_levels, parse_levels
@@ -250,9 +251,7 @@ def spec_from_config(cfg: Config, shape: tuple[int, int, int], num_classes: int)
     if cfg.model.conditional and num_classes < 2:
         raise ConfigError(f"config key 'model.conditional': {cfg.data.path} has no class labels")
     try:
-        spec = LapganSpec(channels=shape[0], height=shape[1], width=shape[2],
-                          num_classes=num_classes if cfg.model.conditional else 0, conditional=cfg.model.conditional,
-                          coarse_nz=cfg.model.nz, ngf=cfg.model.ngf, ndf=cfg.model.ndf, d_dropout=cfg.model.d_dropout)
+        spec = FAMILY.make_generator_spec(cfg.model, shape, num_classes)
         parse_levels(cfg.train.levels, spec.levels)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

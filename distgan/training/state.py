@@ -15,7 +15,7 @@ from distgan.ada import AdaptiveP
 from distgan.config import Config
 from distgan.ddp import GlobalBatchNorm
 from distgan.ema import EMA
-from distgan.models import Discriminator, Generator, build_discriminator, build_generator
+from distgan.models import Family, LossTerms, get_family
 from distgan.schedule import LRSchedule, lr_scheduler
 
 
@@ -32,14 +32,16 @@ class Progress:
 class TrainState:
     G: nn.Module  # as the step calls it: DDP-wrapped (and compiled) where asked
     D: nn.Module
-    g_module: Generator  # the raw modules: saved, averaged, checked across ranks
-    d_module: Discriminator
+    g_module: nn.Module  # the raw modules: saved, averaged, checked across ranks
+    d_module: nn.Module
     d_for_g: nn.Module  # D as the G step calls it: unwrapped, so no D gradient is all-reduced there
     ema: EMA
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     base_lrs: tuple[float, float]  # the config's rates after lr_scaling, which a schedule scales
+    family: Family  # what G takes, its extra loss terms, its export (distgan/models/family.py)
+    loss_terms: LossTerms | None = None  # the family's extra loss terms and their state (checkpointed)
     augment_p: AdaptiveP | None = None  # the augmentation probability (fixed or adaptive); None: no augmentation
     progress: Progress = field(default_factory=Progress)
     schedulers: list[LambdaLR] = field(default_factory=list)  # none for a constant rate
@@ -65,8 +67,12 @@ def build_state(cfg: Config, accelerator: Accelerator, shape: tuple[int, int, in
     can update it.
     """
     device, world = accelerator.device, accelerator.num_processes
-    G = build_generator(cfg.model, *shape, num_classes)
-    D = build_discriminator(cfg.model, *shape, num_classes)
+    family = get_family(cfg.model.arch)
+    G = family.build_generator(family.make_generator_spec(cfg.model, shape, num_classes))
+    D = family.build_discriminator(family.make_discriminator_spec(cfg.model, shape, num_classes))
+    loss_terms = family.loss_terms(cfg, G.spec, D.spec)
+    if loss_terms is not None:
+        loss_terms.to(device)
     if cfg.model.sync_bn and world > 1:  # batch statistics of the global batch, whatever the world size
         G, D = GlobalBatchNorm.convert(G), GlobalBatchNorm.convert(D)
     if cfg.train.channels_last:
@@ -96,4 +102,5 @@ def build_state(cfg: Config, accelerator: Accelerator, shape: tuple[int, int, in
     if cfg.aug.policy.strip():
         augment_p = AdaptiveP(cfg.aug.target, cfg.aug.speed_images, initial_p=cfg.aug.p,
                               threshold=0.5 if cfg.loss.kind == "lsgan" else 0.0).to(device)
-    return TrainState(G, D, g_module, d_module, d_for_g, ema, opt_g, opt_d, scaler, base_lrs, augment_p)
+    return TrainState(G, D, g_module, d_module, d_for_g, ema, opt_g, opt_d, scaler, base_lrs, family, loss_terms,
+                      augment_p)

@@ -20,7 +20,7 @@ raises at once instead of silently breaking the replay.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -34,6 +34,19 @@ from distgan.training.state import TrainState
 # near 0 while D cannot tell the training images from G's, towards 1 as it memorises them.
 STAT_KEYS = ("loss/d", "loss/g", "d/real", "d/fake", "d/fooled", "d/r_t")
 DeviceBatch = tuple[torch.Tensor, torch.Tensor | None]  # uint8 NHWC images and int64 labels, on the device
+
+
+class DStep(NamedTuple):
+    """What one D update used and gave; the G update that follows reads its fakes from here."""
+
+    real: torch.Tensor
+    labels: torch.Tensor | None
+    inputs: dict[str, torch.Tensor]  # G's named inputs
+    fake: torch.Tensor  # with its graph when the G update follows
+    fake_labels: torch.Tensor | None
+    real_logits: torch.Tensor
+    fake_logits: torch.Tensor
+    loss: torch.Tensor
 
 
 def d_confidence(kind: str, logits: torch.Tensor) -> torch.Tensor:
@@ -61,6 +74,8 @@ class GANStep:
                  autocast: Callable[[], AbstractContextManager]):
         self.cfg, self.state, self.num_classes, self.autocast = cfg, state, num_classes, autocast
         self.device = next(state.g_module.parameters()).device
+        self.g_spec = state.g_module.spec
+        self.latent_size = state.family.latent_size(self.g_spec)
         self.d_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in state.d_module.modules())
         self.fp16 = cfg.train.mixed_precision == "fp16"
         # The penalty differentiates through a gradient, in fp32: D's own forward, not the autocast one
@@ -103,41 +118,67 @@ class GANStep:
         scaler.update(None if self.fp16 else 1.0)
         optimizer.zero_grad(set_to_none=True)
 
-    def __call__(self, reals: list[DeviceBatch], ema_step: int | torch.Tensor) -> None:
+    def draw(self, real: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """G's named inputs for one batch (the family's, from fresh latents and class ids) and those class ids."""
+        B = self.cfg.data.batch_size
+        z = torch.randn(B, self.latent_size, device=self.device)
+        fake_labels = torch.randint(0, self.num_classes, (B,), device=self.device) if self.num_classes else None
+        return self.state.family.generator_inputs(self.g_spec, z, fake_labels, real), fake_labels
+
+    def d_update(self, images: torch.Tensor, labels: torch.Tensor | None, step: int | torch.Tensor,
+                 keep_fake_graph: bool) -> DStep:
+        """One D update on a fresh real batch; the fakes keep their graph when the G update follows."""
         cfg, s, kind, B = self.cfg, self.state, self.cfg.loss.kind, self.cfg.data.batch_size
-        for d_iter, (images, labels) in enumerate(reals):
-            real = normalize_images(images)
-            z = torch.randn(B, cfg.model.nz, device=self.device)
-            fake_labels = torch.randint(0, self.num_classes, (B,), device=self.device) if self.num_classes else None
-            with torch.set_grad_enabled(d_iter == len(reals) - 1), self.autocast():
-                fake = s.G(z, fake_labels)  # kept with its graph for the G step on the last D step
-            with self.autocast():
-                both = self.seen_by_d(torch.cat([real, fake.detach()]).contiguous(memory_format=torch.channels_last))
-                both_labels = torch.cat([labels, fake_labels]) if self.num_classes else None
-                real_logits, fake_logits = s.D(both, both_labels).split(B)
-                loss_d = discriminator_loss(kind, real_logits, fake_logits, cfg.loss.real_label)
-                if kind == "wgan-gp":
-                    loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(self.d_for_penalty, real, fake.detach(), labels)
-                if cfg.loss.r1_gamma > 0:
-                    loss_d = loss_d + self.r1(real, labels)
-            if cfg.aug.adaptive:
-                s.augment_p.accumulate(real_logits)
-            self.optimizer_step(s.opt_d, loss_d, s.d_module.parameters())
+        real = s.family.prepare_batch(self.g_spec, normalize_images(images))
+        inputs, fake_labels = self.draw(real)
+        with torch.set_grad_enabled(keep_fake_graph), self.autocast():
+            fake = s.G(**inputs)
+        with self.autocast():
+            both = self.seen_by_d(torch.cat([real, fake.detach()]).contiguous(memory_format=torch.channels_last))
+            both_labels = torch.cat([labels, fake_labels]) if self.num_classes else None
+            real_logits, fake_logits = s.D(both, both_labels).split(B)
+            loss_d = discriminator_loss(kind, real_logits, fake_logits, cfg.loss.real_label)
+            if kind == "wgan-gp":
+                loss_d = loss_d + cfg.loss.gp_weight * gradient_penalty(self.d_for_penalty, real, fake.detach(), labels)
+            if cfg.loss.r1_gamma > 0:
+                loss_d = loss_d + self.r1(real, labels)
+            extra = s.loss_terms.d_loss(step, real, labels) if s.loss_terms is not None else None
+            if extra is not None:
+                loss_d = loss_d + extra
+        if cfg.aug.adaptive:
+            s.augment_p.accumulate(real_logits)
+        self.optimizer_step(s.opt_d, loss_d, s.d_module.parameters())
+        return DStep(real, labels, inputs, fake, fake_labels, real_logits, fake_logits, loss_d)
+
+    def g_update(self, d: DStep, step: int | torch.Tensor) -> torch.Tensor:
+        """One G update on the fakes of the last D update, scored by D's frozen, unwrapped module."""
+        s, kind, B = self.state, self.cfg.loss.kind, self.cfg.data.batch_size
         s.d_module.requires_grad_(False)
         with self.autocast():
             if self.d_batchnorm:  # same real+fake batch statistics as in the D step, or G games them
-                both = self.seen_by_d(torch.cat([real, fake]).contiguous(memory_format=torch.channels_last))
+                both = self.seen_by_d(torch.cat([d.real, d.fake]).contiguous(memory_format=torch.channels_last))
+                both_labels = torch.cat([d.labels, d.fake_labels]) if self.num_classes else None
                 fake_scores = s.d_for_g(both, both_labels)[B:]
             else:
-                fake_scores = s.d_for_g(self.seen_by_d(fake), fake_labels)
+                fake_scores = s.d_for_g(self.seen_by_d(d.fake), d.fake_labels)
             loss_g = generator_loss(kind, fake_scores)
+            extra = s.loss_terms.g_loss(step, d.inputs, d.fake) if s.loss_terms is not None else None
+            if extra is not None:
+                loss_g = loss_g + extra
         self.optimizer_step(s.opt_g, loss_g, s.g_module.parameters())
         s.d_module.requires_grad_(True)
+        return loss_g
+
+    def __call__(self, reals: list[DeviceBatch], ema_step: int | torch.Tensor) -> None:
+        kind, s = self.cfg.loss.kind, self.state
+        for d_iter, (images, labels) in enumerate(reals):
+            d = self.d_update(images, labels, ema_step, keep_fake_graph=d_iter == len(reals) - 1)
+        loss_g = self.g_update(d, ema_step)
         s.ema.update(s.g_module, ema_step)
         with torch.no_grad():
-            stats = torch.stack([loss_d.detach().float(), loss_g.detach().float(),
-                                 d_confidence(kind, real_logits), d_confidence(kind, fake_logits),
-                                 fooled_rate(kind, real_logits, fake_logits), real_sign(kind, real_logits)])
+            stats = torch.stack([d.loss.detach().float(), loss_g.detach().float(),
+                                 d_confidence(kind, d.real_logits), d_confidence(kind, d.fake_logits),
+                                 fooled_rate(kind, d.real_logits, d.fake_logits), real_sign(kind, d.real_logits)])
             bad = (~torch.isfinite(stats[:2])).any().float()
             self.bad_total.add_(bad)
             self.bad_run.add_(bad).mul_(bad)
