@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -195,18 +197,22 @@ def build_level_generator_weights(spec: LapganSpec, level: int) -> dict[str, tor
     return build_level_generator(spec, level).state_dict()
 
 
-@pytest.mark.slow
-def test_two_ranks_train_two_different_levels_at_once(tmp_path, shards):
-    """`train.levels: [0, 1]` on 2 real gloo ranks: rank 0 trains level 0, rank 1 level 1, over the same time."""
+def _two_ranks(data: Path, run_dir: Path, levels: str) -> list[dict]:
+    """tests/lapgan_levels_probe.py on 2 gloo ranks with `train.levels` = levels; each rank's report."""
     import json
     import subprocess
     from conftest import LAUNCH_2_CPU, REPO, run_env
-    data, _ = shards
-    result = subprocess.run([*LAUNCH_2_CPU, str(REPO / "tests" / "lapgan_levels_probe.py"), str(data),
-                             str(tmp_path), "[0, 1]"], env=run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"),
+    result = subprocess.run([*LAUNCH_2_CPU, str(REPO / "tests" / "lapgan_levels_probe.py"), str(data), str(run_dir),
+                             levels], env=run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((run_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_ranks_train_two_different_levels_at_once(tmp_path, shards):
+    """`train.levels: [0, 1]` on 2 real gloo ranks: rank 0 trains level 0, rank 1 level 1, over the same time."""
+    ranks = _two_ranks(shards[0], tmp_path, "[0, 1]")
     assert [r["levels"] for r in ranks] == [{"0": 6}, {"1": 6}]
     assert max(r["start"] for r in ranks) < min(r["end"] for r in ranks)  # overlapping, not one after the other
     for level in (0, 1):
@@ -218,15 +224,7 @@ def test_two_ranks_train_two_different_levels_at_once(tmp_path, shards):
 def test_two_ranks_share_one_level_with_ddp(tmp_path, shards):
     """`train.levels: [1]` on 2 ranks: DDP inside the level (its group is both ranks); each rank's batch differs,
     the weights stay equal, and the level's first rank writes its checkpoint."""
-    import json
-    import subprocess
-    from conftest import LAUNCH_2_CPU, REPO, run_env
-    data, _ = shards
-    result = subprocess.run([*LAUNCH_2_CPU, str(REPO / "tests" / "lapgan_levels_probe.py"), str(data),
-                             str(tmp_path), "[1]"], env=run_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = _two_ranks(shards[0], tmp_path, "[1]")
     assert [r["levels"] for r in ranks] == [{"1": 6}, {"1": 6}]
     assert ranks[0]["first_batch"] != ranks[1]["first_batch"]  # each rank its own share of the data
     assert ranks[0]["weights"] == ranks[1]["weights"]  # one model: gradients averaged over the level's group
