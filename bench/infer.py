@@ -1,4 +1,4 @@
-"""CPU inference: onnxruntime fp32 and int8 against torch eager, DCGAN-64 and DCGAN-28 generators.
+"""CPU inference: onnxruntime fp32 and int8 against torch eager, DCGAN-64, DCGAN-28 and ResNet-128 generators.
 
 One run measures everything on this machine: images/s and median latency at batch 1,
 64 and 256, and the machine's fp32 matrix-multiply peak (best of torch and numpy GEMMs),
@@ -6,7 +6,9 @@ so the generator's achieved GFLOP/s can be read as a share of it. FLOPs are coun
 the original generator (torch's FlopCounterMode), not on the rewritten export, so the
 share is of useful work. Prints a table, then one JSON line.
 
-    python bench/infer.py [--threads N] [--seconds S]
+    python bench/infer.py [--threads N] [--seconds S] [--models dcgan64,dcgan28,resnet128] [--batches 1,64,256]
+
+The first model named is the one the JSON's headline ratios describe.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from distgan.artifacts import save_generator
 from distgan.export import export_onnx
 from distgan.models import ModelConfig, build_generator
+from distgan.models.resnet import ResNetConfig
 
 BATCHES = (1, 64, 256)
-# The paper architectures at their usual width: CelebA DCGAN-64 and the Fashion-MNIST DCGAN-28.
+# The paper architectures at their usual width: CelebA DCGAN-64, the Fashion-MNIST DCGAN-28, and
+# configs/resnet128.yaml's BigGAN-style G (attention at 64 px, hierarchical z).
 MODELS = {"dcgan64": (ModelConfig(arch="dcgan64", nz=100, ngf=64), (3, 64, 64)),
-          "dcgan28": (ModelConfig(arch="dcgan28", nz=100, ngf=64), (1, 28, 28))}
+          "dcgan28": (ModelConfig(arch="dcgan28", nz=100, ngf=64), (1, 28, 28)),
+          "resnet128": (ResNetConfig(arch="resnet", nz=120, ngf=64, attention_res=64, hier_z=True), (3, 128, 128))}
 
 
 def cpu_name() -> str:
@@ -114,11 +119,12 @@ def prepared_generator(cfg: ModelConfig, shape: tuple[int, int, int], directory:
     generator = build_generator(cfg, *shape, 0)
     last = [m for m in generator.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))][-1]
     with torch.no_grad():
-        generator(torch.randn(256, cfg.nz))  # train mode: running statistics as after training
+        generator(torch.randn(64, cfg.nz))  # train mode: running statistics as after training
         generator.eval()
-        spread = torch.atanh(generator(torch.randn(256, cfg.nz)).clamp(-0.999, 0.999)).std()
-        last.weight /= spread
-        last.bias /= spread
+        if not torch.nn.utils.parametrize.is_parametrized(last):  # the ResNet's orthogonal init is of order 1
+            spread = torch.atanh(generator(torch.randn(64, cfg.nz)).clamp(-0.999, 0.999)).std()
+            last.weight /= spread
+            last.bias /= spread
     save_generator(generator, directory, {"step": 0, "dataset": "benchmark", "classes": [],
                                           "image_shape": list(shape), "config_hash": "-",
                                           "distgan_version": "bench"})
@@ -132,7 +138,7 @@ def ort_session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def bench_model(name: str, tmp: Path, threads: int, seconds: float) -> dict:
+def bench_model(name: str, tmp: Path, threads: int, seconds: float, batches: tuple[int, ...]) -> dict:
     cfg, shape = MODELS[name]
     generator = prepared_generator(cfg, shape, tmp / name)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
@@ -142,7 +148,7 @@ def bench_model(name: str, tmp: Path, threads: int, seconds: float) -> dict:
     int8 = export_onnx(tmp / name, tmp / f"{name}-int8.onnx", quantize="int8")
     sessions = {"ort_fp32": ort_session(fp32.path, threads), "ort_int8": ort_session(int8.path, threads)}
     rows = {}
-    for batch in BATCHES:
+    for batch in batches:
         z = np.random.default_rng(batch).standard_normal((batch, cfg.nz), dtype=np.float32)
         zt = torch.from_numpy(z)
 
@@ -163,7 +169,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=physical_cores(), help="default: physical cores")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per engine and batch (after warm-up)")
+    parser.add_argument("--models", default="dcgan64,dcgan28", help=f"comma list of {', '.join(MODELS)}")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     args = parser.parse_args()
+    names, batches = args.models.split(","), tuple(int(b) for b in args.batches.split(","))
     torch.set_num_threads(args.threads)
     # numpy's BLAS (one of the two peak GEMMs) would otherwise use every core whatever --threads says.
     threadpool_limits(limits=args.threads, user_api="blas")
@@ -172,8 +181,8 @@ def main() -> None:
     peaks = [matmul_peak_gflops()]
     results = {}
     with tempfile.TemporaryDirectory() as tmpdir:
-        for name in MODELS:
-            results[name] = bench_model(name, Path(tmpdir), args.threads, args.seconds)
+        for name in names:
+            results[name] = bench_model(name, Path(tmpdir), args.threads, args.seconds, batches)
             peaks.append(matmul_peak_gflops())
     peak = {engine: max(p[engine] for p in peaks) for engine in peaks[0]}
     peak_gflops = max(peak.values())
@@ -184,7 +193,7 @@ def main() -> None:
     for name, res in results.items():
         rows = res["rows"]
         for engine in ("torch_eager", "ort_fp32", "ort_int8"):
-            for batch in BATCHES:
+            for batch in batches:
                 row = rows[f"{engine}_b{batch}"]
                 ratio = row["images_per_s"] / rows[f"torch_eager_b{batch}"]["images_per_s"]
                 share = f"{100 * row['gflops'] / peak_gflops:6.0f}%" if engine != "ort_int8" else "      -"
@@ -192,7 +201,7 @@ def main() -> None:
                       f"{row['gflops']:>8.1f} {share} {ratio:>7.2f}x")
         print(f"{name:<8} {res['gflop_per_image']:.3f} GFLOP/image; fp32 parity {res['fp32_parity']:.1e}; int8 vs "
               f"torch: max |diff| {res['int8_max_abs']:.3f}, mean {res['int8_mean_abs']:.4f} (images in [-1, 1])")
-    main_rows = results["dcgan64"]["rows"]
+    main_rows = results[names[0]]["rows"]
 
     def speed(key: str) -> float:
         return main_rows[key]["images_per_s"]
@@ -201,7 +210,7 @@ def main() -> None:
         "ort_vs_torch_b1": round(speed("ort_fp32_b1") / speed("torch_eager_b1"), 2),
         "ort_vs_torch_b64": round(speed("ort_fp32_b64") / speed("torch_eager_b64"), 2),
         "matmul_peak_share_b64": round(main_rows["ort_fp32_b64"]["gflops"] / peak_gflops, 3),
-        "int8_vs_fp32_b64": round(speed("ort_int8_b64") / speed("ort_fp32_b64"), 2),
+        "int8_vs_fp32_b64": round(speed("ort_int8_b64") / speed("ort_fp32_b64"), 2), "model": names[0],
         "matmul_peak_gflops": round(peak_gflops, 1),
         "images_per_s": {name: {k: round(v["images_per_s"], 1) for k, v in res["rows"].items()}
                          for name, res in results.items()},

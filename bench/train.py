@@ -45,8 +45,9 @@ from distgan.data.shards import write_shards  # noqa: E402
 from distgan.data.sources import RawDataset, RawSplit  # noqa: E402
 from distgan.models import build_discriminator, build_generator  # noqa: E402
 
-CONFIGS = {"dcgan28": "configs/mnist_dcgan.yaml", "dcgan64": "configs/celeba64_dcgan.yaml"}
-SHAPES = {"dcgan28": (1, 28, 28), "dcgan64": (3, 64, 64)}
+CONFIGS = {"dcgan28": "configs/mnist_dcgan.yaml", "dcgan64": "configs/celeba64_dcgan.yaml",
+           "resnet32": "configs/resnet32.yaml", "resnet128": "configs/resnet128.yaml"}
+SHAPES = {"dcgan28": (1, 28, 28), "dcgan64": (3, 64, 64), "resnet32": (3, 32, 32), "resnet128": (3, 128, 128)}
 
 
 def synthetic_shards(arch: str, out: Path, n: int) -> Path:
@@ -78,20 +79,27 @@ def plain_loop(arch: str, batch: int, steps: int, warmup: int, device: torch.dev
     D = build_discriminator(cfg.model, c, h, w, 0).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr, betas=tuple(cfg.optim.g_betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas))
-    criterion = torch.nn.BCEWithLogitsLoss()
     data = torch.rand(8, batch, c, h, w, device=device) * 2 - 1
     ones = torch.ones(batch, device=device)
     zeros = torch.zeros(batch, device=device)
+    if cfg.loss.kind == "hinge":  # the ResNet family's loss (SNGAN): the same step with hinge terms
+        real_loss = lambda logits: torch.relu(1 - logits).mean()  # noqa: E731
+        fake_loss = lambda logits: torch.relu(1 + logits).mean()  # noqa: E731
+        g_loss = lambda logits: -logits.mean()  # noqa: E731
+    else:
+        criterion = torch.nn.BCEWithLogitsLoss()
+        real_loss = g_loss = lambda logits: criterion(logits, ones)  # noqa: E731
+        fake_loss = lambda logits: criterion(logits, zeros)  # noqa: E731
 
     def step(i: int) -> None:
         real = data[i % len(data)]
         D.zero_grad()
-        criterion(D(real).view(-1), ones).backward()
+        real_loss(D(real).view(-1)).backward()
         fake = G(torch.randn(batch, cfg.model.nz, device=device))
-        criterion(D(fake.detach()).view(-1), zeros).backward()
+        fake_loss(D(fake.detach()).view(-1)).backward()
         opt_d.step()
         G.zero_grad()
-        criterion(D(fake).view(-1), ones).backward()
+        g_loss(D(fake).view(-1)).backward()
         opt_g.step()
 
     for i in range(warmup):
@@ -120,7 +128,7 @@ def trainer_run(arch: str, tag: str, overrides: list[str], data: Path, batch: in
            f"name={name}", f"run_dir={run_dir}", f"data.path={data}", f"data.batch_size={batch}",
            f"data.num_workers={workers}", f"train.steps={total}", f"train.log_every={interval}",
            f"train.sample_every={10**9}", f"train.checkpoint_every={10**9}",
-           "log.log_with=none", "train.resume=none", *overrides]
+           "log.log_with=none", "train.resume=none", "loss.d_steps=1", *overrides]  # one D step, as the plain loop
     if warmup % interval:
         raise SystemExit(f"--warmup {warmup} must be a multiple of the log interval {interval}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}

@@ -15,10 +15,6 @@ import torch.distributed as dist
 from torch import nn
 
 
-class RankLostError(RuntimeError):
-    """Another rank of the job stopped answering (it died, or its node did)."""
-
-
 class Control:
     """The run's host-side channel between ranks (a no-op on one process)."""
 
@@ -76,19 +72,30 @@ def is_lost_peer(exc: BaseException) -> bool:
 
 @torch.no_grad()
 def check_consistent(modules: dict[str, nn.Module], control: Control) -> None:
-    """Before a snapshot: every rank must hold the same weights (catches a silent DDP divergence)."""
+    """Before a snapshot: every rank must hold the same weights, element for element (catches a silent DDP
+    divergence). BatchNorm running statistics are left out: without model.sync_bn they are per rank."""
     if not control.active:
         return
     for name, module in modules.items():
-        for key, tensor in module.state_dict().items():
-            if not tensor.is_floating_point():
+        tensors = {key: t.detach() for key, t in module.state_dict().items()
+                   if t.is_floating_point() and "running_" not in key}
+        for dtype in (torch.float32, torch.float64):  # half and bfloat16 go exactly into float32
+            keys = [k for k, t in tensors.items() if (t.dtype == torch.float64) == (dtype == torch.float64)]
+            if not keys:
                 continue
-            local = tensor.detach().double().sum().reshape(1).cpu()
+            local = torch.cat([tensors[k].to(dtype).flatten() for k in keys]).cpu()
             low, high = local.clone(), local.clone()
             dist.all_reduce(low, op=dist.ReduceOp.MIN, group=control.group)
             dist.all_reduce(high, op=dist.ReduceOp.MAX, group=control.group)
-            if not torch.equal(low, high) and "running_" not in key:
-                raise RuntimeError(f"{name}.{key} differs across ranks ({low.item()} vs {high.item()})")
+            if torch.equal(low, high):
+                continue
+            start = 0
+            for key in keys:
+                end = start + tensors[key].numel()
+                if not torch.equal(low[start:end], high[start:end]):
+                    spread = (high[start:end] - low[start:end]).abs().nan_to_num(float("inf")).max().item()
+                    raise RuntimeError(f"{name}.{key} differs across ranks (elements up to {spread:.3g} apart)")
+                start = end
 
 
 class _SumOverRanks(torch.autograd.Function):

@@ -33,7 +33,7 @@ import torch.nn as nn
 from distgan.models.specs import ModelConfig, ModelSpec
 
 # The families distgan ships: module paths, each defining FAMILY (imported on first use).
-FAMILY_MODULES = ("distgan.models.mlp", "distgan.models.dcgan", "distgan.models.lapgan")
+FAMILY_MODULES = ("distgan.models.mlp", "distgan.models.dcgan", "distgan.models.resnet", "distgan.models.lapgan")
 PLUGIN_ENV = "DISTGAN_FAMILIES"  # comma list of module:attribute, each a Family instance
 
 
@@ -94,6 +94,12 @@ class Family:
     def check(self, cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int) -> None:
         """Refuse what this family cannot build, naming the key and what it can; ValueError."""
         check_common(cfg, shape, num_classes)
+
+    def check_spec(self, spec: ModelSpec) -> None:
+        """A spec read from JSON, checked as the config it came from would be (the keys both have)."""
+        names = {f.name for f in dataclasses.fields(self.config)}
+        values = {k: v for k, v in spec.to_dict().items() if k in names}
+        self.check(self.config(**values), (spec.channels, spec.height, spec.width), spec.num_classes)
 
     def make_generator_spec(self, cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int) -> ModelSpec:
         raise NotImplementedError
@@ -224,7 +230,9 @@ def _spec(kind: str, spec: ModelSpec | dict[str, Any]) -> tuple[Family, ModelSpe
         raise ValueError(f"{kind} spec has no 'arch' string")
     family = get_family(spec["arch"])
     spec_type = family.generator_spec if kind == "generator" else family.discriminator_spec
-    return family, spec_type.from_dict(spec)
+    built = spec_type.from_dict(spec)
+    family.check_spec(built)
+    return family, built
 
 
 def generator_from_spec(spec: ModelSpec | dict[str, Any]) -> nn.Module:
