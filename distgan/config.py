@@ -11,6 +11,7 @@ import difflib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -100,6 +101,7 @@ class TrainConfig:
     allow_config_change: bool = False  # resume although the setup differs from the run's (recorded in the run)
     force_unlock: bool = False  # take the run directory's LOCK from a holder that looks alive (a human decided)
     sync_every: int = 20  # steps between the host collectives that share stop requests and data errors
+    levels: Any = "all"  # model.arch lapgan: the pyramid levels this launch trains, "all" or a list (0 = finest)
 
 
 @dataclass

@@ -18,6 +18,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 from distgan.config import ConfigError, load_config  # noqa: E402
 from distgan.data import DataError  # noqa: E402
 from distgan.training import TrainingError, train  # noqa: E402
+from distgan.models import get_family  # noqa: E402
 from distgan.training.signals import StopNow  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = os.environ.get("RANK", "0") == "0"  # rank 0 reports what every rank learns alike
     try:
         cfg = load_config(args.config, args.overrides)
-        train(cfg)
+        (get_family(cfg.model.arch).own_trainer() or train)(cfg)  # LAPGAN: one GAN per level, its own trainer
     except (ConfigError, DataError, TrainingError) as exc:
         if reports or not getattr(exc, "every_rank", True):
             print(f"distgan-train: error: {exc}", file=sys.stderr)

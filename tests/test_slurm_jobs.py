@@ -378,3 +378,29 @@ def test_failed_training_fails_the_job_without_requeue(slurm_cluster, shards, tm
     assert info["Restarts"] == "0" and info["ExitCode"] != "0:0"
     text = log.read_text()
     assert "unknown config key 'train.stepz'" in text and "not requeued" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_lapgan_array_job_trains_each_level_into_one_run(slurm_cluster, shards, tmp_path):
+    """slurm/lapgan_levels.sbatch as a 3-task array: task K trains level K, all into runs/lap; the export
+    then chains the three levels."""
+    data, _ = shards
+    env = {"DISTGAN_HOME": str(REPO), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DISTGAN_CPU": "1",
+           "DISTGAN_PROCS_PER_NODE": "1", "DISTGAN_NAME": "lap", "DISTGAN_RUN_DIR": str(tmp_path / "runs"),
+           "DISTGAN_PYTHON": sys.executable}
+    (tmp_path / "logs").mkdir()
+    job = slurm_cluster.sbatch(REPO / "slurm" / "lapgan_levels.sbatch", cwd=tmp_path, env=env,
+                               args=[f"data.path={data}", "train.steps=2", "train.log_every=1", "model.nz=16", *TINY],
+                               sbatch_args=["--array=0-2", "--gpus-per-node=0", "--cpus-per-task=1",
+                                            "--time=10:00"])
+    for task in range(3):
+        assert slurm_cluster.wait(f"{job}_{task}", timeout=200) == "COMPLETED"
+    run = tmp_path / "runs" / "lap" / "levels"
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["level-0", "level-1", "level-2"]
+    for level in range(3):
+        assert (run / f"level-{level}" / "step-0000002" / "state.json").is_file()
+        assert f"level {level} step 2: d_loss" in (tmp_path / "logs" / f"lapgan-{job}_{level}.out").read_text()
+    from distgan.pyramid_run import assemble_generator
+    generator, info = assemble_generator(tmp_path / "runs" / "lap")
+    assert info["step"] == 2 and generator.spec.levels == 3

@@ -10,6 +10,7 @@ from pathlib import Path
 from distgan.export.onnx import (DEFAULT_OPSET, FP32_TOLERANCE, QUANTIZATIONS, UINT8_TOLERANCE, ExportError,
                                  export_onnx)
 from distgan.export.web import export_web
+from distgan.export.pyramid import export_run_pyramid, is_pyramid_run
 from distgan.runtime import PREFIX
 
 
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.web:
         return web_main(parser, args)
     try:
-        result = export_onnx(args.onnx, args.out, opset=args.opset, uint8_output=args.uint8_output,
-                             quantize=args.quantize)
+        export = export_run_pyramid if is_pyramid_run(args.onnx) else export_onnx  # LAPGAN: its levels, chained
+        result = export(args.onnx, args.out, opset=args.opset, uint8_output=args.uint8_output, quantize=args.quantize)
     except (FileNotFoundError, ValueError, ExportError) as exc:
         parser.exit(2, f"distgan-export: error: {exc}\n")
     meta = result.metadata

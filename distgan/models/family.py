@@ -25,7 +25,7 @@ import dataclasses
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn as nn
@@ -34,7 +34,7 @@ from distgan.models.specs import ModelConfig, ModelSpec
 
 # The families distgan ships: module paths, each defining FAMILY (imported on first use).
 FAMILY_MODULES = ("distgan.models.mlp", "distgan.models.dcgan", "distgan.models.resnet", "distgan.models.srgan",
-                   "distgan.models.stylegan2")
+                   "distgan.models.stylegan2", "distgan.models.lapgan")
 PLUGIN_ENV = "DISTGAN_FAMILIES"  # comma list of module:attribute, each a Family instance
 
 
@@ -154,6 +154,11 @@ class Family:
 
     def loss_terms(self, cfg: Any, g_spec: ModelSpec, d_spec: ModelSpec) -> LossTerms | None:
         """Extra loss terms with their checkpointed state (the full Config is given); None: none."""
+        return None
+
+    def own_trainer(self) -> Callable[[Any], str] | None:
+        """The trainer of a family that is not one G/D pair (LAPGAN: one GAN per pyramid level): a function of
+        the Config, run by distgan-train instead of the loop; None: the loop (`training/loop.py`)."""
         return None
 
     # --- export -------------------------------------------------------------------------

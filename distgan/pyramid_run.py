@@ -1,0 +1,63 @@
+"""What a LAPGAN run leaves for others: each level's checkpoints and the pyramid's spec, and the whole
+pyramid assembled from them (export and sampling read these without importing the training package).
+
+    runs/NAME/levels/lapgan.json                    the pyramid's spec + run info
+    runs/NAME/levels/level-K/step-0000100/          G and D (safetensors), both Adams (optim.pt), state.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from distgan.models.lapgan import LapganSpec, LaplacianGenerator, lapgan_from_spec
+
+LEVELS_DIR = "levels"
+SPEC_FILE = "lapgan.json"
+STEP_PREFIX = "step-"
+
+
+def level_dir(run_path: Path, level: int) -> Path:
+    return run_path / LEVELS_DIR / f"level-{level}"
+
+
+def level_checkpoints(run_path: Path, level: int) -> list[Path]:
+    """A level's complete checkpoints, oldest first (staging directories never listed)."""
+    root = level_dir(run_path, level)
+    found = [p for p in root.glob(f"{STEP_PREFIX}*") if (p / "state.json").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+
+def write_spec(run_path: Path, spec: LapganSpec, info: dict[str, Any]) -> None:
+    """The pyramid's spec and run info, atomically (every job of an array job writes the same file)."""
+    path = run_path / LEVELS_DIR / SPEC_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        known = json.loads(path.read_text())["spec"]
+        if known != spec.to_dict():
+            raise ValueError(f"{path}: this run's pyramid is {known}; the config builds {spec.to_dict()}")
+    tmp = path.with_name(f".{SPEC_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"spec": spec.to_dict(), **info}, indent=2))
+    os.replace(tmp, path)
+
+
+def assemble_generator(run_path: Path) -> tuple[LaplacianGenerator, dict[str, Any]]:
+    """The whole pyramid from each level's newest checkpoint (eval mode), and the run info with `step` the
+    smallest level step; a level without a checkpoint is named."""
+    info = json.loads((run_path / LEVELS_DIR / SPEC_FILE).read_text())
+    generator = lapgan_from_spec(info["spec"])
+    steps = []
+    for level in range(generator.spec.levels):
+        found = level_checkpoints(run_path, level)
+        if not found:
+            raise FileNotFoundError(f"{level_dir(run_path, level)}: level {level} has no checkpoint yet; "
+                                    f"train it (train.levels: [{level}]) before sampling the pyramid")
+        generator.generators[level].load_state_dict(load_file(str(found[-1] / "generator.safetensors")))
+        steps.append(json.loads((found[-1] / "state.json").read_text())["step"])
+    return generator.eval(), {**{k: v for k, v in info.items() if k != "spec"}, "step": min(steps)}
+
+

@@ -1,0 +1,287 @@
+"""Training LAPGAN's levels: each level a conditional GAN of its own, with its own data stream, optimisers,
+checkpoints and resume (files: `distgan/pyramid_run.py`), so that ranks (`levels.py`) or separate jobs
+train different levels at once.
+
+Everything a level's step draws is a pure function of (seed, level, rank within the level, step): the
+latents and the dropout masks from a seed derived from them, the real batch from the loader position saved
+with the checkpoint. A level resumed from step N is therefore bitwise the level trained in one go.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+
+import distgan
+from distgan.config import Config, ConfigError, config_hash
+from distgan.data import ShardLoader
+from distgan.data.loader import read_manifest, to_device
+from distgan.ddp import Control
+from distgan.losses import discriminator_loss, generator_loss
+from distgan.models.lapgan import (FAMILY, LapganSpec, build_level_discriminator, build_level_generator,
+                                   discriminator_input, level_real)
+from distgan.pyramid_run import STEP_PREFIX, level_checkpoints, level_dir, write_spec
+from distgan.training.level_monitor import LevelMonitor
+from distgan.training.levels import assign_ranks, level_groups, owned_levels, parse_levels
+
+log = logging.getLogger("distgan")
+
+LOSS_KINDS = ("bce", "hinge", "lsgan")  # wgan-gp's penalty is not wired into the level step
+
+
+def step_seed(seed: int, level: int, index: int, step: int) -> int:
+    """The seed of one step (-1: the init) of one rank of one level: distinct streams, nothing carried over."""
+    return int(np.random.SeedSequence([seed, level, index, step + 1]).generate_state(1)[0])
+
+
+@dataclass
+class LevelPlace:
+    """Where a level runs: its ranks, this rank's index among them, and their process group (None: alone)."""
+
+    level: int
+    ranks: tuple[int, ...]
+    index: int
+    group: Any = None
+
+
+class LevelTrainer:
+    """One level's GAN on this rank: G_k, D_k (DDP over the level's ranks), both Adams, its loader and step."""
+
+    def __init__(self, cfg: Config, spec: LapganSpec, place: LevelPlace, device: torch.device):
+        self.cfg, self.spec, self.place, self.device = cfg, spec, place, device
+        self.level = place.level
+        torch.manual_seed(step_seed(cfg.seed, self.level, 0, -1))  # the same init on every rank of the level
+        self.g_module = build_level_generator(spec, self.level).to(device)
+        self.d_module = build_level_discriminator(spec, self.level).to(device)
+        if place.group is not None:
+            self.G = DistributedDataParallel(self.g_module, process_group=place.group)
+            self.D = DistributedDataParallel(self.d_module, process_group=place.group)
+        else:
+            self.G, self.D = self.g_module, self.d_module
+        o = cfg.optim
+        self.opt_g = torch.optim.Adam(self.g_module.parameters(), lr=o.g_lr, betas=tuple(o.g_betas))
+        self.opt_d = torch.optim.Adam(self.d_module.parameters(), lr=o.d_lr, betas=tuple(o.d_betas))
+        self.step = self.epoch = self.batch = 0
+        self.loader = ShardLoader(cfg.data.path, cfg.data.split, cfg.data.batch_size, rank=place.index,
+                                  world_size=len(place.ranks), seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                                  num_workers=cfg.data.num_workers, on_corrupt=cfg.data.on_corrupt,
+                                  shards=cfg.data.shards, control=Control(1))
+        self._batches = None
+        self.last_images: torch.Tensor | None = None
+
+    def train_step(self) -> dict[str, float]:
+        """One D update and one G update of this level; returns both losses."""
+        if self._batches is None:
+            self._batches = self.loader.endless(self.epoch, self.batch)
+        self.epoch, self.batch, batch = next(self._batches)
+        seed = step_seed(self.cfg.seed, self.level, self.place.index, self.step)
+        torch.manual_seed(seed)  # dropout masks
+        real = to_device(batch.images, self.device)
+        labels = batch.labels.to(self.device) if self.spec.conditional else None
+        target, condition = level_real(real, self.level, self.spec.levels)
+        z = torch.randn(len(real), self.spec.level_nz(self.level), generator=torch.Generator().manual_seed(seed))
+        z = z.to(self.device)
+        d_loss = self._d_update(target, condition, labels, z)
+        g_loss = self._g_update(condition, labels, z)
+        self.step += 1
+        return {"d_loss": d_loss, "g_loss": g_loss}
+
+    def _d_update(self, target, condition, labels, z) -> float:
+        with torch.no_grad():
+            fake = self.g_module(z, condition, labels)
+            self.last_images = discriminator_input(fake, condition)  # what D judged: the level's image
+        both = torch.cat([discriminator_input(target, condition), discriminator_input(fake, condition)])
+        twice = (lambda t: None if t is None else torch.cat([t, t]))
+        logits = self.D(both, twice(condition), twice(labels))  # one DDP forward for real and fake
+        real_logits, fake_logits = logits.chunk(2)
+        loss = discriminator_loss(self.cfg.loss.kind, real_logits, fake_logits, self.cfg.loss.real_label)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        return loss.item()
+
+    def _g_update(self, condition, labels, z) -> float:
+        self.d_module.requires_grad_(False)  # D frozen and unwrapped: no D gradient, no D all-reduce
+        try:
+            fake = self.G(z, condition, labels)
+            loss = generator_loss(self.cfg.loss.kind, self.d_module(discriminator_input(fake, condition), condition,
+                                                                    labels))
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_g.step()
+        finally:
+            self.d_module.requires_grad_(True)
+        return loss.item()
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def save(self, run_path: Path) -> Path | None:
+        """Write this level's checkpoint (the level's first rank; the others hold the same weights)."""
+        final = level_dir(run_path, self.level) / f"{STEP_PREFIX}{self.step:07d}"
+        if self.place.index != 0:
+            return None
+        tmp = final.with_name(f".tmp-{final.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.g_module.state_dict().items()},
+                  str(tmp / "generator.safetensors"))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.d_module.state_dict().items()},
+                  str(tmp / "discriminator.safetensors"))
+        torch.save({"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()}, tmp / "optim.pt")
+        (tmp / "state.json").write_text(json.dumps({"level": self.level, "step": self.step, "epoch": self.epoch,
+                                                    "batch": self.batch, "spec": self.spec.to_dict()}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        self._prune(run_path)
+        return final
+
+    def _prune(self, run_path: Path) -> None:
+        for old in level_checkpoints(run_path, self.level)[:-max(1, self.cfg.train.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, checkpoint: Path) -> None:
+        """Continue from `checkpoint` exactly: weights, buffers, both Adams, the loader position, the step."""
+        state = json.loads((checkpoint / "state.json").read_text())
+        if state["spec"] != self.spec.to_dict() or state["level"] != self.level:
+            raise ValueError(f"{checkpoint}: a checkpoint of another pyramid or level (spec {state['spec']}); "
+                             f"resume with the run's own model settings")
+        self.g_module.load_state_dict(load_file(str(checkpoint / "generator.safetensors"), device=str(self.device)))
+        self.d_module.load_state_dict(load_file(str(checkpoint / "discriminator.safetensors"), device=str(self.device)))
+        optim = torch.load(checkpoint / "optim.pt", map_location=self.device, weights_only=True)
+        self.opt_g.load_state_dict(optim["g"])
+        self.opt_d.load_state_dict(optim["d"])
+        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self._batches = None
+
+
+def _device() -> torch.device:
+    """This process's GPU (LOCAL_RANK), or the CPU where there is none or the launcher says ACCELERATE_USE_CPU."""
+    if not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"):
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def train_levels(cfg: Config, spec: LapganSpec, levels: object, info: dict[str, Any]) -> list[LevelTrainer]:
+    """Train this rank's share of `levels` (`train.levels`) for cfg.train.steps steps each, resuming each level
+    from its newest checkpoint; returns this rank's level trainers, done."""
+    if cfg.loss.kind not in LOSS_KINDS:
+        raise ValueError(f"loss.kind {cfg.loss.kind!r} is not supported by lapgan; valid: {', '.join(LOSS_KINDS)}")
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    assignment = assign_ranks(parse_levels(levels, spec.levels), world)
+    groups = level_groups(assignment, rank) if distributed else {k: None for k in assignment}
+    device = _device()
+    run_path = Path(cfg.run_dir) / cfg.name
+    if rank == 0:
+        write_spec(run_path, spec, info)
+    trainers = [LevelTrainer(cfg, spec, LevelPlace(k, assignment[k], assignment[k].index(rank), groups[k]), device)
+                for k in owned_levels(assignment, rank)]
+    for trainer in trainers:
+        found = level_checkpoints(run_path, trainer.level)
+        if found and cfg.train.resume == "auto":
+            trainer.load(found[-1])
+    monitors = {t.level: LevelMonitor(cfg, run_path, t.level, t.step) for t in trainers if t.place.index == 0}
+    try:
+        _run(cfg, trainers, monitors, run_path)
+    finally:
+        for monitor in monitors.values():
+            monitor.close()
+    return trainers
+
+
+def _run(cfg: Config, trainers: list[LevelTrainer], monitors: dict[int, LevelMonitor], run_path: Path) -> None:
+    """Every level of this rank to train.steps, one step of each in turn; logs and checkpoints on cadence."""
+    t = cfg.train
+    while any(trainer.step < t.steps for trainer in trainers):
+        for trainer in trainers:
+            if trainer.step >= t.steps:
+                continue
+            losses = trainer.train_step()
+            monitor = monitors.get(trainer.level)
+            if monitor is not None and trainer.step % t.log_every == 0:
+                log.info("level %d step %d: d_loss %.4f g_loss %.4f", trainer.level, trainer.step,
+                         losses["d_loss"], losses["g_loss"])
+                monitor.log(trainer.step, {"loss/d": losses["d_loss"], "loss/g": losses["g_loss"]})
+            if trainer.step % t.checkpoint_every == 0 or trainer.step == t.steps:
+                trainer.save(run_path)
+                if monitor is not None:
+                    monitor.images(trainer.step, trainer.last_images)
+
+
+# What the level step implements; anything else is refused at start with its key named.
+UNSUPPORTED = {  # key -> (value that means "off", why)
+    "loss.d_steps": (1, "one D update per step"), "loss.r1_gamma": (0.0, "no R1 penalty"),
+    "aug.policy": ("", "no augmentation"), "model.spectral_norm": (False, "no spectral norm"),
+    "model.sync_bn": (False, "BatchNorm per rank"), "train.compile": (False, "eager"),
+    "optim.schedule": ("constant", "a constant lr"), "optim.grad_clip": (0.0, "no clipping"),
+    "optim.lr_scaling": ("none", "the lr as given"), "eval.every": (0, "no evaluation during training"),
+}
+TRACKERS = ("none", "wandb")
+
+
+def spec_from_config(cfg: Config, shape: tuple[int, int, int], num_classes: int) -> LapganSpec:
+    """The pyramid the config and data describe; ConfigError naming the key for what lapgan cannot do."""
+    for key, (off, what) in UNSUPPORTED.items():
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) != off:
+            raise ConfigError(f"config key {key!r} is not supported by model.arch lapgan (it trains with {what}); "
+                              f"remove it or set it to {off!r}")
+    if cfg.log.log_with not in TRACKERS:
+        raise ConfigError(f"config key 'log.log_with': {cfg.log.log_with!r} is not supported by model.arch lapgan; "
+                          f"valid: {', '.join(TRACKERS)}")
+    if cfg.loss.kind not in LOSS_KINDS:
+        raise ConfigError(f"config key 'loss.kind': {cfg.loss.kind!r} is not supported by model.arch lapgan; "
+                          f"valid: {', '.join(LOSS_KINDS)}")
+    for key in ("nz", "ngf", "ndf"):
+        if getattr(cfg.model, key) < 1:
+            raise ConfigError(f"config key 'model.{key}' must be >= 1, got {getattr(cfg.model, key)}")
+    if not 0.0 <= cfg.model.d_dropout < 1.0:
+        raise ConfigError(f"config key 'model.d_dropout' must be in [0, 1), got {cfg.model.d_dropout}")
+    if cfg.model.conditional and num_classes < 2:
+        raise ConfigError(f"config key 'model.conditional': {cfg.data.path} has no class labels")
+    try:
+        spec = FAMILY.make_generator_spec(cfg.model, shape, num_classes)
+        parse_levels(cfg.train.levels, spec.levels)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return spec
+
+
+def _start_processes() -> None:
+    """Join the launcher's process group (gloo on CPUs, NCCL on GPUs) when there is more than one process."""
+    device = _device()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo" if device.type == "cpu" else "nccl")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
+                        format="%(message)s")
+
+
+def train_lapgan(cfg: Config) -> str:
+    """`distgan-train` for model.arch lapgan: this launch's share of `train.levels`, into runs/NAME/levels/."""
+    manifest = read_manifest(cfg.data.path)
+    num_classes = manifest.num_classes if cfg.model.conditional else 0
+    spec = spec_from_config(cfg, (manifest.channels, manifest.height, manifest.width), num_classes)
+    info = {"dataset": manifest.name, "classes": manifest.classes if num_classes else [],
+            "distgan_version": distgan.__version__, "config_hash": config_hash(cfg)}
+    _start_processes()
+    try:
+        trainers = train_levels(cfg, spec, cfg.train.levels, info)
+        log.info("%s: level(s) %s at step %d; export the pyramid with distgan-export --onnx %s",
+                 cfg.name, ", ".join(str(t.level) for t in trainers), cfg.train.steps, Path(cfg.run_dir) / cfg.name)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return "completed"
