@@ -295,9 +295,15 @@ def test_every_config_trains_a_few_steps(config, shards, tmp_path):
         assert not unmoved, f"{config}: {name} tensors unchanged by step 2: {unmoved}"
 
 
-def test_bf16_autocast_runs_on_cpu(shards, tmp_path):
+@pytest.mark.parametrize("config, extra", [
+    ("fashion_dcgan.yaml", ()),
+    # StyleGAN2 keeps w_avg and the path-length mean in fp32 while its layers run in bf16
+    ("stylegan2_32.yaml", ("model.channel_base=256", "model.channel_max=16", "loss.pl_every=1", "loss.r1_every=1")),
+])
+def test_bf16_autocast_runs_on_cpu(config, extra, shards, tmp_path):
     data, _ = shards
-    assert trainer.train(tiny(data, tmp_path, "train.steps=3", "train.mixed_precision=bf16")) == "completed"
+    cfg = tiny(data, tmp_path, "train.steps=3", "train.mixed_precision=bf16", *extra, config=f"configs/{config}")
+    assert trainer.train(cfg) == "completed"
     assert all(np.isfinite(r["loss/g"]) for r in metrics(tmp_path / "t"))
 
 

@@ -133,7 +133,8 @@ class MappingNetwork(nn.Module):
         w = self.layers(x)
         if track:
             with torch.no_grad():
-                self.w_avg.copy_(mean_over_ranks(w.detach().mean(dim=0)).lerp(self.w_avg, W_AVG_BETA))
+                batch_mean = w.detach().float().mean(dim=0)  # fp32 whatever autocast ran the layers in
+                self.w_avg.copy_(mean_over_ranks(batch_mean).lerp(self.w_avg, W_AVG_BETA))
         return w
 
 
@@ -236,7 +237,7 @@ class StyleGAN2Generator(nn.Module):
         elif self.training and self.style_mixing > 0:
             ws = self._mixing_regulariser(ws, z, labels)
         if psi is not None:
-            ws = self.mapping.w_avg.lerp(ws, psi.to(ws.dtype)[:, None, None])
+            ws = self.mapping.w_avg.to(ws.dtype).lerp(ws, psi.to(ws.dtype)[:, None, None])
         return ws
 
     def _mix(self, ws: torch.Tensor, w2: torch.Tensor, mix_layer: torch.Tensor) -> torch.Tensor:
@@ -383,8 +384,11 @@ class PathLengthTerms(LossTerms):
         if self.pl_weight == 0 or (self.pl_every > 1 and int(step) % self.pl_every):  # (int: eager steps only)
             return None
         half = {k: v[:max(1, v.shape[0] // PL_BATCH_SHRINK)] for k, v in inputs.items()}
-        with torch.autocast(device_type=fake.device.type, enabled=False):  # a gradient of a gradient: fp32
-            images, ws = self.generator[0](**half, return_ws=True)
+        # A gradient of a gradient, in fp32: G's own forward, not the autocast one accelerate.prepare patched in
+        # under mixed precision (it re-enables autocast and returns fp32 copies of w, cut from the graph).
+        forward = self.generator[0].__dict__.get("_original_forward", self.generator[0])
+        with torch.autocast(device_type=fake.device.type, enabled=False):
+            images, ws = forward(**half, return_ws=True)
             penalty = path_length_penalty(images, ws, self.pl_mean, PL_DECAY, average=mean_over_ranks)
         return penalty * (self.pl_weight * self.pl_every)
 
