@@ -44,4 +44,5 @@ for data in args.data:
 report["finished_at"] = time.time()
 with open(f"{args.out}/rank{state.process_index}.json", "w") as f:
     json.dump(report, f)
+state.end_training()  # destroys the process group: gloo's threads abort a process that exits with it alive
 sys.exit(status)

@@ -43,13 +43,15 @@ def logged(run: Path) -> list[dict]:
 def train_args(config: str, data: Path, run_dir: Path, extra: list[str]) -> list[str]:
     return [str(REPO / "distgan" / "train.py"), "--config", str(REPO / config), f"data.path={data}",
             f"run_dir={run_dir}", "name=t", *TINY, "data.num_workers=1", f"train.checkpoint_every={CHECKPOINT}",
-            "train.log_every=3", *extra]
+            "train.log_every=3", "train.keep_checkpoints=1000000", *extra]
 
 
 def straight_and_resumed(launch: list[str], config: str, extra: list[str], data: Path, tmp: Path,
                          env: dict[str, str]) -> tuple[Path, Path]:
     """(a run of STEPS in one go, the same run SIGKILLed once its checkpoint at CHECKPOINT is complete and resumed
-    from that checkpoint). Where the kill lands does not matter: newer checkpoints and log lines are set aside."""
+    from that checkpoint). Where the kill lands does not matter: newer checkpoints and log lines are set aside,
+    and every checkpoint is kept (a starved poller on a loaded machine may see CHECKPOINT's late, when the default
+    keep_checkpoints=3 has already pruned it)."""
     straight = subprocess.run([*launch, *train_args(config, data, tmp / "straight", [*extra, f"train.steps={STEPS}"])],
                               env=env, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-3000:]

@@ -59,8 +59,8 @@ def use_step_graph(train_cfg: TrainConfig, device: torch.device, world: int, laz
     if device.type != "cuda":
         if wanted:
             log.warning("train.cuda_graph needs a CUDA device; training eagerly on %s", device.type)
-        else:
-            log.info("the step runs eagerly on %s (train.cuda_graph: a CUDA graph needs a CUDA device)", device.type)
+        else:  # auto on a CPU: nothing to tell (debug only, so that errors stay the one line on stderr)
+            log.debug("the step runs eagerly on %s (train.cuda_graph: a CUDA graph needs a CUDA device)", device.type)
         return False
     if lazy_r1:
         if wanted:
