@@ -99,6 +99,7 @@ class GeneratorInfo:
         get = {k: meta[PREFIX + k] for k in REQUIRED_KEYS}
         try:
             names = tuple(json.loads(get["class_names"]))
+            num_classes = int(get["num_classes"])
             low, high = (float(v) for v in get["output_range"].split(","))
             info = cls(
                 family=get["family"], nz=int(get["nz"]), channels=int(get["channels"]),
@@ -108,9 +109,18 @@ class GeneratorInfo:
                 metadata={k: v for k, v in meta.items() if k.startswith(PREFIX)},
                 num_ws=int(meta.get(PREFIX + "num_ws", "0")),
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise ModelError(f"{source}: malformed distgan metadata: {exc}") from exc
-        if int(get["num_classes"]) != len(names):
+        for field, value, least in (("nz", info.nz, 1), ("channels", info.channels, 1), ("height", info.height, 1),
+                                    ("width", info.width, 1), ("step", info.step, 0), ("num_ws", info.num_ws, 0)):
+            if value < least:
+                raise ModelError(f"{source}: {PREFIX}{field} is {value}; expected an integer >= {least}")
+        if not low < high:
+            raise ModelError(f"{source}: {PREFIX}output_range is {get['output_range']!r}; expected 'low,high' "
+                             f"with low < high")
+        if not all(isinstance(n, str) for n in names):
+            raise ModelError(f"{source}: {PREFIX}class_names must be a JSON list of strings")
+        if num_classes != len(names):
             raise ModelError(f"{source}: {PREFIX}num_classes is {get['num_classes']} but "
                              f"{PREFIX}class_names lists {len(names)}")
         if (info.output_dtype, info.output_layout) not in (("float32", "NCHW"), ("uint8", "NHWC")):
@@ -222,6 +232,22 @@ class Drawing:
         return encode_png(grid(self.images, self.columns), self.text)
 
 
+def input_specs(metadata: dict[str, str], source: str) -> list[dict]:
+    """distgan.input_specs, checked: a JSON list of {name, dtype, shape[, default]} (what a client feeds)."""
+    try:
+        specs = json.loads(metadata.get(PREFIX + "input_specs", "[]"))
+        for spec in specs:
+            np.dtype(spec["dtype"])
+            if not isinstance(spec["name"], str) or not all(isinstance(d, int) and d >= 0 for d in spec["shape"]):
+                raise ValueError(spec)
+            if spec.get("default") is not None:
+                np.full(spec["shape"], spec["default"], dtype=spec["dtype"])
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise ModelError(f"{source}: {PREFIX}input_specs is not a JSON list of {{name, dtype, shape[, default]}} "
+                         f"objects ({type(exc).__name__}: {exc})") from None
+    return specs
+
+
 class OnnxGenerator:
     """One onnxruntime session on an exported generator: checked inputs, images out."""
 
@@ -246,7 +272,7 @@ class OnnxGenerator:
         inputs = {i.name for i in self.session.get_inputs()}
         # Inputs beyond z and labels (a model family's: truncation, a mixing layer, ...) are declared in
         # distgan.input_specs with the value a client feeds when it does not choose one.
-        self.defaults = {spec["name"]: spec for spec in json.loads(self.metadata.get(PREFIX + "input_specs", "[]"))
+        self.defaults = {spec["name"]: spec for spec in input_specs(self.metadata, str(self.path))
                          if spec.get("default") is not None}
         expected = ({"z", "labels"} if self.info.num_classes else {"z"}) | set(self.defaults)
         if self.styled and not set(STYLE_INPUTS) <= inputs:
@@ -257,6 +283,12 @@ class OnnxGenerator:
         outputs = [o.name for o in self.session.get_outputs()]
         if outputs != ["images"]:
             raise ModelError(f"{self.path}: outputs are {outputs}, expected ['images']")
+        c, h, w = self.info.channels, self.info.height, self.info.width
+        declared = [c, h, w] if self.info.output_layout == "NCHW" else [h, w, c]
+        graph = self.session.get_outputs()[0].shape[1:]
+        if len(graph) != 3 or any(isinstance(g, int) and g != d for g, d in zip(graph, declared)):
+            raise ModelError(f"{self.path}: the graph's images are {graph} per sample but the metadata says "
+                             f"{declared} ({self.info.output_layout})")
 
     @property
     def conditional(self) -> bool:

@@ -118,6 +118,17 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def complete_steps(run: Path) -> list[int]:
+    """The steps of metrics.jsonl's whole lines (one may be half-written while the run writes it)."""
+    steps = []
+    for line in (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else ():
+        try:
+            steps.append(json.loads(line)["step"])
+        except json.JSONDecodeError:
+            pass
+    return steps
+
+
 def without_timing(rows: list[dict]) -> list[dict]:
     """Each record without its wall-clock figures (images/s): everything else is arithmetic, equal bit for bit."""
     return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
@@ -148,6 +159,65 @@ def test_a_crash_before_the_first_checkpoint_leaves_each_step_once(shards, tmp_p
     assert without_timing(metrics(killed)) == without_timing(metrics(tmp_path / "straight" / "t"))
     aside = [json.loads(line) for line in (killed / "metrics.jsonl.discarded-1").read_text().splitlines()]
     assert len(aside) >= 2 and aside[0]["step"] == 2
+
+
+def wandb_history_steps(offline_run: Path) -> list[int]:
+    """The steps of the history rows (those with a loss) in one offline W&B run directory. Its run-ID.wandb file
+    is W&B's record log: a 7-byte header (':W&B', magic, version), then LevelDB-log chunks (crc32c, length,
+    type; 32 KiB blocks) holding protobuf Records."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data = next(offline_run.glob("run-*.wandb")).read_bytes()
+    assert data[:4] == b":W&B", offline_run
+    steps, pos, block, parts = [], 7, 32768, []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        parts.append(data[pos + 7:pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = Record()
+            record.ParseFromString(b"".join(parts))
+            parts = []
+            if record.WhichOneof("record_type") == "history" and any((i.key or "/".join(i.nested_key)) == "loss/d"
+                                                                           for i in record.history.item):
+                steps.append(record.history.step.num)
+    return steps
+
+
+@pytest.mark.slow
+def test_a_resume_never_sends_a_step_to_wandb_twice(shards, tmp_path):
+    """SIGKILLed with steps logged past its checkpoint, then resumed from that checkpoint: the resumed start replays
+    those steps (metrics.jsonl has them once, the killed start's lines set aside) but sends none of them to W&B again;
+    both starts log into one W&B run id, and every step after the replay reaches W&B once."""
+    data, _ = shards
+    env = run_env(OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    extra = ["train.checkpoint_every=4", "train.keep_checkpoints=1000", "log.log_with=wandb"]
+    run = tmp_path / "t"
+    proc = subprocess.Popen(train_cmd(data, tmp_path, "train.steps=100000", *extra), env=env,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not any(step >= 8 for step in complete_steps(run)):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # W&B's service too: it is in the same session
+    proc.wait()
+    last_logged = complete_steps(run)[-1]
+    steps = last_logged + 4
+    resumed = subprocess.run(train_cmd(data, tmp_path, f"train.steps={steps}", *extra,
+                                       f"train.resume={run / 'checkpoints' / 'step-0000004'}"),
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["step"] for r in metrics(run)] == list(range(2, steps + 1, 2))
+    run_id = (run / "wandb_id.txt").read_text().strip()
+    killed_start, resumed_start = sorted((run / "wandb").glob(f"offline-run-*-{run_id}"))
+    first, second = wandb_history_steps(killed_start), wandb_history_steps(resumed_start)
+    # The killed start's W&B service may not have written its last rows before the SIGKILL (README: a gap in W&B,
+    # never a duplicate); what it wrote is in order and within what metrics.jsonl had.
+    assert first == sorted(set(first)) and set(first) <= set(range(2, last_logged + 1, 2))
+    assert second == list(range(last_logged + 2, steps + 1, 2))
 
 
 # --- exact resume under lazy R1 -------------------------------------------------------------------------------
