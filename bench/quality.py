@@ -2,8 +2,9 @@
 
 Each run trains in its own process (`python distgan/train.py`, or
 `accelerate launch` for --processes > 1) from a fresh run directory, with
-W&B off, until `--steps` or `--minutes` run out (the time budget is a STOP
-file: the trainer checkpoints, writes generator/ and exits cleanly). Then its
+W&B off, until `--steps`, `--minutes` or `--cpu-minutes` run out (a time budget is a
+STOP file: the trainer checkpoints, writes generator/ and exits cleanly; `--cpu-minutes`
+counts the CPU time of the run's processes, the fair budget on a shared machine). Then its
 EMA generator is scored against the test split: FID and KID on `--n`
 generated images, with the standard TF-FID Inception (or, for a quick CPU
 check, the domain classifier). With --onnx the house model is also exported
@@ -106,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="G steps per run (default: the config's own, or unbounded "
                                                   "with --minutes)")
     parser.add_argument("--minutes", type=float, help="wall-clock training budget per run")
+    parser.add_argument("--cpu-minutes", type=float, help="CPU-time training budget per run (the run's processes "
+                        "together: a fair budget on a shared machine, where wall-clock time depends on the others)")
     parser.add_argument("--set", action="append", default=[], metavar="[VARIANT:]KEY=VALUE",
                         help="config override for every run, or for one variant with a VARIANT: prefix")
     parser.add_argument("--processes", type=int, default=1, help="training processes (GPUs) per run")
@@ -132,10 +135,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give --limit (a subset prepared here) or --train-data (shards you prepared), not both")
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
-    if args.phase != "score" and args.steps is None and args.minutes is None:
-        parser.error("give --steps and/or --minutes: the benchmark reports figures for a stated budget")
-    if args.extend and (args.steps is None or args.minutes is not None):
-        parser.error("--extend needs --steps and no --minutes: only a step budget can be extended")
+    if args.phase != "score" and args.steps is None and args.minutes is None and args.cpu_minutes is None:
+        parser.error("give --steps, --minutes and/or --cpu-minutes: the benchmark reports figures for a stated budget")
+    if args.extend and (args.steps is None or args.minutes is not None or args.cpu_minutes is not None):
+        parser.error("--extend needs --steps and no time budget: only a step budget can be extended")
     return args
 
 
@@ -231,7 +234,8 @@ def train(run: Run, args: argparse.Namespace) -> dict:
     """One fresh training run under the budget; returns (and saves) its steps, time, CPU time and speed."""
     out = args.out_dir / run.name
     setup = {"config": str(run.config), "overrides": list(run.overrides), "budget_steps": args.steps,
-             "budget_minutes": args.minutes, "train_data": str(args.train_data_path)}
+             "budget_minutes": args.minutes, "budget_cpu_minutes": args.cpu_minutes,
+             "train_data": str(args.train_data_path)}
     before = trained_before(out)
     if args.reuse and isinstance(before, dict) and {key: before.get(key) for key in setup} == setup:
         print(f"[{run.name}] reused: trained before with the same config, overrides, budget and data", flush=True)
@@ -257,12 +261,9 @@ def train(run: Run, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(launch + cmd, cwd=REPO, env=env)
     stop = threading.Event()
-    if args.minutes is not None:
-        def stop_later() -> None:
-            if not stop.wait(args.minutes * 60):
-                out.mkdir(parents=True, exist_ok=True)
-                (out / "STOP").touch()
-        threading.Thread(target=stop_later, daemon=True).start()
+    if args.minutes is not None or args.cpu_minutes is not None:
+        threading.Thread(target=stop_when_spent, args=(proc.pid, out, args.minutes, args.cpu_minutes, stop),
+                         daemon=True).start()
     _, status, usage = os.wait4(proc.pid, 0)  # the child's CPU time (and its waited-for children's)
     proc.returncode = code = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
@@ -282,11 +283,43 @@ def train(run: Run, args: argparse.Namespace) -> dict:
     return trained
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (ranks, loader workers), those it reaped included."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system + times.children_user + times.children_system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def stop_when_spent(pid: int, out: Path, minutes: float | None, cpu_minutes: float | None,
+                    ended: threading.Event) -> None:
+    """Write the run's STOP file (the trainer checkpoints, writes generator/ and exits) once the wall-clock or
+    the CPU budget is spent; polled each second."""
+    start = time.monotonic()
+    while not ended.wait(1.0):
+        if ((minutes is not None and time.monotonic() - start >= minutes * 60)
+                or (cpu_minutes is not None and tree_cpu_seconds(pid) >= cpu_minutes * 60)):
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "STOP").touch()
+            return
+
+
 def extendable(before: dict | Exception, setup: dict, out: Path) -> dict | None:
     """The earlier result of this run if it can be resumed to the new budget: the same setup bar a smaller
     step budget, and the newest checkpoint the one it ended with (an extension cut short before its first
     checkpoint resumes there again, so the times stay those of one run); None: train from the start."""
-    if not isinstance(before, dict) or before.get("budget_minutes") is not None:
+    if (not isinstance(before, dict) or before.get("budget_minutes") is not None
+            or before.get("budget_cpu_minutes") is not None):
         return None
     same = all(before.get(key) == value for key, value in setup.items() if key != "budget_steps")
     fewer = isinstance(before.get("budget_steps"), int) and before["budget_steps"] < setup["budget_steps"]
@@ -527,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results.values():
         if isinstance(r, dict):
             summary.update({"budget_steps": r["budget_steps"], "budget_minutes": r["budget_minutes"],
+                            "budget_cpu_minutes": r.get("budget_cpu_minutes"),
                             "jobs": r.get("jobs")})
     scored = score_runs(runs, results, args, domain_model, summary)
     figures = variant_figures(runs, scored, baseline)

@@ -155,3 +155,18 @@ def test_curves_plot_each_variant_from_the_runs_records(tmp_path, quality):
     quality.plot_curves(runs, scored, figures, tmp_path / "curves.png", args)
     with Image.open(tmp_path / "curves.png") as image:
         assert image.format == "PNG" and image.size == (1300, 480)
+
+
+def test_a_cpu_budget_stops_the_run_once_its_processes_spent_it(tmp_path, shards, quality):
+    """--cpu-minutes: the run's STOP file is written when the CPU time of its process tree reaches the budget (not
+    the wall clock: on a shared machine that depends on the others); the run then stops with its generator."""
+    data, _ = shards
+    args = quality.parse_args(["--data", str(data), "--configs", "configs/fashion_dcgan.yaml", "--cpu-minutes",
+                               "0.1", "--out-dir", str(tmp_path)])
+    args.train_data_path, args.eval_overrides, args.concurrent = data, [], 1
+    overrides = ("model.ngf=8", "model.ndf=8", "data.batch_size=16", "data.num_workers=0", "train.sample_every=100",
+                 "train.log_every=2")
+    trained = quality.train(quality.Run("v", REPO / "configs/fashion_dcgan.yaml", overrides, None), args)
+    assert trained["budget_cpu_minutes"] == 0.1 and trained["steps"] > 0
+    assert trained["cpu_seconds"] >= 6.0  # stopped after the budget was spent, not before
+    assert (tmp_path / "v" / "STOPPED").exists() and not (tmp_path / "v" / "STOP").exists()
