@@ -111,17 +111,17 @@ def test_a_synthesis_that_ignores_w_has_zero_ppl(generator, distance):
 
 def test_ppl_grows_with_the_speed_of_the_w_to_image_map(generator, distance):
     """synthesis_k(w) = synthesis(w_avg + k (w - w_avg)): the same network, its image moving k times as fast per
-    unit of w. (Were the map linear over the images' range, PPL would grow as k²: the network and LPIPS' feature
-    normalisation are far from linear, so only the growth is asserted, and a margin over the widest step.)"""
+    unit of w. While the map is about linear over the images' range (small k), a squared distance over eps²
+    grows as k²: a 4x faster map gives 7-16x the PPL on other latent seeds; more than 4x is asserted. (Over
+    larger k the network and LPIPS' feature normalisation are far from linear: no law holds there.)"""
     space = w_space_of(generator)
     centre = generator.mapping.w_avg.clone()
     figures = {}
-    for k in (0.0, 0.25, 1.0, 4.0):
+    for k in (0.0, 0.125, 0.5):
         faster = WSpace(space.mapping, lambda w, k=k: space.synthesis(centre + k * (w - centre)), space.resample_noise)
         figures[k] = ppl_of(path_lengths(faster, distance, 16, NZ, size=64))
-    assert figures[0.0] == 0.0
-    assert 0 < figures[0.25] < figures[1.0] < figures[4.0], figures
-    assert figures[4.0] > 4 * figures[0.25], figures
+    assert figures[0.0] == 0.0 and figures[0.125] > 0
+    assert figures[0.5] > 4 * figures[0.125], figures
 
 
 def test_a_family_without_w_is_refused_naming_its_arch():

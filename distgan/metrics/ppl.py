@@ -68,10 +68,9 @@ def path_lengths(space: WSpace, distance: Callable[[torch.Tensor, torch.Tensor],
                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """The n squared path-length samples LPIPS(G(w0), G(lerp(w0, w1, eps))) / eps² (float64, CPU)."""
     device = torch.device(device)
-    z, labels = latents(2 * n, nz, num_classes, seed)
-    z0, z1 = z[:n], z[n:]
-    labels = labels[:n] if labels is not None else None
-    noise = torch.Generator().manual_seed(seed + 1)
+    z0, labels = latents(n, nz, num_classes, seed)  # the other metrics' latents and balanced labels
+    z1, _ = latents(n, nz, 0, seed + 1)
+    noise = torch.Generator().manual_seed(seed + 2)
     out = []
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
