@@ -30,6 +30,7 @@ from distgan.models.family import (
     Family,
     InputSpec,
     LossTerms,
+    WSpace,
     arch_names,
     build_discriminator,
     build_generator,
@@ -45,6 +46,6 @@ from distgan.models.layers import LABEL_LAYERS, ClassAffine, ConditionalBatchNor
 from distgan.models.specs import DiscriminatorSpec, GeneratorSpec, ModelConfig, ModelSpec
 
 __all__ = ["LABEL_LAYERS", "ClassAffine", "ConditionalBatchNorm", "Discriminator", "DiscriminatorSpec", "Family",
-           "Generator", "GeneratorSpec", "InputSpec", "LossTerms", "ModelConfig", "ModelSpec", "arch_names",
+           "Generator", "GeneratorSpec", "InputSpec", "LossTerms", "ModelConfig", "ModelSpec", "WSpace", "arch_names",
            "build_discriminator", "build_generator", "discriminator_from_spec", "family_of", "generate",
            "generator_from_spec", "get_family", "init_weights", "latent_size"]

@@ -11,7 +11,9 @@ A family (one module under distgan/models/: `mlp`, `dcgan`, `resnet`, ...) decla
   what the exporter traces (`export_module`, the same named inputs with their dynamic axes, `export_metadata`)
   so that the torch-free runtime knows what to feed;
 - how the step prepares a real batch on the device (`prepare_batch`);
-- its extra loss terms and state (`loss_terms`: an `nn.Module` whose buffers the checkpoint saves).
+- its extra loss terms and state (`loss_terms`: an `nn.Module` whose buffers the checkpoint saves);
+- for a style-based G, its intermediate latent space (`w_space`: mapping and synthesis apart), which
+  perceptual path length walks in.
 
 The training step, the checkpoint, export, the sampler, serve and the metrics ask the family; none of them
 branches on a family's name. Adding a family is one module and one line in `FAMILY_MODULES`; a family
@@ -84,6 +86,20 @@ class LossTerms(nn.Module):
     def attach(self, generator: nn.Module) -> None:
         """Called once with G's raw module before training, for terms that run or configure G themselves
         (StyleGAN2's path length runs G again; its style-mixing probability is a training setting of G)."""
+
+
+@dataclass(frozen=True)
+class WSpace:
+    """A G's intermediate latent space W, reached apart from its input z: what perceptual path length walks in.
+
+    `mapping(z, labels)` -> w [B, w_dim]; `synthesis(w)` -> images [B, C, H, W] in about [-1, 1], every layer
+    styled by the same w, no truncation; `resample_noise(generator)` redraws whatever fixed noise the synthesis
+    adds (StyleGAN2's per-layer constants), so that a metric averages over noise as NVlabs' does.
+    """
+
+    mapping: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    synthesis: Callable[[torch.Tensor], torch.Tensor]
+    resample_noise: Callable[[torch.Generator], None]
 
 
 class Family:
@@ -159,6 +175,10 @@ class Family:
     def own_trainer(self) -> Callable[[Any], str] | None:
         """The trainer of a family that is not one G/D pair (LAPGAN: one GAN per pyramid level): a function of
         the Config, run by distgan-train instead of the loop; None: the loop (`training/loop.py`)."""
+        return None
+
+    def w_space(self, generator: nn.Module) -> WSpace | None:
+        """`generator`'s W (its mapping and synthesis, eval mode), or None: z feeds the image network directly."""
         return None
 
     # --- export -------------------------------------------------------------------------

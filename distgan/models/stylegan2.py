@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distgan.losses import path_length_penalty
-from distgan.models.family import Family, InputSpec, LossTerms, check_common
+from distgan.models.family import Family, InputSpec, LossTerms, WSpace, check_common
 from distgan.models.specs import ModelConfig, ModelSpec
 from distgan.models.stylegan2_layers import (EqualConv2d, EqualLinear, MinibatchStd, fir_kernel, lrelu,
                                              modulated_conv2d, normalize_2nd_moment, upsample2d)
@@ -447,6 +447,20 @@ class StyleGAN2Family(Family):
 
     def export_metadata(self, spec: StyleGAN2Spec) -> dict[str, str]:
         return {"num_ws": str(spec.num_ws), "truncation": "w"}
+
+    def w_space(self, generator: StyleGAN2Generator) -> WSpace:
+        """The mapping (w_avg left alone) and the synthesis with one w for every layer; the noise to redraw is
+        each layer's `noise_const` (what eval mode adds)."""
+        def synthesis(w: torch.Tensor) -> torch.Tensor:
+            return generator.synthesis(w[:, None].expand(-1, generator.num_ws, -1))
+
+        def resample_noise(draw: torch.Generator) -> None:
+            for layer in generator.modules():
+                if isinstance(layer, SynthesisLayer):
+                    noise = torch.randn(layer.noise_const.shape, generator=draw)
+                    layer.noise_const.copy_(noise.to(layer.noise_const.device))
+
+        return WSpace(lambda z, labels: generator.mapping(z, labels), synthesis, resample_noise)
 
 
 FAMILY = StyleGAN2Family()
