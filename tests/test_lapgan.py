@@ -169,7 +169,8 @@ def _level_weights(run_dir: Path, level: int) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     from distgan.training.level_run import level_checkpoints
     newest = level_checkpoints(run_dir / "lap", level)[-1]
-    return {**load_file(str(newest / "generator.safetensors")), **load_file(str(newest / "discriminator.safetensors"))}
+    return {f"{name}.{key}": value for name in ("generator", "discriminator", "ema")
+            for key, value in load_file(str(newest / f"{name}.safetensors")).items()}
 
 
 def test_per_level_resume_is_bitwise(tmp_path, shards):
@@ -178,7 +179,9 @@ def test_per_level_resume_is_bitwise(tmp_path, shards):
     spec = LapganSpec(channels=1, height=28, width=28, num_classes=10, conditional=True, coarse_nz=16, ngf=8, ndf=8,
                       d_dropout=0.2)
     info = {"dataset": "test", "classes": INFO["classes"], "distgan_version": "0", "config_hash": "h"}
-    def steps(trainers):
+    def steps(result):
+        trainers, status = result
+        assert status == "completed"
         return {t.level: t.step for t in trainers}
     assert steps(train_levels(_level_cfg(data, tmp_path / "once", 4), spec, [1, 2], info)) == {1: 4, 2: 4}
     assert steps(train_levels(_level_cfg(data, tmp_path / "split", 2), spec, [1, 2], info)) == {1: 2, 2: 2}
@@ -187,8 +190,9 @@ def test_per_level_resume_is_bitwise(tmp_path, shards):
         once, split = _level_weights(tmp_path / "once", level), _level_weights(tmp_path / "split", level)
         assert once.keys() == split.keys()
         assert all(torch.equal(once[k], split[k]) for k in once), f"level {level} resumed differently"
-    fresh = build_level_generator_weights(spec, 1)
-    assert any(not torch.equal(fresh[k], once[k]) for k in fresh)  # it trained
+    fresh, once = build_level_generator_weights(spec, 1), _level_weights(tmp_path / "once", 1)
+    assert any(not torch.equal(fresh[k], once[f"generator.{k}"]) for k in fresh)  # it trained
+    assert any(not torch.equal(once[f"ema.{k}"], once[f"generator.{k}"]) for k in fresh)  # an average, not a copy
     assert not (tmp_path / "once" / "lap" / "levels" / "level-0").exists()  # a level not asked for
 
 

@@ -36,6 +36,7 @@ from distgan.config import Config, to_yaml
 from distgan.ddp import Control
 from distgan.training.errors import TrainingError
 from distgan.training.run_lock import RunLock
+from distgan.training.signals import StopSignals
 
 log = logging.getLogger("distgan")
 
@@ -147,8 +148,7 @@ class RunDirectory:
             log.warning("resumed at step %d with a changed config: %s", resumed_step,
                         ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
         _write_atomically(record, to_yaml(cfg))
-        (self.path / "COMPLETED").unlink(missing_ok=True)
-        (self.path / "STOPPED").unlink(missing_ok=True)
+        self.clear_markers()
         logged = truncate_metrics(self.path / "metrics.jsonl", resumed_step or 0)
         if resumed_step is not None:
             moved = self.set_aside_checkpoints_after(resumed_step)
@@ -176,6 +176,16 @@ class RunDirectory:
 
     def stop_file_present(self) -> bool:
         return (self.path / "STOP").exists()
+
+    def stop_wanted(self, signals: StopSignals) -> bool:
+        """This rank's own stop request, before the ranks share theirs: a stop signal, or (rank 0) the STOP file."""
+        return signals.requested is not None or (self.is_main and self.stop_file_present())
+
+    def clear_markers(self) -> None:
+        """A start's first write: an earlier start's COMPLETED or STOPPED no longer describes the run."""
+        if self.is_main:
+            (self.path / "COMPLETED").unlink(missing_ok=True)
+            (self.path / "STOPPED").unlink(missing_ok=True)
 
     def mark_completed(self, step: int) -> None:
         if self.is_main:
