@@ -97,15 +97,16 @@ def test_every_level_discriminator_scores_its_generator(conditional):
         assert logits.shape == (4,) and logits.dtype == torch.float32
 
 
-def _chain_by_hand(generator, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The torch levels chained here, coarse to fine, independently of LaplacianGenerator.stages."""
+def _chain_by_hand(generator, z: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """The torch levels chained here, coarse to fine, independently of LaplacianGenerator.stages: every stage's
+    image, the last the output."""
     spec, slices = generator.spec, generator.spec.latent_slices()
-    image = generator.generators[2](z[:, slices[2]], None, labels)
+    images = [generator.generators[2](z[:, slices[2]], None, labels)]
     for level in (1, 0):
-        coarse = up(image)
-        image = torch.clamp(coarse + generator.generators[level](z[:, slices[level]], coarse, labels), -1, 1)
-    assert image.shape[1:] == (spec.channels, spec.height, spec.width)
-    return image
+        coarse = up(images[-1])
+        images.append(torch.clamp(coarse + generator.generators[level](z[:, slices[level]], coarse, labels), -1, 1))
+    assert images[-1].shape[1:] == (spec.channels, spec.height, spec.width)
+    return images
 
 
 def test_one_onnx_graph_equals_the_chained_torch_levels(tmp_path):
@@ -124,14 +125,20 @@ def test_one_onnx_graph_equals_the_chained_torch_levels(tmp_path):
     model = OnnxGenerator(result.path)  # the torch-free runtime, unchanged: nz is the concatenated latent
     assert model.info.nz == generator.spec.total_nz and model.info.family == "lapgan"
     assert result.metadata["distgan.lapgan_levels"] == "[[28, 28], [14, 14], [7, 7]]"
+    assert model.info.stages == ("stage_0", "stage_1", "stage_2")
     z, labels = latents(np.arange(5, dtype=np.uint64), model.info.nz), np.arange(5, dtype=np.int64)
     import onnxruntime as ort
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    got = session.run(["images"], {"z": z, "labels": labels})[0]
+    assert [o.name for o in session.get_outputs()] == ["images", "stage_0", "stage_1", "stage_2"]  # images first
+    images, *stages = session.run(None, {"z": z, "labels": labels})
     with torch.no_grad():
-        want = _chain_by_hand(generator, torch.from_numpy(z), torch.from_numpy(labels)).numpy()
-    assert np.abs(got - want).max() <= 1e-4
-    assert want.std() > 1e-4  # images that vary, not a constant (small at init: N(0, 0.02) weights)
+        want = [t.numpy() for t in _chain_by_hand(generator, torch.from_numpy(z), torch.from_numpy(labels))]
+    assert np.abs(images - want[-1]).max() <= 1e-5
+    assert [s.shape[2:] for s in stages] == [(7, 7), (14, 14), (28, 28)]  # coarse to fine
+    for got, expected in zip(stages, want):
+        assert np.abs(got - expected).max() <= 1e-5
+    assert want[-1].std() > 1e-4  # images that vary, not a constant (small at init: N(0, 0.02) weights)
+    assert np.array_equal(model.run(z, labels), images)  # the runtime reads `images` alone, as before
 
 
 # --- training the levels ---------------------------------------------------------------------------------
