@@ -94,6 +94,11 @@ def assert_same_levels(a: Path, b: Path, levels: tuple[int, ...]) -> None:
         assert not different, f"level {level}: {different[:5]} differ"
 
 
+def marker(run: Path, level: int, name: str) -> str | None:
+    path = run / "levels" / f"level-{level}" / name
+    return path.read_text() if path.exists() else None
+
+
 def run_to(data: Path, run_dir: Path, levels: str, steps: int, launcher: list[str] | None = None) -> str:
     result = subprocess.run(train_cmd(data, run_dir, f"train.levels={levels}", f"train.steps={steps}",
                                       "train.checkpoint_every=1000000", launcher=launcher),
@@ -113,11 +118,12 @@ def test_sigterm_checkpoints_every_level_and_resumes_bitwise(tmp_path, shards):
     code, err = finish(proc)
     assert code == 0, err[-3000:]  # the main trainer's status for "stopped with a checkpoint"
     stopped = stopped_checkpoints(run, (1, 2))
-    assert (run / "STOPPED").read_text() == f"{stopped}\n" and not (run / "COMPLETED").exists()
+    assert all(marker(run, k, "STOPPED") == f"{stopped}\n" for k in (1, 2))
+    assert not (run / "STOPPED").exists()  # a launch of some levels: the run's outcome is not its own
     assert "received SIGTERM" in err and f"stopped: level 1 at step {stopped}, level 2 at step {stopped}" in err
     end = stopped + 3
     run_to(data, tmp_path / "stopped", "[1, 2]", end)  # the resume, to the end
-    assert (run / "COMPLETED").read_text() == f"{end}\n" and not (run / "STOPPED").exists()
+    assert all(marker(run, k, "COMPLETED") == f"{end}\n" and marker(run, k, "STOPPED") is None for k in (1, 2))
     run_to(data, tmp_path / "once", "[1, 2]", end)  # uninterrupted
     assert_same_levels(run, tmp_path / "once" / "lap", (1, 2))
 
@@ -135,13 +141,34 @@ def test_stop_file_stops_two_ranks_owning_different_levels(tmp_path, shards):
     code, err = finish(proc)
     assert code == 0, err[-3000:]
     stopped = stopped_checkpoints(run, (0, 1, 2))
-    assert (run / "STOPPED").read_text() == f"{stopped}\n"
+    assert (run / "STOPPED").read_text() == f"{stopped}\n"  # a launch of every level: the run's outcome
+    assert all(marker(run, k, "STOPPED") == f"{stopped}\n" for k in (0, 1, 2))  # the level-1 one from rank 1
     (run / "STOP").unlink()  # as slurm/common.sh does before a requeued start
     end = stopped + 2
     run_to(data, tmp_path / "stopped", "all", end, launcher=LAUNCH_2_CPU)
     assert (run / "COMPLETED").read_text() == f"{end}\n"
     run_to(data, tmp_path / "once", "all", end)
     assert_same_levels(run, tmp_path / "once" / "lap", (0, 1, 2))
+
+
+@pytest.mark.slow
+def test_a_levels_stop_file_stops_its_launch_only(tmp_path, shards):
+    """Two launches share one run directory, as the tasks of slurm/lapgan_levels.sbatch do: levels/level-1/STOP
+    (what a preempted task's shell touches) stops the launch of level 1 and leaves the launch of level 2 running."""
+    data, _ = shards
+    run = tmp_path / "lap"
+    one, two = (long_run(data, tmp_path, levels) for levels in ("[1]", "[2]"))
+    wait_until_training(one, run, (1,))
+    wait_until_training(two, run, (2,))
+    (run / "levels" / "level-1" / "STOP").touch()
+    code, err = finish(one)
+    assert code == 0, err[-3000:]
+    assert marker(run, 1, "STOPPED") is not None and two.poll() is None  # level 2 trains on
+    assert marker(run, 2, "STOPPED") is None and not (run / "STOPPED").exists()
+    two.send_signal(signal.SIGTERM)
+    code, err = finish(two)
+    assert code == 0, err[-3000:]
+    assert marker(run, 2, "STOPPED") is not None
 
 
 # --- train.mixed_precision ---------------------------------------------------------------------------------

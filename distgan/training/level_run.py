@@ -7,9 +7,15 @@ latents and the dropout masks from a seed derived from them, the real batch from
 with the checkpoint. A level resumed from step N is therefore bitwise the level trained in one go.
 
 As in the main trainer, each level keeps an EMA of its G (`optim.ema_decay`): what the pyramid exports and
-samples. Stop requests are the main trainer's (`signals.py`, the STOP file, `RunDirectory`'s markers), shared
+samples. Stop requests are the main trainer's (`signals.py`, STOP files, `RunDirectory`'s markers), shared
 over the ranks by `ddp.Control` every `train.sync_every` rounds (a round: one step of each of a rank's
-unfinished levels); on a stop every level checkpoints at the step it has reached, and the run is `STOPPED`.
+unfinished levels); on a stop every level checkpoints at the step it has reached. Launches may share the
+run directory (a SLURM array job: a task per level), so the markers are per level as well:
+
+    runs/NAME/STOP                      stops every launch of the run
+    runs/NAME/levels/level-K/STOP       stops the launch that trains level K
+    runs/NAME/levels/level-K/STOPPED    level K's launch stopped, its checkpoint written (or COMPLETED: done)
+    runs/NAME/STOPPED, COMPLETED        the same for a launch that trains every level (`train.levels: all`)
 """
 
 from __future__ import annotations
@@ -213,42 +219,48 @@ def train_levels(cfg: Config, spec: LapganSpec, levels: object,
     groups = level_groups(assignment, rank) if distributed else {k: None for k in assignment}
     device = _device()
     run_path = Path(cfg.run_dir) / cfg.name
-    run_dir = RunDirectory(cfg, rank == 0)  # its STOP file and markers; each level's files are pyramid_run's
+    whole = len(assignment) == spec.levels  # a launch of every level: the run's markers are its own
+    run_dir = RunDirectory(run_path, rank == 0)
     if rank == 0:
         write_spec(run_path, spec, info)
-        run_dir.clear_markers()
     trainers = [LevelTrainer(cfg, spec, LevelPlace(k, assignment[k], assignment[k].index(rank), groups[k]), device)
                 for k in owned_levels(assignment, rank)]
+    # Each level's STOP and markers, read and written by the level's first rank.
+    level_dirs = [RunDirectory(level_dir(run_path, t.level), t.place.index == 0) for t in trainers]
+    markers = level_dirs + ([run_dir] if whole else [])
+    for directory in markers:
+        if directory.is_main:
+            directory.path.mkdir(parents=True, exist_ok=True)
+            directory.clear_markers()
     for trainer in trainers:
         found = level_checkpoints(run_path, trainer.level)
         if found and cfg.train.resume == "auto":
             trainer.load(found[-1])
     monitors = {t.level: LevelMonitor(cfg, run_path, t.level, t.step) for t in trainers if t.place.index == 0}
     try:
-        status = _run(cfg, trainers, monitors, run_path, control, run_dir)
+        status = _run(cfg, trainers, monitors, run_path, control, [run_dir, *level_dirs])
     finally:
         for monitor in monitors.values():
             monitor.close()
-    at = min((t.step for t in trainers), default=0)  # rank 0's least advanced level: what the marker says
-    if status == "stopped":
-        run_dir.mark_stopped(at)
-    else:
-        run_dir.mark_completed(at)
+    steps = [t.step for t in trainers] + ([min((t.step for t in trainers), default=0)] if whole else [])
+    for directory, step in zip(markers, steps):  # the run's: rank 0's least advanced level
+        (directory.mark_stopped if status == "stopped" else directory.mark_completed)(step)
     return trainers, status
 
 
 def _run(cfg: Config, trainers: list[LevelTrainer], monitors: dict[int, LevelMonitor], run_path: Path,
-         control: Control, run_dir: RunDirectory) -> str:
+         control: Control, stop_dirs: list[RunDirectory]) -> str:
     """Every level of this rank to train.steps, one step of each in turn (a round); logs and checkpoints on
-    cadence. Every `train.sync_every` rounds the ranks share stop requests and whether any level is unfinished:
-    every rank runs the same rounds (one done early idles through them), so the collectives always meet."""
+    cadence. Every `train.sync_every` rounds the ranks share stop requests (a signal, a STOP file in one of
+    `stop_dirs`) and whether any level is unfinished: every rank runs the same rounds (one done early idles
+    through them), so the collectives always meet."""
     t = cfg.train
     stop = unfinished = False
     with StopSignals() as signals:
         rounds = 0
         while True:
             if rounds % t.sync_every == 0:
-                stop, unfinished = control.flags(run_dir.stop_wanted(signals),
+                stop, unfinished = control.flags(any(d.stop_wanted(signals) for d in stop_dirs),
                                                  any(trainer.step < t.steps for trainer in trainers))
                 if stop or not unfinished:
                     break

@@ -76,8 +76,10 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict, dict
 
 
 class RunDirectory:
-    def __init__(self, cfg: Config, is_main: bool):
-        self.path, self.is_main = cfg.run_path, is_main
+    def __init__(self, cfg: Config | Path, is_main: bool):
+        """The directory of a run (a Config's `run_path`), or a path: one of LAPGAN's level directories, which
+        take a STOP file and hold their level's STOPPED / COMPLETED (`training/level_run.py`)."""
+        self.path, self.is_main = (cfg.run_path if isinstance(cfg, Config) else Path(cfg)), is_main
         self.lock = RunLock(self.path) if is_main else None
 
     def acquire(self, control: Control, force: bool) -> None:
