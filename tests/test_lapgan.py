@@ -272,6 +272,27 @@ def test_lapgan_config_trains_one_level_per_job_then_exports_and_samples(tmp_pat
     assert (tmp_path / "g.png").stat().st_size > 0
 
 
+def test_a_level_checkpoint_without_its_ema_is_named_by_resume_and_export(tmp_path, shards, capsys):
+    """The pyramid exports each level's EMA generator: a checkpoint without one (written before level EMAs) is
+    refused in one line naming the file, by a resume and by the export."""
+    from conftest import REPO
+    from distgan.export.cli import main as export_main
+    from distgan.train import main as train_main
+    data, _ = shards
+    common = ["--config", str(REPO / "configs" / "lapgan.yaml"), f"data.path={data}", f"run_dir={tmp_path}",
+              "name=lap", *LAPGAN_TINY]
+    assert train_main([*common, "train.steps=2"]) == 0
+    capsys.readouterr()
+    ema = tmp_path / "lap" / "levels" / "level-1" / "step-0000002" / "ema.safetensors"
+    ema.unlink()
+    assert train_main([*common, "train.steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert str(ema) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exited:
+        export_main(["--onnx", str(tmp_path / "lap")])
+    assert exited.value.code == 2 and str(ema) in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("override, key", [
     ("train.levels=[3]", "train.levels"), ("train.levels=none", "train.levels"), ("model.ngf=0", "model.ngf"),
     ("aug.policy=color", "aug.policy"), ("loss.kind=wgan-gp", "loss.kind"), ("loss.r1_gamma=1.0", "loss.r1_gamma"),

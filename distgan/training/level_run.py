@@ -46,6 +46,7 @@ from distgan.losses import discriminator_loss, generator_loss
 from distgan.models.lapgan import (FAMILY, LapganSpec, build_level_discriminator, build_level_generator,
                                    discriminator_input, level_real)
 from distgan.pyramid_run import EMA_FILE, LEVELS_DIR, STEP_PREFIX, level_checkpoints, level_dir, write_spec
+from distgan.training.errors import TrainingError
 from distgan.training.launcher_watch import watch_launcher
 from distgan.training.level_monitor import LevelMonitor
 from distgan.training.levels import assign_ranks, level_groups, owned_levels, parse_levels
@@ -185,8 +186,12 @@ class LevelTrainer:
         step."""
         state = json.loads((checkpoint / "state.json").read_text())
         if state["spec"] != self.spec.to_dict() or state["level"] != self.level:
-            raise ValueError(f"{checkpoint}: a checkpoint of another pyramid or level (spec {state['spec']}); "
-                             f"resume with the run's own model settings")
+            raise TrainingError(f"{checkpoint}: a checkpoint of another pyramid or level (spec {state['spec']}); "
+                                f"resume with the run's own model settings", every_rank=False)
+        if not (checkpoint / EMA_FILE).is_file():
+            raise TrainingError(f"{checkpoint / EMA_FILE}: missing (a checkpoint written before level EMAs): this "
+                                f"level cannot resume exactly; train it anew into another run name",
+                                every_rank=False)
         self.g_module.load_state_dict(load_file(str(checkpoint / "generator.safetensors"), device=str(self.device)))
         self.d_module.load_state_dict(load_file(str(checkpoint / "discriminator.safetensors"), device=str(self.device)))
         self.ema.module.load_state_dict(load_file(str(checkpoint / EMA_FILE), device=str(self.device)))
