@@ -2,7 +2,9 @@
 pyramid assembled from them (export and sampling read these without importing the training package).
 
     runs/NAME/levels/lapgan.json                    the pyramid's spec + run info
-    runs/NAME/levels/level-K/step-0000100/          G and D (safetensors), both Adams (optim.pt), state.json
+    runs/NAME/levels/level-K/step-0000100/          G, its EMA and D (safetensors), both Adams (optim.pt), state.json
+
+The pyramid is assembled from each level's EMA generator: the weights the main trainer exports too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from distgan.models.lapgan import LapganSpec, LaplacianGenerator, lapgan_from_sp
 LEVELS_DIR = "levels"
 SPEC_FILE = "lapgan.json"
 STEP_PREFIX = "step-"
+EMA_FILE = "ema.safetensors"  # the level's EMA generator (what export and sampling use)
 
 
 def level_dir(run_path: Path, level: int) -> Path:
@@ -46,8 +49,8 @@ def write_spec(run_path: Path, spec: LapganSpec, info: dict[str, Any]) -> None:
 
 
 def assemble_generator(run_path: Path) -> tuple[LaplacianGenerator, dict[str, Any]]:
-    """The whole pyramid from each level's newest checkpoint (eval mode), and the run info with `step` the
-    smallest level step; a level without a checkpoint is named."""
+    """The whole pyramid from each level's newest checkpoint's EMA generator (eval mode), and the run info with
+    `step` the smallest level step; a level without a checkpoint, or a checkpoint without its EMA, is named."""
     info = json.loads((run_path / LEVELS_DIR / SPEC_FILE).read_text())
     generator = lapgan_from_spec(info["spec"])
     steps = []
@@ -56,7 +59,11 @@ def assemble_generator(run_path: Path) -> tuple[LaplacianGenerator, dict[str, An
         if not found:
             raise FileNotFoundError(f"{level_dir(run_path, level)}: level {level} has no checkpoint yet; "
                                     f"train it (train.levels: [{level}]) before sampling the pyramid")
-        generator.generators[level].load_state_dict(load_file(str(found[-1] / "generator.safetensors")))
+        ema = found[-1] / EMA_FILE
+        if not ema.is_file():
+            raise FileNotFoundError(f"{ema}: level {level}'s checkpoint has no EMA generator (written by a distgan "
+                                    f"before level EMAs); train the level on to a new checkpoint")
+        generator.generators[level].load_state_dict(load_file(str(ema)))
         steps.append(json.loads((found[-1] / "state.json").read_text())["step"])
     return generator.eval(), {**{k: v for k, v in info.items() if k != "spec"}, "step": min(steps)}
 

@@ -31,6 +31,7 @@ on disjoint samples). Their images are not these seeds' images.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -86,6 +87,7 @@ class GeneratorInfo:
     quantization: str
     metadata: dict[str, str]
     num_ws: int = 0  # style layers of a style-based model (its graph takes STYLE_INPUTS); 0: z (and labels) only
+    stages: tuple[str, ...] = ()  # a pyramid's stage outputs, coarse to fine (distgan.stages); (): images only
 
     @property
     def num_classes(self) -> int:
@@ -108,6 +110,7 @@ class GeneratorInfo:
                 step=int(get["step"]), dataset=get["dataset"], quantization=get["quantization"],
                 metadata={k: v for k, v in meta.items() if k.startswith(PREFIX)},
                 num_ws=int(meta.get(PREFIX + "num_ws", "0")),
+                stages=tuple(str(name) for name in json.loads(meta.get(PREFIX + "stages", "[]"))),
             )
         except (ValueError, TypeError, RecursionError) as exc:
             raise ModelError(f"{source}: malformed distgan metadata: {exc}") from exc
@@ -281,8 +284,8 @@ class OnnxGenerator:
         if inputs != expected:
             raise ModelError(f"{self.path}: inputs are {sorted(inputs)}, expected {sorted(expected)}")
         outputs = [o.name for o in self.session.get_outputs()]
-        if outputs != ["images"]:
-            raise ModelError(f"{self.path}: outputs are {outputs}, expected ['images']")
+        if outputs != ["images", *self.info.stages]:
+            raise ModelError(f"{self.path}: outputs are {outputs}, expected {['images', *self.info.stages]}")
         c, h, w = self.info.channels, self.info.height, self.info.width
         declared = [c, h, w] if self.info.output_layout == "NCHW" else [h, w, c]
         graph = self.session.get_outputs()[0].shape[1:]
@@ -440,6 +443,31 @@ class OnnxGenerator:
         return self._drawing(self.images(z, labels, psi=psi), z, steps, np.repeat(seeds, steps), labels,
                              {"seed_a": seed_a, "n": n, "seed_b": seed_b, "steps": steps}, name, described, psi)
 
+    def stage_grid(self, seed: int = 0, class_name: str | None = None, psi: float = 1.0) -> Drawing:
+        """A pyramid model's stages of seed's image, coarse to fine, side by side (the last is the image itself),
+        each enlarged (nearest) to the image's size; the PNG text records each stage's own size."""
+        if not self.info.stages:
+            raise InputError("model", f"{self.path.name} ({self.info.family}) has no pyramid stages: only a LAPGAN "
+                                      f"export has them (metadata distgan.stages)")
+        if class_name is not None and class_name.lower() == ALL_CLASSES and self.conditional:
+            raise InputError("class", "one class per image here: a name or index")
+        psi = check_psi(psi)
+        seeds, labels, _, described = self._rows(seed, 1, class_name)
+        z = truncate(latents(seeds, self.info.nz), psi)
+        self._check(z, labels)
+        raw = self._run({"z": z} if labels is None else {"z": z, "labels": labels}, self.info.stages)
+        stages = [stage if self.info.output_dtype == "uint8" else to_uint8_nhwc(stage) for stage in raw]
+        height, width = self.info.height, self.info.width
+        enlarged = [s[:, (np.arange(height) * s.shape[1]) // height][:, :, (np.arange(width) * s.shape[2]) // width]
+                    for s in stages]
+        k = len(stages)
+        drawing = self._drawing(np.concatenate(enlarged), z.repeat(k, axis=0), k, seeds.repeat(k),
+                                None if labels is None else labels.repeat(k), {"seed": seed}, f"seed{seed}_stages",
+                                described, psi)
+        sizes = ",".join(f"{s.shape[1]}x{s.shape[2]}" for s in stages)
+        return dataclasses.replace(drawing, text={**drawing.text, f"{PREFIX}stages": sizes},
+                                   args=(*drawing.args, "--stages"))
+
     # --- raw arrays --------------------------------------------------------------------
 
     def _check(self, z: np.ndarray, labels: np.ndarray | None) -> None:
@@ -484,14 +512,14 @@ class OnnxGenerator:
         mix_layer of a style-based model (`style_feeds`)."""
         self._check(z, labels)
         feeds = {"z": z} if labels is None else {"z": z, "labels": labels}
-        return self._run(feeds | self.style_feeds(z, **style))
+        return self._run(feeds | self.style_feeds(z, **style))[0]
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One session run; inputs the feeds leave out get their declared defaults."""
+    def _run(self, feeds: dict[str, np.ndarray], outputs: tuple[str, ...] = ("images",)) -> list[np.ndarray]:
+        """One session run of `outputs`; inputs the feeds leave out get their declared defaults."""
         for name, spec in self.defaults.items():
             if name not in feeds:
                 feeds[name] = np.full((len(feeds["z"]), *spec["shape"]), spec["default"], dtype=spec["dtype"])
-        return self.session.run(["images"], feeds)[0]
+        return self.session.run(list(outputs), feeds)
 
     def images(self, z: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 256, *, psi: float = 1.0,
                z2: np.ndarray | None = None, mix_layer: int | np.ndarray | None = None) -> np.ndarray:
@@ -503,7 +531,7 @@ class OnnxGenerator:
         for start in range(0, len(z), batch_size):
             part = slice(start, start + batch_size)
             feeds = {"z": z[part]} | ({} if labels is None else {"labels": labels[part]})
-            raw = self._run(feeds | {k: v[part] for k, v in style.items()})
+            raw = self._run(feeds | {k: v[part] for k, v in style.items()})[0]
             out.append(raw if self.info.output_dtype == "uint8" else to_uint8_nhwc(raw))
         return np.concatenate(out)
 

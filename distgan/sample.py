@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "COL_SEED + j (--cols), each tile the row's styles below --mix-layer and the column's "
                              "from it on")
     parser.add_argument("--cols", type=int, default=4, help="with --mix-grid: columns (default 4)")
+    parser.add_argument("--stages", action="store_true",
+                        help="a pyramid model (LAPGAN): the stages of seed --seed's image, coarse to fine, side by "
+                             "side in --grid")
     parser.add_argument("--mix-layer", type=int, metavar="L",
                         help="with --mix-seed: the first style layer taken from it (0: all; the model's num_ws: none)")
     out = parser.add_mutually_exclusive_group()
@@ -101,6 +104,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("style mixing needs both --mix-seed and --mix-layer")
     if args.mix_seed is not None and args.interpolate is not None:
         parser.error("--mix-seed draws images, not walks: leave out --interpolate")
+    if args.stages and (args.mix_seed is not None or args.mix_grid is not None or args.interpolate is not None
+                        or not args.grid or args.outdir or args.npz):
+        parser.error("--stages draws one seed's stages into --grid (not with --mix-*, --interpolate, --outdir, "
+                     "--npz)")
     if not (args.grid or args.outdir or args.npz or args.gif):
         parser.error("say where the images go: --grid, --outdir, --npz (or --gif with --interpolate)")
     return args
@@ -132,6 +139,8 @@ def draw_from_png(args: argparse.Namespace) -> tuple[OnnxGenerator, Drawing]:
     class_name = None if not described or described.startswith("every") else described
     try:
         psi, n = float(request.get("psi", "1.0")), int(request.get("n", "1"))
+        if "stages" in request:
+            return model, model.stage_grid(int(request["seed"]), class_name, psi)
         if "seed_a" in request:
             return model, model.interpolate(int(request["seed_a"]), int(request["seed_b"]), int(request["steps"]),
                                             class_name, psi, n)
@@ -156,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         model = OnnxGenerator(args.onnx, threads=args.threads)
-        if args.mix_grid is not None:
+        if args.stages:
+            drawing = model.stage_grid(args.seed, args.class_name, args.psi)
+        elif args.mix_grid is not None:
             drawing = model.mixing_grid(args.seed, args.n, args.mix_grid, args.cols, args.mix_layer, args.class_name,
                                         args.psi)
         elif args.interpolate is None:

@@ -238,6 +238,29 @@ def serve_models(tmp_path_factory) -> dict[str, Path]:
             "rgb": export_onnx(rgb, root / "faces64.onnx").path}
 
 
+@pytest.fixture(scope="session")
+def lapgan_model(tmp_path_factory) -> Path:
+    """A conditional LAPGAN pyramid (28 -> 14 -> 7, SERVE_CLASSES), exported once a session: its graph has the
+    stage outputs stage_0..stage_2 after images."""
+    import torch
+
+    from distgan.artifacts import save_generator
+    from distgan.export import export_onnx
+    from distgan.models.lapgan import LapganSpec, lapgan_from_spec
+
+    root = tmp_path_factory.mktemp("lapgan-model")
+    torch.manual_seed(0)
+    g = lapgan_from_spec(LapganSpec(channels=1, height=28, width=28, num_classes=len(SERVE_CLASSES),
+                                    conditional=True, coarse_nz=16, ngf=8, ndf=8))
+    for m in g.modules():  # torch's default init, not DCGAN's N(0, 0.02): stages that visibly differ
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            m.reset_parameters()
+    with torch.no_grad():  # running BatchNorm statistics that are not the init's
+        g.train()(torch.randn(32, g.spec.total_nz), torch.randint(0, len(SERVE_CLASSES), (32,)))
+    save_generator(g.eval(), root / "generator", {**GENERATOR_INFO, "classes": SERVE_CLASSES})
+    return export_onnx(root, root / "pyramid28.onnx").path
+
+
 def start_server(log: Path, *args: str | Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
     """`distgan-serve ARGS` in a subprocess (output to `log`); returns it once it prints the URL it serves."""
     with open(log, "wb") as out:

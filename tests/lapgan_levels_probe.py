@@ -21,7 +21,7 @@ def main() -> None:
     cfg.train.steps, cfg.train.checkpoint_every, cfg.train.log_every = 6, 3, 3
     spec = LapganSpec(channels=1, height=28, width=28, num_classes=10, conditional=True, coarse_nz=16, ngf=8, ndf=8)
     start = time.time()
-    trainers = level_run.train_levels(cfg, spec, levels, {"dataset": "test", "classes": [str(i) for i in range(10)],
+    trainers, _ = level_run.train_levels(cfg, spec, levels, {"dataset": "test", "classes": [str(i) for i in range(10)],
                                                       "distgan_version": "0", "config_hash": "h"})
     end, rank = time.time(), dist.get_rank()
     done = {t.level: t.step for t in trainers}

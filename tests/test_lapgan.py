@@ -97,15 +97,16 @@ def test_every_level_discriminator_scores_its_generator(conditional):
         assert logits.shape == (4,) and logits.dtype == torch.float32
 
 
-def _chain_by_hand(generator, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The torch levels chained here, coarse to fine, independently of LaplacianGenerator.stages."""
+def _chain_by_hand(generator, z: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """The torch levels chained here, coarse to fine, independently of LaplacianGenerator.stages: every stage's
+    image, the last the output."""
     spec, slices = generator.spec, generator.spec.latent_slices()
-    image = generator.generators[2](z[:, slices[2]], None, labels)
+    images = [generator.generators[2](z[:, slices[2]], None, labels)]
     for level in (1, 0):
-        coarse = up(image)
-        image = torch.clamp(coarse + generator.generators[level](z[:, slices[level]], coarse, labels), -1, 1)
-    assert image.shape[1:] == (spec.channels, spec.height, spec.width)
-    return image
+        coarse = up(images[-1])
+        images.append(torch.clamp(coarse + generator.generators[level](z[:, slices[level]], coarse, labels), -1, 1))
+    assert images[-1].shape[1:] == (spec.channels, spec.height, spec.width)
+    return images
 
 
 def test_one_onnx_graph_equals_the_chained_torch_levels(tmp_path):
@@ -124,14 +125,20 @@ def test_one_onnx_graph_equals_the_chained_torch_levels(tmp_path):
     model = OnnxGenerator(result.path)  # the torch-free runtime, unchanged: nz is the concatenated latent
     assert model.info.nz == generator.spec.total_nz and model.info.family == "lapgan"
     assert result.metadata["distgan.lapgan_levels"] == "[[28, 28], [14, 14], [7, 7]]"
+    assert model.info.stages == ("stage_0", "stage_1", "stage_2")
     z, labels = latents(np.arange(5, dtype=np.uint64), model.info.nz), np.arange(5, dtype=np.int64)
     import onnxruntime as ort
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    got = session.run(["images"], {"z": z, "labels": labels})[0]
+    assert [o.name for o in session.get_outputs()] == ["images", "stage_0", "stage_1", "stage_2"]  # images first
+    images, *stages = session.run(None, {"z": z, "labels": labels})
     with torch.no_grad():
-        want = _chain_by_hand(generator, torch.from_numpy(z), torch.from_numpy(labels)).numpy()
-    assert np.abs(got - want).max() <= 1e-4
-    assert want.std() > 1e-4  # images that vary, not a constant (small at init: N(0, 0.02) weights)
+        want = [t.numpy() for t in _chain_by_hand(generator, torch.from_numpy(z), torch.from_numpy(labels))]
+    assert np.abs(images - want[-1]).max() <= 1e-5
+    assert [s.shape[2:] for s in stages] == [(7, 7), (14, 14), (28, 28)]  # coarse to fine
+    for got, expected in zip(stages, want):
+        assert np.abs(got - expected).max() <= 1e-5
+    assert want[-1].std() > 1e-4  # images that vary, not a constant (small at init: N(0, 0.02) weights)
+    assert np.array_equal(model.run(z, labels), images)  # the runtime reads `images` alone, as before
 
 
 # --- training the levels ---------------------------------------------------------------------------------
@@ -169,7 +176,8 @@ def _level_weights(run_dir: Path, level: int) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     from distgan.training.level_run import level_checkpoints
     newest = level_checkpoints(run_dir / "lap", level)[-1]
-    return {**load_file(str(newest / "generator.safetensors")), **load_file(str(newest / "discriminator.safetensors"))}
+    return {f"{name}.{key}": value for name in ("generator", "discriminator", "ema")
+            for key, value in load_file(str(newest / f"{name}.safetensors")).items()}
 
 
 def test_per_level_resume_is_bitwise(tmp_path, shards):
@@ -178,7 +186,9 @@ def test_per_level_resume_is_bitwise(tmp_path, shards):
     spec = LapganSpec(channels=1, height=28, width=28, num_classes=10, conditional=True, coarse_nz=16, ngf=8, ndf=8,
                       d_dropout=0.2)
     info = {"dataset": "test", "classes": INFO["classes"], "distgan_version": "0", "config_hash": "h"}
-    def steps(trainers):
+    def steps(result):
+        trainers, status = result
+        assert status == "completed"
         return {t.level: t.step for t in trainers}
     assert steps(train_levels(_level_cfg(data, tmp_path / "once", 4), spec, [1, 2], info)) == {1: 4, 2: 4}
     assert steps(train_levels(_level_cfg(data, tmp_path / "split", 2), spec, [1, 2], info)) == {1: 2, 2: 2}
@@ -187,8 +197,9 @@ def test_per_level_resume_is_bitwise(tmp_path, shards):
         once, split = _level_weights(tmp_path / "once", level), _level_weights(tmp_path / "split", level)
         assert once.keys() == split.keys()
         assert all(torch.equal(once[k], split[k]) for k in once), f"level {level} resumed differently"
-    fresh = build_level_generator_weights(spec, 1)
-    assert any(not torch.equal(fresh[k], once[k]) for k in fresh)  # it trained
+    fresh, once = build_level_generator_weights(spec, 1), _level_weights(tmp_path / "once", 1)
+    assert any(not torch.equal(fresh[k], once[f"generator.{k}"]) for k in fresh)  # it trained
+    assert any(not torch.equal(once[f"ema.{k}"], once[f"generator.{k}"]) for k in fresh)  # an average, not a copy
     assert not (tmp_path / "once" / "lap" / "levels" / "level-0").exists()  # a level not asked for
 
 
@@ -259,6 +270,27 @@ def test_lapgan_config_trains_one_level_per_job_then_exports_and_samples(tmp_pat
     assert "model: lapgan, z [batch, 996] -> float32 NCHW 1x28x28" in capsys.readouterr().out  # 16 + 14*14 + 28*28
     assert sample_main(["--onnx", str(model), "--n", "4", "--class", "3", "--grid", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_a_level_checkpoint_without_its_ema_is_named_by_resume_and_export(tmp_path, shards, capsys):
+    """The pyramid exports each level's EMA generator: a checkpoint without one (written before level EMAs) is
+    refused in one line naming the file, by a resume and by the export."""
+    from conftest import REPO
+    from distgan.export.cli import main as export_main
+    from distgan.train import main as train_main
+    data, _ = shards
+    common = ["--config", str(REPO / "configs" / "lapgan.yaml"), f"data.path={data}", f"run_dir={tmp_path}",
+              "name=lap", *LAPGAN_TINY]
+    assert train_main([*common, "train.steps=2"]) == 0
+    capsys.readouterr()
+    ema = tmp_path / "lap" / "levels" / "level-1" / "step-0000002" / "ema.safetensors"
+    ema.unlink()
+    assert train_main([*common, "train.steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert str(ema) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exited:
+        export_main(["--onnx", str(tmp_path / "lap")])
+    assert exited.value.code == 2 and str(ema) in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, key", [

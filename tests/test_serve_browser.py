@@ -267,3 +267,51 @@ def test_an_unconditional_rgb_model_from_the_picker(watched, served):
     page.wait_for_function("() => document.querySelector('#walk-label').textContent.startsWith('frame 1 / 10')")
     watched.shot("5-rgb")
     watched.check()
+
+
+@pytest.fixture(scope="module")
+def pyramid_served(lapgan_model, serve_models, tmp_path_factory):
+    """A server with a LAPGAN export (its stages as extra outputs) first and a model without stages."""
+    from conftest import start_server, stop_server
+    proc, url = start_server(tmp_path_factory.mktemp("pyramid-serve") / "server.log", lapgan_model,
+                             serve_models["cond"], "--port", "0", "--threads", "1")
+    yield url.rstrip("/")
+    stop_server(proc)
+
+
+def test_the_stages_card_shows_one_samples_pyramid(browser, pyramid_served, tmp_path):
+    url = pyramid_served
+    watched = Watched(browser, url, tmp_path)
+    page = watched.page
+    try:
+        page.goto(url + "/")
+        wait_caption(page, "16 images · seeds 0–15 · every class in turn · ψ 1")
+        assert page.is_visible("#stages-card") and "3 stages, coarse to fine" in page.inner_text("#stages-hint")
+        page.select_option("#class", "Sandal")
+        page.fill("#stages-seed", "5")
+        page.click("#render-stages")
+        page.wait_for_function("() => document.querySelector('#stages-caption').textContent === "
+                               "'seed 5: 7×7 → 14×14 → 28×28'")
+        page.wait_for_function("() => document.querySelector('#stages-image').naturalWidth > 0")
+        shown = decode([page.evaluate("""() => {
+            const img = document.querySelector('#stages-image');
+            const c = document.createElement('canvas');
+            c.width = img.naturalWidth; c.height = img.naturalHeight;
+            c.getContext('2d').drawImage(img, 0, 0);
+            return c.toDataURL('image/png');
+        }""")])[0]
+        response = httpx.get(f"{url}/api/stages", params={"seed": 5, "class": "Sandal", "format": "npy"}, timeout=60)
+        stages = np.load(io.BytesIO(response.content), allow_pickle=False)[0]  # [3, 28, 28, 1], coarse to fine
+        assert shown.shape == (28, 3 * 28, 3) and np.array_equal(shown, np.concatenate(as_rgb(stages), axis=1))
+        assert np.array_equal(stages[-1], api_images(url, seed=5, **{"class": "Sandal"})[0])  # the last: the sample
+        assert "--stages" in page.inner_text("#stages-command") and page.is_hidden("#stages-error")
+        watched.shot("6-stages")
+        page.fill("#stages-seed", "-1")
+        page.click("#render-stages")
+        page.wait_for_selector("#stages-error", state="visible")
+        assert "seed" in page.inner_text("#stages-error")
+        page.select_option("#model", "fashion28")  # a model without stages: no card
+        page.wait_for_function("() => document.querySelector('#stages-card').hidden")
+        watched.check(typed=("seed=-1",))
+    finally:
+        watched.context.close()

@@ -404,3 +404,38 @@ def test_lapgan_array_job_trains_each_level_into_one_run(slurm_cluster, shards, 
     from distgan.pyramid_run import assemble_generator
     generator, info = assemble_generator(tmp_path / "runs" / "lap")
     assert info["step"] == 2 and generator.spec.levels == 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_lapgan_array_task_stopped_by_usr1_is_requeued_alone(slurm_cluster, shards, tmp_path):
+    """One task of the level array gets USR1 (what --signal=B:USR1@120 sends before its time limit): its level
+    checkpoints and the task is requeued, to resume its level to the end; its sibling, training another level
+    into the same run directory, never stops."""
+    data, _ = shards
+    env = {"DISTGAN_HOME": str(REPO), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DISTGAN_CPU": "1",
+           "DISTGAN_PROCS_PER_NODE": "1", "DISTGAN_NAME": "lap", "DISTGAN_RUN_DIR": str(tmp_path / "runs"),
+           "DISTGAN_PYTHON": sys.executable}
+    (tmp_path / "logs").mkdir()
+    steps = 400
+    job = slurm_cluster.sbatch(REPO / "slurm" / "lapgan_levels.sbatch", cwd=tmp_path, env=env,
+                               args=[f"data.path={data}", f"train.steps={steps}", "train.log_every=1",
+                                     "train.sync_every=1", "train.checkpoint_every=100000", "model.nz=16", *TINY],
+                               sbatch_args=["--array=1-2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10:00"])
+    levels = tmp_path / "runs" / "lap" / "levels"
+    for level in (1, 2):
+        wait_for_path(levels / f"level-{level}" / "metrics.jsonl", timeout=120)
+    slurm_cluster.signal_batch(f"{job}_1", "USR1")
+    slurm_cluster.requeue_now(f"{job}_1", timeout=90)
+    for task in (1, 2):
+        assert slurm_cluster.wait(f"{job}_{task}", timeout=200) == "COMPLETED"
+    assert slurm_cluster.job_info(f"{job}_1")["Restarts"] == "1"
+    assert slurm_cluster.job_info(f"{job}_2")["Restarts"] == "0"
+    stopped = (tmp_path / "logs" / f"lapgan-{job}_1.out").read_text()
+    assert "every rank stopped with a checkpoint; requeueing job" in stopped and "run completed at step" in stopped
+    sibling = (tmp_path / "logs" / f"lapgan-{job}_2.out").read_text()
+    assert "USR1" not in sibling and "stopped:" not in sibling and f"run completed at step {steps}" in sibling
+    for level in (1, 2):
+        assert (levels / f"level-{level}" / "COMPLETED").read_text() == f"{steps}\n"
+        assert (levels / f"level-{level}" / f"step-{steps:07d}" / "state.json").is_file()
+    assert not (tmp_path / "runs" / "lap" / "STOPPED").exists()

@@ -85,31 +85,42 @@ class ExportResult:
 
 
 class Uint8Output(nn.Module):
-    """The generator with the conversion to uint8 [B, H, W, C] inside the graph (what an image file wants)."""
+    """The generator with the conversion to uint8 [B, H, W, C] inside the graph (what an image file wants); a
+    generator with extra image outputs (a pyramid's stages) has each converted alike."""
 
     def __init__(self, generator: nn.Module):
         super().__init__()
         self.generator = generator
+        self.train(generator.training)  # the TorchScript exporter restores the wrapper's mode onto G afterwards
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        images = self.generator(*inputs)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.generator(*inputs)
+        if isinstance(out, tuple):
+            return tuple(self._uint8(images) for images in out)
+        return self._uint8(out)
+
+    @staticmethod
+    def _uint8(images: torch.Tensor) -> torch.Tensor:
         return torch.round(torch.clamp((images + 1.0) * 127.5, 0.0, 255.0)).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 # --- inputs -------------------------------------------------------------------------
 
 
-def _torch_outputs(module: nn.Module, feeds: dict[str, np.ndarray]) -> np.ndarray:
+def _torch_outputs(module: nn.Module, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Every output of `module` (one, or a tuple: images first)."""
     with torch.inference_mode():
-        return module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+        out = module(*(torch.from_numpy(v) for v in feeds.values()))
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
 @dataclass(frozen=True)
 class _Inputs:
-    """What G takes, as the exporter and its checks need it."""
+    """What G takes, as the exporter and its checks need it, and the graph's outputs (`images` first)."""
 
     specs: list[dict[str, Any]]  # InputSpec.to_dict() each, in G's argument order
     num_classes: int
+    outputs: tuple[str, ...] = ("images",)
 
     def feeds(self, batch: int, seed: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -126,17 +137,27 @@ def _session(path: Path, level: ort.GraphOptimizationLevel | None = None,
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _parity(path: Path, original: nn.Module | Path, traced: nn.Module, spec: _Inputs) -> dict[int, float]:
+    """`_max_diff` against the original generator (its images) and, for a graph with stage outputs, which the
+    original does not return, against the traced module too (every output)."""
+    diffs = _max_diff(path, original, spec)
+    if len(spec.outputs) > 1 and not isinstance(original, Path):
+        diffs = {b: max(d, e) for (b, d), e in zip(diffs.items(), _max_diff(path, traced, spec).values())}
+    return diffs
+
+
 def _max_diff(path: Path, reference: nn.Module | Path, spec: _Inputs) -> dict[int, float]:
-    """Max |onnxruntime - reference| per parity batch size, on the same inputs; the reference is
-    a torch module or another ONNX file."""
+    """Max |onnxruntime - reference| per parity batch size, on the same inputs, over every output the
+    reference has (`images` first); the reference is a torch module or another ONNX file."""
     session = _session(path)
     other = _session(reference) if isinstance(reference, Path) else None
     diffs = {}
     for batch in PARITY_BATCHES:
         feeds = spec.feeds(batch, seed=batch)
-        got = session.run(["images"], feeds)[0].astype(np.float64)
-        want = other.run(["images"], feeds)[0] if other is not None else _torch_outputs(reference, feeds)
-        diffs[batch] = float(np.abs(got - want.astype(np.float64)).max())
+        got = session.run(list(spec.outputs), feeds)
+        want = other.run(list(spec.outputs), feeds) if other is not None else _torch_outputs(reference, feeds)
+        diffs[batch] = max(float(np.abs(g.astype(np.float64) - w.astype(np.float64)).max())
+                           for g, w in zip(got, want))
     return diffs
 
 
@@ -155,7 +176,7 @@ def _export_dynamo(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path
               for name, axes in _axes(inputs).items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "axis name batch will not be used": z and labels share it
-        torch.onnx.export(module, args, str(path), input_names=list(shapes), output_names=["images"],
+        torch.onnx.export(module, args, str(path), input_names=list(shapes), output_names=list(inputs.outputs),
                           opset_version=opset, dynamo=True, external_data=False, verbose=False,
                           dynamic_shapes=shapes)
 
@@ -165,8 +186,9 @@ def _export_torchscript(module: nn.Module, args: tuple[torch.Tensor, ...], path:
     axes = _axes(inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter": chosen on purpose, see above
-        torch.onnx.export(module, args, str(path), input_names=list(axes), output_names=["images"],
-                          opset_version=opset, dynamo=False, dynamic_axes={**axes, "images": {0: "batch"}})
+        torch.onnx.export(module, args, str(path), input_names=list(axes), output_names=list(inputs.outputs),
+                          opset_version=opset, dynamo=False,
+                          dynamic_axes={**axes, **{name: {0: "batch"} for name in inputs.outputs}})
 
 
 def drop_empty_optional_inputs(path: Path) -> None:
@@ -195,7 +217,8 @@ def _exporters() -> list[tuple[str, Callable[..., None]]]:
 
 def _export_checked(module: nn.Module, reference: nn.Module, spec: _Inputs, path: Path, opset: int,
                     tolerance: float, notes: list[str]) -> tuple[str, dict[int, float]]:
-    """Export with the first exporter whose model matches `reference` within `tolerance`."""
+    """Export with the first exporter whose model matches `reference` within `tolerance`; outputs beyond
+    `images` (which `reference`, the original generator, does not make) are checked against `module`."""
     example = tuple(torch.from_numpy(v) for v in spec.feeds(2, seed=0).values())  # batch 2: 1 would specialise
     if len(_exporters()) == 1 and not notes:
         notes.append("dynamo exporter not available (needs onnxscript); used the TorchScript exporter")
@@ -204,7 +227,7 @@ def _export_checked(module: nn.Module, reference: nn.Module, spec: _Inputs, path
         try:
             export(module, example, path, opset, spec)
             drop_empty_optional_inputs(path)
-            diffs = _max_diff(path, reference, spec)
+            diffs = _parity(path, reference, module, spec)
         except Exception as exc:  # an exporter bug must not hide the other exporter
             failures.append(f"{name} exporter failed: {type(exc).__name__}: {exc}")
             continue
@@ -287,7 +310,7 @@ def _images_per_s(path: Path, feeds: dict[str, np.ndarray], repeats: int = 5) ->
 def _quantization_report(fp32: Path, int8: Path, reference: nn.Module, spec: _Inputs) -> QuantizationReport:
     feeds = spec.feeds(PARITY_BATCHES[-1], seed=PARITY_BATCHES[-1])
     got = _session(int8).run(["images"], feeds)[0].astype(np.float64)  # uint8 output: no wrap-around
-    diff = np.abs(got - _torch_outputs(reference, feeds).astype(np.float64))
+    diff = np.abs(got - _torch_outputs(reference, feeds)[0].astype(np.float64))
     timing = spec.feeds(64, seed=64)
     return QuantizationReport(float(diff.max()), float(diff.mean()),
                               _images_per_s(fp32, timing), _images_per_s(int8, timing))
@@ -322,7 +345,8 @@ def export_onnx(source: Path, out: Path | None = None, *, opset: int = DEFAULT_O
         raise ValueError(f"{source}: generator.json lacks {', '.join(missing)}")
     family = family_of(generator)
     spec = _Inputs([i.to_dict() for i in family.inputs(generator.spec)],
-                   generator.spec.num_classes if generator.spec.conditional else 0)
+                   generator.spec.num_classes if generator.spec.conditional else 0,
+                   ("images", *family.stage_outputs(generator.spec)))
     out = Path(out) if out is not None else default_output(source, uint8_output, quantize)
     out.parent.mkdir(parents=True, exist_ok=True)
     fast = family.export_module(generator)
@@ -349,7 +373,7 @@ def export_onnx(source: Path, out: Path | None = None, *, opset: int = DEFAULT_O
         # The optimised copy is a second graph: checked against torch too, or against the int8
         # model it was made from (which differs from torch by design).
         reference = model if quantize else Uint8Output(generator) if uint8_output else generator
-        diff = max(_max_diff(optimized, reference, spec).values())
+        diff = max(_parity(optimized, reference, Uint8Output(fast) if uint8_output else fast, spec).values())
         if diff > (UINT8_TOLERANCE if uint8_output else FP32_TOLERANCE):
             raise ExportError(f"onnxruntime's optimised copy differs from {'the int8 model' if quantize else 'torch'} "
                               f"by {diff:.3g}")

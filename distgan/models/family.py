@@ -193,6 +193,11 @@ class Family:
         its inputs and targets beside them. `real`: fixed real images, for families whose G takes an image."""
         return generator(**self.generator_inputs(generator.spec, z, labels, real))
 
+    def stage_outputs(self, spec: ModelSpec) -> tuple[str, ...]:
+        """Names of the intermediate images `export_module` returns after the output (a pyramid's stages, coarse
+        to fine), which the graph gets as extra outputs after `images`; () for a G with one output."""
+        return ()
+
     def export_metadata(self, spec: ModelSpec) -> dict[str, str]:
         """Extra `distgan.*` metadata for clients (without the prefix); the inputs are always written."""
         return {}

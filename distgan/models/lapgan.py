@@ -251,6 +251,21 @@ class LaplacianGenerator(nn.Module):
         return self.stages(z, labels)[-1]
 
 
+class PyramidStages(nn.Module):
+    """What the export traces: (images, stage_0, ..., stage_{L-1}), the stages coarse to fine (each at its
+    level's size; the last is the images), so a client can show how one sample was built. `images` stays the
+    first output: every client that reads it alone works unchanged."""
+
+    def __init__(self, generator: LaplacianGenerator):
+        super().__init__()
+        self.generator = generator
+        self.train(generator.training)  # an exporter restores the wrapper's mode onto G's BatchNorms afterwards
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        stages = self.generator.stages(z, labels)
+        return (stages[-1], *stages)
+
+
 def lapgan_from_spec(spec: LapganSpec | dict[str, Any]) -> LaplacianGenerator:
     """The pyramid generator `spec` describes, initialised (ready for `load_state_dict`)."""
     return LaplacianGenerator(spec if isinstance(spec, LapganSpec) else LapganSpec.from_dict(spec))
@@ -306,8 +321,15 @@ class LapganFamily(Family):
     def d_batchnorm(self, cfg: ModelConfig) -> bool:
         return False  # no level's D has BatchNorm
 
+    def stage_outputs(self, spec: LapganSpec) -> tuple[str, ...]:
+        return tuple(f"stage_{i}" for i in range(spec.levels))  # coarse to fine: stage_0 is the coarsest
+
+    def export_module(self, generator: LaplacianGenerator) -> nn.Module:
+        return PyramidStages(generator)
+
     def export_metadata(self, spec: LapganSpec) -> dict[str, str]:
-        return {"lapgan_levels": json.dumps([list(size) for size in spec.sizes])}  # finest first
+        return {"lapgan_levels": json.dumps([list(size) for size in spec.sizes]),  # finest first
+                "stages": json.dumps(list(self.stage_outputs(spec)))}  # the graph's stage outputs, coarse first
 
     def own_trainer(self):
         from distgan.training.level_run import train_lapgan  # training code: imported only to train

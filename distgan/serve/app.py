@@ -4,6 +4,7 @@
     GET /static/NAME       its files           GET /api/interpolate  a walk between two seeds
     GET /api/models        every model         GET /healthz          liveness
     GET /api/meta          one model, in full  GET /api/nearest      a sample's nearest training images (--data)
+    GET /api/mixing        a style-mixing grid GET /api/stages       a pyramid model's stages of one sample
 
 Behind a reverse proxy: the page asks for everything by relative URL, so it works under any
 path prefix; a prefix the proxy strips is `root_path` (uvicorn's --root-path, or an
@@ -63,6 +64,7 @@ SAMPLE_PARAMS = ("model", "seed", "n", "class", "psi", "format")
 WALK_PARAMS = ("model", "seed_a", "seed_b", "steps", "class", "psi", "format")
 NEAREST_PARAMS = ("model", "seed", "class", "psi", "k")
 MIXING_PARAMS = ("model", "row_seed", "rows", "col_seed", "cols", "mix_layer", "class", "psi", "format")
+STAGES_PARAMS = ("model", "seed", "class", "psi", "format")
 FORMATS = ("png", "npy", "json")
 MAX_NEIGHBOURS = 16
 # A prefix from X-Forwarded-Prefix: a path of plain segments (it is written into links).
@@ -274,6 +276,19 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
         view = view_of(query, {"model": "model"})  # the page's URL keeps the model; the card's fields are its own
         return _drawing_response(request, model, drawing, form, (rows + 1, cols + 1, *drawing.images.shape[1:]), view)
 
+    def stages(request: Request) -> Response:
+        """Pyramid models (LAPGAN): one seed's stages, coarse to fine, side by side (`OnnxGenerator.stage_grid`),
+        as a [1, stages] grid; a model without stage outputs is a 400 naming `model`."""
+        query = Query(request.query_params.multi_items(), STAGES_PARAMS)
+        model = pick(query)
+        seed = query.integer("seed", 0, 0, MAX_SEED)
+        class_name = query.text("class")
+        psi = query.number("psi", 1.0, *PSI_RANGE)
+        form = query.choice("format", "png", FORMATS)
+        drawing = model.generator.stage_grid(seed, class_name, psi)
+        view = view_of(query, {"model": "model"})  # as /api/mixing: the card's fields are its own
+        return _drawing_response(request, model, drawing, form, (1, *drawing.images.shape), view)
+
     def meta(request: Request) -> Response:
         model = pick(Query(request.query_params.multi_items(), ("model",)))
         described = {**model.describe(full=True), "limits": limits_json(limits)}
@@ -297,7 +312,7 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
         Route("/static/{name}", lambda request: page_file(request.path_params["name"])),
         Route("/healthz", healthz), Route("/api/models", model_list), Route("/api/meta", meta),
         Route("/api/sample", sample), Route("/api/interpolate", interpolate), Route("/api/nearest", nearest_images),
-        Route("/api/mixing", mixing),
+        Route("/api/mixing", mixing), Route("/api/stages", stages),
     ]
     guard = Middleware(Guard, max_query_bytes=limits.max_query_bytes, local_only=local_only,
                        allowed_hosts=allowed_hosts)

@@ -35,6 +35,7 @@ class ServedModel:
             "conditional": g.conditional, "quantization": info.quantization,
             "latent": g.metadata.get("distgan.latent", "standard_normal"),
             "num_ws": info.num_ws,  # style layers (0: no style mixing; /api/mixing needs > 0)
+            "stages": len(info.stages),  # a pyramid's stage outputs (0: none; /api/stages needs > 0)
         }
         if full:
             out["metadata"] = g.metadata

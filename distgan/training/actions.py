@@ -77,8 +77,8 @@ class RunActions:
     def sync(self, step: int, signals: StopSignals) -> bool:
         """The run's one host collective on its cadence: stop requests and data errors of every rank.
         True: stop here. A data error on any rank stops every rank, with the file named."""
-        wants_stop = signals.requested is not None or (self.run_dir.is_main and self.run_dir.stop_file_present())
-        stop, data_failed, lock_lost = self.control.flags(wants_stop, self.loader.error is not None,
+        stop, data_failed, lock_lost = self.control.flags(self.run_dir.stop_wanted(signals),
+                                                          self.loader.error is not None,
                                                           self.run_dir.lock_lost is not None)
         if lock_lost:  # another start writes here now: this one must not write a checkpoint over its files
             raise TrainingError(f"{self.run_dir.lock_lost or 'rank 0 lost the run directory'}; stopped at step "

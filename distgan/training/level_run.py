@@ -5,10 +5,23 @@ train different levels at once.
 Everything a level's step draws is a pure function of (seed, level, rank within the level, step): the
 latents and the dropout masks from a seed derived from them, the real batch from the loader position saved
 with the checkpoint. A level resumed from step N is therefore bitwise the level trained in one go.
+
+As in the main trainer, each level keeps an EMA of its G (`optim.ema_decay`): what the pyramid exports and
+samples. Stop requests are the main trainer's (`signals.py`, STOP files, `RunDirectory`'s markers), shared
+over the ranks by `ddp.Control` every `train.sync_every` rounds (a round: one step of each of a rank's
+unfinished levels); on a stop every level checkpoints at the step it has reached. Launches may share the
+run directory (a SLURM array job: a task per level), so the markers are per level as well:
+
+    runs/NAME/STOP                      stops every launch of the run
+    runs/NAME/levels/level-K/STOP       stops the launch that trains level K
+    runs/NAME/levels/level-K/STOPPED    level K's launch stopped, its checkpoint written (or COMPLETED: done)
+    runs/NAME/STOPPED, COMPLETED        the same for a launch that trains every level (`train.levels: all`)
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -28,16 +41,23 @@ from distgan.config import Config, ConfigError, config_hash
 from distgan.data import ShardLoader
 from distgan.data.loader import read_manifest, to_device
 from distgan.ddp import Control
+from distgan.ema import EMA
 from distgan.losses import discriminator_loss, generator_loss
 from distgan.models.lapgan import (FAMILY, LapganSpec, build_level_discriminator, build_level_generator,
                                    discriminator_input, level_real)
-from distgan.pyramid_run import STEP_PREFIX, level_checkpoints, level_dir, write_spec
+from distgan.pyramid_run import EMA_FILE, LEVELS_DIR, STEP_PREFIX, level_checkpoints, level_dir, write_spec
+from distgan.training.errors import TrainingError
+from distgan.training.launcher_watch import watch_launcher
 from distgan.training.level_monitor import LevelMonitor
 from distgan.training.levels import assign_ranks, level_groups, owned_levels, parse_levels
+from distgan.training.run_dir import RunDirectory
+from distgan.training.session import resolve_precision
+from distgan.training.signals import StopSignals
 
 log = logging.getLogger("distgan")
 
 LOSS_KINDS = ("bce", "hinge", "lsgan")  # wgan-gp's penalty is not wired into the level step
+PRECISIONS = ("no", "bf16")  # fp16 would need a loss scaler in the level step; bf16 does not
 
 
 def step_seed(seed: int, level: int, index: int, step: int) -> int:
@@ -64,6 +84,10 @@ class LevelTrainer:
         torch.manual_seed(step_seed(cfg.seed, self.level, 0, -1))  # the same init on every rank of the level
         self.g_module = build_level_generator(spec, self.level).to(device)
         self.d_module = build_level_discriminator(spec, self.level).to(device)
+        self.ema = EMA(self.g_module, cfg.optim.ema_decay)  # the level's exported weights, as the main trainer's
+        bf16 = cfg.train.mixed_precision == "bf16"
+        # Forwards and losses in bf16 where autocast says so; weights, Adam and the EMA stay fp32.
+        self.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         if place.group is not None:
             self.G = DistributedDataParallel(self.g_module, process_group=place.group)
             self.D = DistributedDataParallel(self.d_module, process_group=place.group)
@@ -73,6 +97,7 @@ class LevelTrainer:
         self.opt_g = torch.optim.Adam(self.g_module.parameters(), lr=o.g_lr, betas=tuple(o.g_betas))
         self.opt_d = torch.optim.Adam(self.d_module.parameters(), lr=o.d_lr, betas=tuple(o.d_betas))
         self.step = self.epoch = self.batch = 0
+        self.saved_step = 0  # the step of the newest checkpoint (a stop writes one unless it is this step)
         self.loader = ShardLoader(cfg.data.path, cfg.data.split, cfg.data.batch_size, rank=place.index,
                                   world_size=len(place.ranks), seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                                   num_workers=cfg.data.num_workers, on_corrupt=cfg.data.on_corrupt,
@@ -94,18 +119,20 @@ class LevelTrainer:
         z = z.to(self.device)
         d_loss = self._d_update(target, condition, labels, z)
         g_loss = self._g_update(condition, labels, z)
+        self.ema.update(self.g_module, self.step)
         self.step += 1
         return {"d_loss": d_loss, "g_loss": g_loss}
 
     def _d_update(self, target, condition, labels, z) -> float:
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             fake = self.g_module(z, condition, labels)
             self.last_images = discriminator_input(fake, condition)  # what D judged: the level's image
-        both = torch.cat([discriminator_input(target, condition), discriminator_input(fake, condition)])
-        twice = (lambda t: None if t is None else torch.cat([t, t]))
-        logits = self.D(both, twice(condition), twice(labels))  # one DDP forward for real and fake
-        real_logits, fake_logits = logits.chunk(2)
-        loss = discriminator_loss(self.cfg.loss.kind, real_logits, fake_logits, self.cfg.loss.real_label)
+        with self.autocast():
+            both = torch.cat([discriminator_input(target, condition), discriminator_input(fake, condition)])
+            twice = (lambda t: None if t is None else torch.cat([t, t]))
+            logits = self.D(both, twice(condition), twice(labels))  # one DDP forward for real and fake
+            real_logits, fake_logits = logits.chunk(2)
+            loss = discriminator_loss(self.cfg.loss.kind, real_logits, fake_logits, self.cfg.loss.real_label)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
@@ -114,9 +141,10 @@ class LevelTrainer:
     def _g_update(self, condition, labels, z) -> float:
         self.d_module.requires_grad_(False)  # D frozen and unwrapped: no D gradient, no D all-reduce
         try:
-            fake = self.G(z, condition, labels)
-            loss = generator_loss(self.cfg.loss.kind, self.d_module(discriminator_input(fake, condition), condition,
-                                                                    labels))
+            with self.autocast():
+                fake = self.G(z, condition, labels)
+                loss = generator_loss(self.cfg.loss.kind, self.d_module(discriminator_input(fake, condition),
+                                                                        condition, labels))
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_g.step()
@@ -129,6 +157,7 @@ class LevelTrainer:
     def save(self, run_path: Path) -> Path | None:
         """Write this level's checkpoint (the level's first rank; the others hold the same weights)."""
         final = level_dir(run_path, self.level) / f"{STEP_PREFIX}{self.step:07d}"
+        self.saved_step = self.step
         if self.place.index != 0:
             return None
         tmp = final.with_name(f".tmp-{final.name}")
@@ -138,6 +167,8 @@ class LevelTrainer:
                   str(tmp / "generator.safetensors"))
         save_file({k: v.detach().contiguous().cpu() for k, v in self.d_module.state_dict().items()},
                   str(tmp / "discriminator.safetensors"))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.ema.module.state_dict().items()},
+                  str(tmp / EMA_FILE))
         torch.save({"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()}, tmp / "optim.pt")
         (tmp / "state.json").write_text(json.dumps({"level": self.level, "step": self.step, "epoch": self.epoch,
                                                     "batch": self.batch, "spec": self.spec.to_dict()}))
@@ -151,17 +182,24 @@ class LevelTrainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def load(self, checkpoint: Path) -> None:
-        """Continue from `checkpoint` exactly: weights, buffers, both Adams, the loader position, the step."""
+        """Continue from `checkpoint` exactly: weights, buffers, the EMA, both Adams, the loader position, the
+        step."""
         state = json.loads((checkpoint / "state.json").read_text())
         if state["spec"] != self.spec.to_dict() or state["level"] != self.level:
-            raise ValueError(f"{checkpoint}: a checkpoint of another pyramid or level (spec {state['spec']}); "
-                             f"resume with the run's own model settings")
+            raise TrainingError(f"{checkpoint}: a checkpoint of another pyramid or level (spec {state['spec']}); "
+                                f"resume with the run's own model settings", every_rank=False)
+        if not (checkpoint / EMA_FILE).is_file():
+            raise TrainingError(f"{checkpoint / EMA_FILE}: missing (a checkpoint written before level EMAs): this "
+                                f"level cannot resume exactly; train it anew into another run name",
+                                every_rank=False)
         self.g_module.load_state_dict(load_file(str(checkpoint / "generator.safetensors"), device=str(self.device)))
         self.d_module.load_state_dict(load_file(str(checkpoint / "discriminator.safetensors"), device=str(self.device)))
+        self.ema.module.load_state_dict(load_file(str(checkpoint / EMA_FILE), device=str(self.device)))
         optim = torch.load(checkpoint / "optim.pt", map_location=self.device, weights_only=True)
         self.opt_g.load_state_dict(optim["g"])
         self.opt_d.load_state_dict(optim["d"])
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self.saved_step = self.step
         self._batches = None
 
 
@@ -172,51 +210,96 @@ def _device() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def train_levels(cfg: Config, spec: LapganSpec, levels: object, info: dict[str, Any]) -> list[LevelTrainer]:
+def train_levels(cfg: Config, spec: LapganSpec, levels: object,
+                 info: dict[str, Any]) -> tuple[list[LevelTrainer], str]:
     """Train this rank's share of `levels` (`train.levels`) for cfg.train.steps steps each, resuming each level
-    from its newest checkpoint; returns this rank's level trainers, done."""
+    from its newest checkpoint; returns this rank's level trainers and how the run ended, 'completed' or
+    'stopped' (a stop request: every level checkpointed where it was, `STOPPED` written)."""
     if cfg.loss.kind not in LOSS_KINDS:
         raise ValueError(f"loss.kind {cfg.loss.kind!r} is not supported by lapgan; valid: {', '.join(LOSS_KINDS)}")
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    control = Control(world)  # before the level groups: every rank creates the groups in the same order
     assignment = assign_ranks(parse_levels(levels, spec.levels), world)
     groups = level_groups(assignment, rank) if distributed else {k: None for k in assignment}
     device = _device()
     run_path = Path(cfg.run_dir) / cfg.name
+    whole = len(assignment) == spec.levels  # a launch of every level: the run's markers are its own
+    run_dir = RunDirectory(run_path, rank == 0)
     if rank == 0:
         write_spec(run_path, spec, info)
     trainers = [LevelTrainer(cfg, spec, LevelPlace(k, assignment[k], assignment[k].index(rank), groups[k]), device)
                 for k in owned_levels(assignment, rank)]
+    # Each level's STOP and markers, read and written by the level's first rank.
+    level_dirs = [RunDirectory(level_dir(run_path, t.level), t.place.index == 0) for t in trainers]
+    markers = level_dirs + ([run_dir] if whole else [])
+    for directory in markers:
+        if directory.is_main:
+            directory.path.mkdir(parents=True, exist_ok=True)
+            directory.clear_markers()
     for trainer in trainers:
         found = level_checkpoints(run_path, trainer.level)
         if found and cfg.train.resume == "auto":
             trainer.load(found[-1])
     monitors = {t.level: LevelMonitor(cfg, run_path, t.level, t.step) for t in trainers if t.place.index == 0}
     try:
-        _run(cfg, trainers, monitors, run_path)
+        status = _run(cfg, trainers, monitors, run_path, control, [run_dir, *level_dirs])
     finally:
         for monitor in monitors.values():
             monitor.close()
-    return trainers
+    steps = [t.step for t in trainers] + ([min((t.step for t in trainers), default=0)] if whole else [])
+    for directory, step in zip(markers, steps):  # the run's: rank 0's least advanced level
+        (directory.mark_stopped if status == "stopped" else directory.mark_completed)(step)
+    return trainers, status
 
 
-def _run(cfg: Config, trainers: list[LevelTrainer], monitors: dict[int, LevelMonitor], run_path: Path) -> None:
-    """Every level of this rank to train.steps, one step of each in turn; logs and checkpoints on cadence."""
+def _run(cfg: Config, trainers: list[LevelTrainer], monitors: dict[int, LevelMonitor], run_path: Path,
+         control: Control, stop_dirs: list[RunDirectory]) -> str:
+    """Every level of this rank to train.steps, one step of each in turn (a round); logs and checkpoints on
+    cadence. Every `train.sync_every` rounds the ranks share stop requests (a signal, a STOP file in one of
+    `stop_dirs`) and whether any level is unfinished: every rank runs the same rounds (one done early idles
+    through them), so the collectives always meet."""
     t = cfg.train
-    while any(trainer.step < t.steps for trainer in trainers):
-        for trainer in trainers:
-            if trainer.step >= t.steps:
-                continue
-            losses = trainer.train_step()
-            monitor = monitors.get(trainer.level)
-            if monitor is not None and trainer.step % t.log_every == 0:
-                log.info("level %d step %d: d_loss %.4f g_loss %.4f", trainer.level, trainer.step,
-                         losses["d_loss"], losses["g_loss"])
-                monitor.log(trainer.step, {"loss/d": losses["d_loss"], "loss/g": losses["g_loss"]})
-            if trainer.step % t.checkpoint_every == 0 or trainer.step == t.steps:
-                trainer.save(run_path)
-                if monitor is not None:
-                    monitor.images(trainer.step, trainer.last_images)
+    stop = unfinished = False
+    with StopSignals() as signals:
+        rounds = 0
+        while True:
+            if rounds % t.sync_every == 0:
+                stop, unfinished = control.flags(any(d.stop_wanted(signals) for d in stop_dirs),
+                                                 any(trainer.step < t.steps for trainer in trainers))
+                if stop or not unfinished:
+                    break
+            for trainer in trainers:
+                if trainer.step < t.steps:
+                    _step(cfg, trainer, monitors.get(trainer.level), run_path, signals)
+            rounds += 1
+        for trainer in trainers:  # a stop: each level checkpoints at the step it reached
+            if trainer.step != trainer.saved_step:
+                _checkpoint(trainer, monitors.get(trainer.level), run_path, signals)
+    status = "stopped" if stop and unfinished else "completed"
+    log.info("%s: %s; checkpoints in %s", status, ", ".join(f"level {t.level} at step {t.step}" for t in trainers),
+             run_path / LEVELS_DIR)
+    return status
+
+
+def _step(cfg: Config, trainer: LevelTrainer, monitor: LevelMonitor | None, run_path: Path,
+          signals: StopSignals) -> None:
+    """One step of one level; its log line and checkpoint when due."""
+    t = cfg.train
+    losses = trainer.train_step()
+    if monitor is not None and trainer.step % t.log_every == 0:
+        log.info("level %d step %d: d_loss %.4f g_loss %.4f", trainer.level, trainer.step,
+                 losses["d_loss"], losses["g_loss"])
+        monitor.log(trainer.step, {"loss/d": losses["d_loss"], "loss/g": losses["g_loss"]})
+    if trainer.step % t.checkpoint_every == 0 or trainer.step == t.steps:
+        _checkpoint(trainer, monitor, run_path, signals)
+
+
+def _checkpoint(trainer: LevelTrainer, monitor: LevelMonitor | None, run_path: Path, signals: StopSignals) -> None:
+    with signals.critical():  # a second Ctrl-C waits for the write: never a half-written checkpoint
+        trainer.save(run_path)
+    if monitor is not None and trainer.last_images is not None:
+        monitor.images(trainer.step, trainer.last_images)
 
 
 # What the level step implements; anything else is refused at start with its key named.
@@ -243,6 +326,9 @@ def spec_from_config(cfg: Config, shape: tuple[int, int, int], num_classes: int)
     if cfg.loss.kind not in LOSS_KINDS:
         raise ConfigError(f"config key 'loss.kind': {cfg.loss.kind!r} is not supported by model.arch lapgan; "
                           f"valid: {', '.join(LOSS_KINDS)}")
+    if cfg.train.mixed_precision not in PRECISIONS:
+        raise ConfigError(f"config key 'train.mixed_precision': {cfg.train.mixed_precision!r} is not supported by "
+                          f"model.arch lapgan (its level step has no loss scaler); valid: {', '.join(PRECISIONS)}")
     for key in ("nz", "ngf", "ndf"):
         if getattr(cfg.model, key) < 1:
             raise ConfigError(f"config key 'model.{key}' must be >= 1, got {getattr(cfg.model, key)}")
@@ -263,6 +349,7 @@ def _start_processes() -> None:
     device = _device()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo" if device.type == "cpu" else "nccl")
+    watch_launcher()  # no orphan ranks: a rank whose launcher died stops, with a checkpoint (launcher_watch.py)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
@@ -270,7 +357,10 @@ def _start_processes() -> None:
 
 
 def train_lapgan(cfg: Config) -> str:
-    """`distgan-train` for model.arch lapgan: this launch's share of `train.levels`, into runs/NAME/levels/."""
+    """`distgan-train` for model.arch lapgan: this launch's share of `train.levels`, into runs/NAME/levels/;
+    returns 'completed' or 'stopped' (as the main trainer: both exit 0, the marker tells them apart)."""
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(  # null: the launcher's precision, as the main trainer
+        cfg.train, mixed_precision=resolve_precision(cfg.train.mixed_precision)))
     manifest = read_manifest(cfg.data.path)
     num_classes = manifest.num_classes if cfg.model.conditional else 0
     spec = spec_from_config(cfg, (manifest.channels, manifest.height, manifest.width), num_classes)
@@ -278,10 +368,11 @@ def train_lapgan(cfg: Config) -> str:
             "distgan_version": distgan.__version__, "config_hash": config_hash(cfg)}
     _start_processes()
     try:
-        trainers = train_levels(cfg, spec, cfg.train.levels, info)
-        log.info("%s: level(s) %s at step %d; export the pyramid with distgan-export --onnx %s",
-                 cfg.name, ", ".join(str(t.level) for t in trainers), cfg.train.steps, Path(cfg.run_dir) / cfg.name)
+        trainers, status = train_levels(cfg, spec, cfg.train.levels, info)
+        if status == "completed":
+            log.info("%s: level(s) %s at step %d; export the pyramid with distgan-export --onnx %s", cfg.name,
+                     ", ".join(str(t.level) for t in trainers), cfg.train.steps, Path(cfg.run_dir) / cfg.name)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return "completed"
+    return status

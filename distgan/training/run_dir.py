@@ -36,6 +36,7 @@ from distgan.config import Config, to_yaml
 from distgan.ddp import Control
 from distgan.training.errors import TrainingError
 from distgan.training.run_lock import RunLock
+from distgan.training.signals import StopSignals
 
 log = logging.getLogger("distgan")
 
@@ -75,8 +76,10 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict, dict
 
 
 class RunDirectory:
-    def __init__(self, cfg: Config, is_main: bool):
-        self.path, self.is_main = cfg.run_path, is_main
+    def __init__(self, cfg: Config | Path, is_main: bool):
+        """The directory of a run (a Config's `run_path`), or a path: one of LAPGAN's level directories, which
+        take a STOP file and hold their level's STOPPED / COMPLETED (`training/level_run.py`)."""
+        self.path, self.is_main = (cfg.run_path if isinstance(cfg, Config) else Path(cfg)), is_main
         self.lock = RunLock(self.path) if is_main else None
 
     def acquire(self, control: Control, force: bool) -> None:
@@ -147,8 +150,7 @@ class RunDirectory:
             log.warning("resumed at step %d with a changed config: %s", resumed_step,
                         ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
         _write_atomically(record, to_yaml(cfg))
-        (self.path / "COMPLETED").unlink(missing_ok=True)
-        (self.path / "STOPPED").unlink(missing_ok=True)
+        self.clear_markers()
         logged = truncate_metrics(self.path / "metrics.jsonl", resumed_step or 0)
         if resumed_step is not None:
             moved = self.set_aside_checkpoints_after(resumed_step)
@@ -176,6 +178,16 @@ class RunDirectory:
 
     def stop_file_present(self) -> bool:
         return (self.path / "STOP").exists()
+
+    def stop_wanted(self, signals: StopSignals) -> bool:
+        """This rank's own stop request, before the ranks share theirs: a stop signal, or (rank 0) the STOP file."""
+        return signals.requested is not None or (self.is_main and self.stop_file_present())
+
+    def clear_markers(self) -> None:
+        """A start's first write: an earlier start's COMPLETED or STOPPED no longer describes the run."""
+        if self.is_main:
+            (self.path / "COMPLETED").unlink(missing_ok=True)
+            (self.path / "STOPPED").unlink(missing_ok=True)
 
     def mark_completed(self, step: int) -> None:
         if self.is_main:

@@ -16,6 +16,7 @@ import { readView, writeView } from "./view.js";
 
 const GRID_STALE = { box: "grid", note: "grid-stale" };
 import { renderMixing, showMixing } from "./mixing.js";
+import { renderStages, showStages } from "./stages.js";
 
 const state = {
   models: [],
@@ -229,6 +230,7 @@ async function chooseModel(id, view = null) {
   state.model = await response.json();
   showModel(state.model);
   showMixing(state.model);
+  showStages(state.model);
   $("walk-card").hidden = true;
   stopWalk(state);
   state.walk = null;
@@ -262,6 +264,10 @@ function wireSample() {
 
 function wireMixing() {
   $("mixing-form").addEventListener("submit", (event) => { event.preventDefault(); renderMixing(state); });
+}
+
+function wireStages() {
+  $("stages-form").addEventListener("submit", (event) => { event.preventDefault(); renderStages(state); });
 }
 
 function wireWalk() {
@@ -301,6 +307,7 @@ async function start() {
   wireSample();
   wireWalk();
   wireMixing();
+  wireStages();
   wireLightbox();
   await chooseModel(view.model, view);
 }

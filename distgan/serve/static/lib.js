@@ -117,6 +117,24 @@ export function imageCanvas(data, offset, height, width, channels) {
   return canvas;
 }
 
+// An answer's tiles ([rows, cols, H, W, C]: a mixing grid, a pyramid's stages) side by side on one canvas, as
+// the PNG lays them out.
+export function tilesCanvas(answer) {
+  const { shape, data } = pixelsOf(answer);
+  const [rows, cols, height, width, channels] = shape;
+  const canvas = document.createElement("canvas");
+  canvas.width = cols * width;
+  canvas.height = rows * height;
+  const context = canvas.getContext("2d");
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const offset = (r * cols + c) * height * width * channels;
+      context.drawImage(imageCanvas(data, offset, height, width, channels), c * width, r * height);
+    }
+  }
+  return canvas;
+}
+
 export function blobUrl(canvas) {
   return new Promise((resolve, reject) => {
     canvas.toBlob((blob) => (blob ? resolve(URL.createObjectURL(blob)) : reject(new Error("cannot encode a tile"))));

@@ -1,7 +1,7 @@
 // The style-mixing figure of style-based models (StyleGAN2): /api/mixing as JSON (exact pixels and the
 // distgan-sample line), drawn here as one image; shown when the model has styles.
 
-import { $, api, blobUrl, imageCanvas, pixelsOf, setStatus, showCommand } from "./lib.js";
+import { $, api, blobUrl, setStatus, showCommand, tilesCanvas } from "./lib.js";
 
 let current = null; // the shown figure's object URL
 
@@ -9,23 +9,6 @@ export function showMixing(meta) {
   $("mixing-card").hidden = !(meta.num_ws > 0);
   $("mix-layer").max = String(meta.num_ws || 0);
   $("mixing-hint").textContent = `style layers 0..${meta.num_ws}: from this layer on, a column's styles`;
-}
-
-// The answer's tiles ([rows + 1, cols + 1, H, W, C]) side by side on one canvas, as the PNG lays them out.
-function figureCanvas(answer) {
-  const { shape, data } = pixelsOf(answer);
-  const [rows, cols, height, width, channels] = shape;
-  const canvas = document.createElement("canvas");
-  canvas.width = cols * width;
-  canvas.height = rows * height;
-  const context = canvas.getContext("2d");
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) {
-      const offset = (r * cols + c) * height * width * channels;
-      context.drawImage(imageCanvas(data, offset, height, width, channels), c * width, r * height);
-    }
-  }
-  return canvas;
 }
 
 export async function renderMixing(state) {
@@ -37,7 +20,7 @@ export async function renderMixing(state) {
   $("mixing-error").hidden = true;
   try {
     const answer = await (await api("api/mixing", params)).json();
-    const url = await blobUrl(figureCanvas(answer));
+    const url = await blobUrl(tilesCanvas(answer));
     if (current) URL.revokeObjectURL(current);
     current = url;
     $("mixing-image").src = current;
