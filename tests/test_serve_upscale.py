@@ -125,6 +125,7 @@ def test_every_refusal_is_json_naming_the_limit_or_field(upscale_served):
 
 def test_catalogs_sr_only_and_mixed(upscale_served, serve_models, sr_model, tmp_path):
     url, _ = upscale_served
+    assert post(url, png_of(Image.new("RGB", (9, 7), "red"))).status_code == 200
     listing = httpx.get(f"{url}/api/models").json()
     assert [m["id"] for m in listing["models"]] == ["fashion28"]  # the generator page's list is unchanged
     (sr,) = listing["upscalers"]
@@ -134,6 +135,8 @@ def test_catalogs_sr_only_and_mixed(upscale_served, serve_models, sr_model, tmp_
     assert listing["limits"]["max_upscale_pixels"] == UPSCALE_LIMITS["--max-upscale-pixels"]
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "models": 2}
     assert httpx.get(f"{url}/api/sample", params={"seed": 3}).status_code == 200  # generators still draw
+    maps = Path(f"/proc/{upscale_served[1].pid}/maps").read_text()  # after upscales too: still torch-free
+    assert "libtorch" not in maps and "onnxruntime" in maps
 
     proc, only = start_server(tmp_path / "sr-only.log", sr_model, "--port", "0", "--threads", "1")
     try:
