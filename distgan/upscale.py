@@ -22,6 +22,7 @@ from distgan.image_runtime import ImageModelError, OnnxImageModel, tile_starts, 
 
 TASK = "super-resolution"
 DEFAULT_MAX_PIXELS = 40_000_000  # input pixels; at x4 the output alone is 16x as many
+DEFAULT_TILE, DEFAULT_OVERLAP = 256, 16  # distgan-serve's /api/upscale uses these too
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -57,12 +58,13 @@ def read_photo(path: Path, channels: int) -> Photo:
     try:
         with Image.open(path) as image:
             image.load()
-            return _split(image, channels)
+            return split_photo(image, channels)
     except OSError as exc:  # a truncated file passes the header check
         raise UpscaleError(f"{path}: cannot decode it: {exc}") from None
 
 
-def _split(image: Image.Image, channels: int) -> Photo:
+def split_photo(image: Image.Image, channels: int) -> Photo:
+    """A decoded image as the model sees it (gray or RGB for `channels`), its alpha and grayness kept aside."""
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
     gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
     if has_alpha:
@@ -75,14 +77,20 @@ def _split(image: Image.Image, channels: int) -> Photo:
     return Photo(pixels[..., None] if pixels.ndim == 2 else pixels, alpha, gray)
 
 
-def write_photo(photo: Photo, upscaled: np.ndarray, out: Path) -> None:
-    """The upscaled pixels with the alpha (bicubic) put back, written atomically in OUT's format."""
+def compose(photo: Photo, upscaled: np.ndarray) -> Image.Image:
+    """The upscaled pixels in the photo's mode again: gray stays gray, its alpha put back (bicubic)."""
     image = Image.fromarray(upscaled[..., 0] if upscaled.shape[-1] == 1 else upscaled)
     if photo.gray and image.mode == "RGB":
         image = image.convert("L")
     if photo.alpha is not None:
         image = image.convert("LA" if image.mode == "L" else "RGBA")
         image.putalpha(photo.alpha.resize(image.size, Image.Resampling.BICUBIC))
+    return image
+
+
+def write_photo(photo: Photo, upscaled: np.ndarray, out: Path) -> None:
+    """The upscaled pixels (`compose`), written atomically in OUT's format."""
+    image = compose(photo, upscaled)
     fmt = Image.registered_extensions().get(out.suffix.lower())
     if fmt is None:
         raise UpscaleError(f"{out}: unknown image format {out.suffix!r}; use .png or .jpg")
@@ -122,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, type=Path, help="an SRGAN export (distgan-export --onnx)")
     parser.add_argument("input", type=Path, metavar="IN", help="an image or a folder of images")
     parser.add_argument("output", type=Path, metavar="OUT", help="an image file, or a folder")
-    parser.add_argument("--tile", type=int, default=256, help="tile side in input pixels; 0 = whole image")
-    parser.add_argument("--overlap", type=int, default=16, help="minimum overlap of tiles, input pixels")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile side in input pixels; 0 = whole image")
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="minimum overlap of tiles, input pixels")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger inputs")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
     args = parser.parse_args(argv)

@@ -297,6 +297,42 @@ def served(serve_models, tmp_path_factory) -> Iterator[tuple[str, subprocess.Pop
     stop_server(proc)
 
 
+# The upscale server's limits: a 300x101 photo at x2 (121,200 output pixels, two tiles across) fits, 400x200 not.
+UPSCALE_LIMITS = {"--max-upload-bytes": 120_000, "--max-upscale-pixels": 150_000}
+
+
+@pytest.fixture(scope="session")
+def sr_model(tmp_path_factory) -> Path:
+    """A tiny x2 RGB SRResNet exported as distgan-export exports SRGAN's (tests/test_srgan.py's, one block)."""
+    import torch
+
+    from distgan.export.image_onnx import export_image_model
+    from distgan.models.srgan import SRGeneratorSpec, SRResNet
+
+    torch.manual_seed(0)
+    g = SRResNet(SRGeneratorSpec(arch="srgan", channels=3, height=16, width=16, num_classes=0, conditional=False,
+                                 scale=2, ngf=8, blocks=1)).eval()
+    with torch.no_grad():  # BatchNorm statistics as after training, so eval mode is not the identity
+        for m in g.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("sr-model") / "photo_x2.onnx"
+    export_image_model(g, path, channels=3, metadata={"task": "super-resolution", "family": "srgan", "step": 3,
+                                                      "scale": 2, "dataset": "synthetic"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def upscale_served(serve_models, sr_model, tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A mixed catalog: the conditional generator first, then the SR model; UPSCALE_LIMITS."""
+    limits = [str(a) for pair in UPSCALE_LIMITS.items() for a in pair]
+    log = tmp_path_factory.mktemp("upscale-log") / "server.log"
+    proc, url = start_server(log, serve_models["cond"], sr_model, "--port", "0", "--threads", "1", *limits)
+    yield url.rstrip("/"), proc
+    stop_server(proc)
+
+
 def weights_digest(run: Path) -> str:
     """sha256 over G, D and the EMA of a run's last checkpoint: names, dtypes, shapes and bytes."""
     import hashlib

@@ -280,6 +280,10 @@ def test_srgan_trains_exports_and_upscales(shards, tmp_path):
     assert max(parity(result.path, g.eval(), channels=1).values()) < TOLERANCE  # two other sizes
     out = upscale(model, np.zeros((13, 21, 1), np.uint8), tile=8, overlap=2)
     assert out.shape == (26, 42, 1)
+    from distgan.serve.catalog import ServedUpscaler, load_models
+
+    (served,) = load_models([result.path])  # distgan-serve takes the export as a super-resolution model
+    assert isinstance(served, ServedUpscaler) and served.describe()["scale"] == 2
 
 
 def test_srgan_config_errors_name_the_key(shards, tmp_path):

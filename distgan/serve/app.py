@@ -5,6 +5,7 @@
     GET /api/models        every model         GET /healthz          liveness
     GET /api/meta          one model, in full  GET /api/nearest      a sample's nearest training images (--data)
     GET /api/mixing        a style-mixing grid GET /api/stages       a pyramid model's stages of one sample
+    POST /api/upscale      a PNG/JPEG body through an SR model (JSON)
 
 Behind a reverse proxy: the page asks for everything by relative URL, so it works under any
 path prefix; a prefix the proxy strips is `root_path` (uvicorn's --root-path, or an
@@ -14,8 +15,9 @@ seeds, labels and the command are in the JSON body (`format=json`) and in the PN
 
 Every error is JSON, `{"error": "...", "field": "..."}`: a bad parameter is a 400 naming it
 and its valid range (so is a Host other than localhost, on a loopback-bound server), an
-unknown path a 404, a query over the size limit a 414, a request body a 413; an unexpected
-failure is a 500 with no traceback (that goes to the log).
+unknown path a 404, a query over the size limit a 414, a request body a 413 (but on
+/api/upscale, which takes one up to --max-upload-bytes); an unexpected failure is a 500 with
+no traceback (that goes to the log).
 Endpoints are plain functions, run in Starlette's thread pool: onnxruntime releases the GIL
 and its sessions take concurrent calls.
 """
@@ -35,6 +37,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -43,9 +46,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distgan.runtime import ALL_CLASSES, MAX_SEED, PSI_RANGE, Drawing, InputError
-from distgan.serve.catalog import Limits, ServedModel, limits_json
+from distgan.serve.catalog import Limits, ServedModel, ServedUpscaler, limits_json
 from distgan.serve.nearest import NearestIndex
 from distgan.serve.query import Query
+from distgan.serve.upscaling import upscale_upload
 
 log = logging.getLogger("distgan.serve")
 
@@ -65,6 +69,9 @@ WALK_PARAMS = ("model", "seed_a", "seed_b", "steps", "class", "psi", "format")
 NEAREST_PARAMS = ("model", "seed", "class", "psi", "k")
 MIXING_PARAMS = ("model", "row_seed", "rows", "col_seed", "cols", "mix_layer", "class", "psi", "format")
 STAGES_PARAMS = ("model", "seed", "class", "psi", "format")
+UPSCALE_PARAMS = ("model", "name")
+UPLOAD_PATHS = frozenset({"/api/upscale"})  # the only paths that take a request body
+DRAIN_LIMITS = 4  # a refused upload is read and dropped up to this many times --max-upload-bytes
 FORMATS = ("png", "npy", "json")
 MAX_NEIGHBOURS = 16
 # A prefix from X-Forwarded-Prefix: a path of plain segments (it is written into links).
@@ -73,6 +80,15 @@ PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 
 def error(status: int, message: str, field: str | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status)
+
+
+class BodyTooLarge(Exception):
+    """An upload past --max-upload-bytes: declared so (`size`), or grown past it while read (`size` None: a
+    chunked body declares no length)."""
+
+    def __init__(self, limit: int, size: int | None = None):
+        told = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
+        super().__init__(f"body: {told}; the limit is {limit:,} (--max-upload-bytes)")
 
 
 def host_name(host: str) -> str:
@@ -107,13 +123,33 @@ class Guard:
     """ASGI middleware: refuses oversized queries, request bodies and a Host that is not allowed; applies a
     proxy's X-Forwarded-Prefix as root_path (as uvicorn's --root-path does); adds the security headers.
 
+    Bodies: none anywhere but UPLOAD_PATHS, and there at most `max_upload_bytes`, refused from the declared
+    Content-Length (the body read and dropped first, up to DRAIN_LIMITS x the limit: a proxy still sending it
+    would otherwise see a reset and answer 502 instead), and counted as read (BodyTooLarge) when no length is
+    declared.
+
     Hosts: `allowed_hosts` (patterns as Starlette's TrustedHostMiddleware takes them, "*.example.org") are
     allowed beside localhost; with none, a server bound to a loopback address (`local_only`) answers localhost
     only, which keeps DNS-rebinding pages out, and one bound elsewhere answers any Host."""
 
-    def __init__(self, app: ASGIApp, max_query_bytes: int, local_only: bool, allowed_hosts: tuple[str, ...] = ()):
-        self.app, self.max_query_bytes = app, max_query_bytes
+    def __init__(self, app: ASGIApp, max_query_bytes: int, local_only: bool, allowed_hosts: tuple[str, ...] = (),
+                 max_upload_bytes: int = Limits.max_upload_bytes):
+        self.app, self.max_query_bytes, self.max_upload_bytes = app, max_query_bytes, max_upload_bytes
         self.local_only, self.allowed_hosts = local_only, allowed_hosts
+
+    def counted(self, receive: Receive) -> Receive:
+        """`receive` raising BodyTooLarge once the body read so far passes the limit."""
+        seen = 0
+
+        async def receive_counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_upload_bytes:
+                raise BodyTooLarge(self.max_upload_bytes)
+            return message
+
+        return receive_counted
 
     def host_allowed(self, host: str) -> bool:
         if not (self.local_only or self.allowed_hosts) or is_loopback(host):
@@ -141,12 +177,35 @@ class Guard:
         elif len(scope["query_string"]) > self.max_query_bytes:
             refusal = error(414, f"query: {len(scope['query_string'])} bytes; the limit is {self.max_query_bytes} "
                                  f"(--max-query-bytes)", "query")
+        elif route_path(scope) in UPLOAD_PATHS:
+            length = headers.get(b"content-length", b"").decode("latin-1")
+            if length.isdigit() and int(length) > self.max_upload_bytes:
+                refusal = error(413, str(BodyTooLarge(self.max_upload_bytes, int(length))), "body")
+                await drain(receive, DRAIN_LIMITS * self.max_upload_bytes)
+            receive = self.counted(receive)
         elif headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
             refusal = error(413, "body: this API takes no request body; parameters go in the query", "body")
         prefix = forwarded_prefix(scope, headers)
         if prefix is not None and not scope.get("root_path"):
             scope = {**scope, "root_path": prefix, "path": prefix + scope["path"]}
         await (refusal or self.app)(scope, receive, send_with_headers)
+
+
+async def drain(receive: Receive, most: int) -> None:
+    """Read and drop a refused request body, `most` bytes at the most."""
+    seen = 0
+    while seen <= most:
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+
+
+def route_path(scope: Scope) -> str:
+    """The path the routes see: without the root_path a server given --root-path may have put in front."""
+    root = scope.get("root_path", "")
+    path = scope["path"]
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -190,19 +249,38 @@ def _drawing_response(request: Request, model: ServedModel, drawing: Drawing, fo
     })
 
 
-def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only: bool = True,
+def create_app(served: list[ServedModel | ServedUpscaler], limits: Limits = Limits(), local_only: bool = True,
                allowed_hosts: tuple[str, ...] = (), nearest: dict[str, NearestIndex] | None = None) -> Starlette:
-    """The application serving `models` (the first is the default) within `limits`; `local_only` and
-    `allowed_hosts`: see Guard; `nearest`: a model id's index of training images (distgan-serve --data)."""
+    """The application serving generators and super-resolution models (`served`; the first of each kind is its
+    endpoints' default) within `limits`; `local_only` and `allowed_hosts`: see Guard; `nearest`: a model id's
+    index of training images (distgan-serve --data)."""
+    models = [m for m in served if isinstance(m, ServedModel)]
+    upscalers = {m.id: m for m in served if isinstance(m, ServedUpscaler)}
     by_id = {m.id: m for m in models}
     nearest = nearest or {}
     static = _static_files()
 
     def pick(query: Query) -> ServedModel:
-        name = query.text("model", models[0].id)
+        name = query.text("model", models[0].id if models else None)
+        if name in upscalers:
+            raise InputError("model", f"{name!r} is a super-resolution model: POST an image to api/upscale; "
+                                      f"generators: {', '.join(by_id) or 'none served'}")
         if name not in by_id:
-            raise InputError("model", f"{name!r} is not served; valid: {', '.join(by_id)}")
+            valid = f"valid: {', '.join(by_id)}" if by_id else "no generator is served"
+            raise InputError("model", f"{'no model given' if name is None else repr(name) + ' is not served'}; "
+                                      f"{valid}")
         return by_id[name]
+
+    def pick_upscaler(query: Query) -> ServedUpscaler:
+        name = query.text("model", next(iter(upscalers), None))
+        if name in by_id:
+            raise InputError("model", f"{name!r} is a generator, not a super-resolution model; valid: "
+                                      f"{', '.join(upscalers) or 'none served'}")
+        if name not in upscalers:
+            valid = f"valid: {', '.join(upscalers)}" if upscalers else "no super-resolution model is served"
+            raise InputError("model", f"{'no model given' if name is None else repr(name) + ' is not served'}; "
+                                      f"{valid}")
+        return upscalers[name]
 
     def common(query: Query, field: str, count: int, low: int) -> tuple[ServedModel, str | None, float, str]:
         """model, class, psi and format; and the images `count` (n or steps) makes within --max-images."""
@@ -288,6 +366,15 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
         drawing = model.generator.stage_grid(seed, class_name, psi)
         view = view_of(query, {"model": "model"})  # as /api/mixing: the card's fields are its own
         return _drawing_response(request, model, drawing, form, (1, *drawing.images.shape), view)
+    async def upscale(request: Request) -> Response:
+        """A PNG/JPEG body through an SR model (`distgan.serve.upscaling`): bicubic and SR PNGs, the crop to zoom.
+        The body is read here (Guard counts it); the work runs in the thread pool like every other endpoint's."""
+        query = Query(request.query_params.multi_items(), UPSCALE_PARAMS)
+        model = pick_upscaler(query)
+        name = query.text("name")
+        body = await request.body()
+        answer = await run_in_threadpool(upscale_upload, model, body, limits.max_upscale_pixels, name)
+        return JSONResponse(answer)
 
     def meta(request: Request) -> Response:
         model = pick(Query(request.query_params.multi_items(), ("model",)))
@@ -296,10 +383,11 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
 
     def model_list(request: Request) -> Response:
         Query(request.query_params.multi_items(), ())
-        return JSONResponse({"models": [m.describe() for m in models], "limits": limits_json(limits)})
+        return JSONResponse({"models": [m.describe() for m in models],
+                             "upscalers": [m.describe() for m in upscalers.values()], "limits": limits_json(limits)})
 
     def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": len(models)})
+        return JSONResponse({"status": "ok", "models": len(served)})
 
     def page_file(name: str) -> Response:
         if name not in static:
@@ -313,9 +401,10 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), local_only:
         Route("/healthz", healthz), Route("/api/models", model_list), Route("/api/meta", meta),
         Route("/api/sample", sample), Route("/api/interpolate", interpolate), Route("/api/nearest", nearest_images),
         Route("/api/mixing", mixing), Route("/api/stages", stages),
+        Route("/api/upscale", upscale, methods=["POST"]),
     ]
     guard = Middleware(Guard, max_query_bytes=limits.max_query_bytes, local_only=local_only,
-                       allowed_hosts=allowed_hosts)
+                       allowed_hosts=allowed_hosts, max_upload_bytes=limits.max_upload_bytes)
     return Starlette(routes=routes, middleware=[guard], exception_handlers=_handlers())
 
 
@@ -326,11 +415,16 @@ def _handlers() -> dict[Any, Callable[..., Any]]:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = {404: f"not found: {request.url.path}", 405: f"method {request.method} not allowed; use GET"}
+        allowed = (exc.headers or {}).get("Allow", "GET")
+        message = {404: f"not found: {request.url.path}", 405: f"method {request.method} not allowed; use {allowed}"}
         return error(exc.status_code, message.get(exc.status_code, exc.detail))
+
+    async def body_too_large(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BodyTooLarge)
+        return error(413, str(exc), "body")
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("%s %s failed", request.method, request.url, exc_info=exc)
         return error(500, "internal error (the server's log has the details)")
 
-    return {InputError: bad_input, HTTPException: http_error, Exception: unexpected}
+    return {InputError: bad_input, HTTPException: http_error, BodyTooLarge: body_too_large, Exception: unexpected}

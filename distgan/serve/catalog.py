@@ -1,4 +1,8 @@
-"""The models a server offers: loaded and checked at start, named, described as JSON."""
+"""The models a server offers: loaded and checked at start, named, described as JSON.
+
+Two kinds, told apart by their metadata: generators (`distgan-export` of a GAN: `OnnxGenerator`) and
+super-resolution models (an SRGAN export, `distgan.task=super-resolution`: `OnnxImageModel`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+
+from distgan.image_runtime import ImageModelError, OnnxImageModel
 from distgan.runtime import MAX_SEED, PSI_RANGE, ModelError, OnnxGenerator
+
+SR_TASK = "super-resolution"
 
 
 @dataclass(frozen=True)
@@ -17,6 +27,8 @@ class Limits:
     max_steps: int = 64  # frames per walk
     max_images: int = 640  # images one request renders (class=all draws every class per seed or walk)
     max_query_bytes: int = 2048
+    max_upload_bytes: int = 20_000_000  # one /api/upscale body
+    max_upscale_pixels: int = 2048 * 2048  # pixels of one /api/upscale output (scale^2 x the input's)
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,20 @@ class ServedModel:
         if full:
             out["metadata"] = g.metadata
         return out
+
+
+@dataclass(frozen=True)
+class ServedUpscaler:
+    id: str
+    model: OnnxImageModel
+
+    def describe(self) -> dict[str, Any]:
+        """What the page's upscale card shows."""
+        info, m = self.model.info, self.model
+        return {"id": self.id, "file": m.path.name, "path": str(m.path), "sha256": m.sha256, "task": info.task,
+                "family": info.family, "scale": info.scale, "channels": info.channels,
+                "mode": "L" if info.channels == 1 else "RGB", "step": info.step,
+                "dataset": info.metadata.get("distgan.dataset", "")}
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -67,14 +93,48 @@ def model_files(given: list[Path]) -> list[Path]:
     return out
 
 
-def load_models(paths: list[Path], threads: int = 0) -> list[ServedModel]:
-    """Every file loaded and run once (one image) before the server starts; errors name the file."""
+def _task(path: Path) -> str | None:
+    """The file's `distgan.task` (image-to-image models have one, generators none); None also for a file onnx
+    cannot parse, which OnnxGenerator then refuses with its own message."""
+    try:
+        props = onnx.load(str(path), load_external_data=False).metadata_props
+    except Exception:  # onnx raises protobuf's DecodeError and others: the generator loader names the problem
+        return None
+    return next((p.value for p in props if p.key == "distgan.task"), None)
+
+
+def _load_upscaler(path: Path, given: Path, threads: int) -> OnnxImageModel:
+    """An SR model, run once on a small image: output exactly scale x the input."""
+    try:
+        model = OnnxImageModel(path, threads=threads, task=SR_TASK)
+        out = model.run(np.zeros((1, model.info.channels, 5, 7), np.float32))
+    except ImageModelError as exc:
+        raise ModelError(f"{given}: {str(exc).removeprefix(f'{path}: ')}") from None
+    except Exception as exc:  # onnxruntime's own errors: a graph that does not fit its metadata
+        raise ModelError(f"{given}: cannot upscale an image with it: {str(exc).splitlines()[0]}") from None
+    s = model.info.scale
+    if out.shape != (1, model.info.channels, 5 * s, 7 * s):
+        raise ModelError(f"{given}: a 5x7 image came out {list(out.shape[2:])}, not {[5 * s, 7 * s]} "
+                         f"(distgan.scale {s})")
+    return model
+
+
+def load_models(paths: list[Path], threads: int = 0) -> list[ServedModel | ServedUpscaler]:
+    """Every file loaded and run once (one image) before the server starts; errors name the file. Generators and
+    super-resolution models in the order given."""
     resolved = [Path(p).resolve() for p in paths]
     for i, path in enumerate(resolved):
         if path in resolved[:i]:
             raise ModelError(f"{paths[i]}: given twice")
-    models = []
+    models: list[OnnxGenerator | OnnxImageModel] = []
     for path, given in zip(resolved, paths):
+        task = _task(path) if path.is_file() else None
+        if task is not None:
+            if task != SR_TASK:
+                raise ModelError(f"{given}: a {task!r} model; distgan-serve serves generators and "
+                                 f"{SR_TASK!r} models")
+            models.append(_load_upscaler(path, Path(given), threads))
+            continue
         generator = OnnxGenerator(path, threads=threads)
         info = generator.info
         try:
@@ -85,9 +145,11 @@ def load_models(paths: list[Path], threads: int = 0) -> list[ServedModel]:
             raise ModelError(f"{given}: its images are {list(images.shape[1:])} (H, W, C) but its metadata says "
                              f"{[info.height, info.width, info.channels]}")
         models.append(generator)
-    return [ServedModel(i, g) for i, g in zip(_ids(resolved), models)]
+    return [ServedUpscaler(i, m) if isinstance(m, OnnxImageModel) else ServedModel(i, m)
+            for i, m in zip(_ids(resolved), models)]
 
 
 def limits_json(limits: Limits) -> dict[str, Any]:
     return {"max_n": limits.max_n, "max_steps": limits.max_steps, "max_images": limits.max_images,
-            "seed": [0, MAX_SEED], "psi": list(PSI_RANGE)}
+            "seed": [0, MAX_SEED], "psi": list(PSI_RANGE), "max_upload_bytes": limits.max_upload_bytes,
+            "max_upscale_pixels": limits.max_upscale_pixels}

@@ -1,10 +1,12 @@
-"""`distgan-serve MODEL.onnx|DIR [...] [--host 127.0.0.1] [--port 8000] [--data DIR]`: a page and API for generators.
+"""`distgan-serve MODEL.onnx|DIR [...] [--host 127.0.0.1] [--port 8000] [--data DIR]`: a page and API for generators
+and super-resolution models (SRGAN exports: the page's upscale card, POST /api/upscale).
 
 Binds 127.0.0.1 unless --host says otherwise: on a training server, reach it through an
 SSH port forward (`ssh -L 8000:127.0.0.1:8000 server`, then http://localhost:8000/ on the
 laptop), or behind a reverse proxy (README: nginx, Caddy; --root-path, --allowed-hosts).
 Every model is loaded and run once before the port opens; a file that is not a distgan
-generator stops the command with a message naming it. A folder serves every .onnx in it.
+generator or super-resolution model stops the command with a message naming it. A folder serves
+every .onnx in it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from distgan.data.manifest import DataError
 from distgan.runtime import ModelError
-from distgan.serve.catalog import Limits, ServedModel, load_models, model_files
+from distgan.serve.catalog import Limits, ServedModel, ServedUpscaler, load_models, model_files
 from distgan.serve.nearest import NearestIndex
 
 
@@ -39,7 +41,11 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _summary(model: ServedModel) -> str:
+def _summary(model: ServedModel | ServedUpscaler) -> str:
+    if isinstance(model, ServedUpscaler):
+        info = model.model.info
+        mode = "L" if info.channels == 1 else "RGB"
+        return f"{model.id}: {info.family}, super-resolution x{info.scale} {mode}, step {info.step}"
     info = model.generator.info
     classes = f"{info.num_classes} classes" if info.num_classes else "unconditional"
     mode = "L" if info.channels == 1 else "RGB"
@@ -48,9 +54,10 @@ def _summary(model: ServedModel) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="distgan-serve", description="A web page and an HTTP API for exported "
-                                                                       "distgan generators (onnxruntime, no torch).")
+                                                                       "distgan generators and super-resolution "
+                                                                       "models (onnxruntime, no torch).")
     parser.add_argument("models", type=Path, nargs="+", metavar="MODEL.onnx",
-                        help="files from distgan-export, or folders: every .onnx in them")
+                        help="files from distgan-export (generators, SRGAN exports), or folders: every .onnx in them")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads per model (default: one per core)")
@@ -72,8 +79,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="images one request renders, class=all counting every class (default %(default)s)")
     parser.add_argument("--max-query-bytes", type=int, default=defaults.max_query_bytes,
                         help="longest query string accepted (default %(default)s)")
+    parser.add_argument("--max-upload-bytes", type=int, default=defaults.max_upload_bytes,
+                        help="largest image POSTed to /api/upscale (default %(default)s)")
+    parser.add_argument("--max-upscale-pixels", type=int, default=defaults.max_upscale_pixels,
+                        help="most pixels one /api/upscale output may have, scale^2 x the input's "
+                             "(default %(default)s: 2048 x 2048)")
     args = parser.parse_args(argv)
-    for flag in ("max_n", "max_steps", "max_images", "max_query_bytes"):
+    for flag in ("max_n", "max_steps", "max_images", "max_query_bytes", "max_upload_bytes", "max_upscale_pixels"):
         if getattr(args, flag) < (2 if flag == "max_steps" else 1):
             parser.error(f"--{flag.replace('_', '-')} must be >= {2 if flag == 'max_steps' else 1}")
     if not 0 <= args.port <= 65535:
@@ -85,10 +97,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def nearest_indexes(data: Path, split: str, models: list[ServedModel]) -> dict[str, NearestIndex]:
-    """The --data index for every model that draws the dataset's image shape (at least one must)."""
+def nearest_indexes(data: Path, split: str, models: list[ServedModel | ServedUpscaler]) -> dict[str, NearestIndex]:
+    """The --data index for every generator that draws the dataset's image shape (at least one must)."""
     index = NearestIndex.open(data, split)
-    fits = {m.id: index for m in models
+    generators = [m for m in models if isinstance(m, ServedModel)]
+    fits = {m.id: index for m in generators
             if (m.generator.info.height, m.generator.info.width, m.generator.info.channels) == index.image_shape}
     if not fits:
         raise DataError(f"{data}: --data holds {list(index.image_shape)} (H, W, C) images; no served model draws "
@@ -112,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ModelError, DataError) as exc:
         print(f"distgan-serve: error: {exc}", file=sys.stderr)
         return 2
-    limits = Limits(args.max_n, args.max_steps, args.max_images, args.max_query_bytes)
+    limits = Limits(args.max_n, args.max_steps, args.max_images, args.max_query_bytes, args.max_upload_bytes,
+                    args.max_upscale_pixels)
     try:
         sock = _listen(args.host, args.port)
     except OSError as exc:  # also socket.gaierror: a host name that does not resolve

@@ -20,7 +20,9 @@ NGINX = "/usr/sbin/nginx"
 
 
 def location_block(prefix: str = "/gan", upstream: str = "127.0.0.1:8000") -> str:
-    """The recipe: nginx strips the prefix (proxy_pass ends in /) and says what it was (X-Forwarded-Prefix)."""
+    """The recipe: nginx strips the prefix (proxy_pass ends in /) and says what it was (X-Forwarded-Prefix); its
+    body limit lets /api/upscale's default --max-upload-bytes (20,000,000) through, so the server's own JSON 413
+    names the limit (nginx's default, 1 MiB, would answer its own HTML page first)."""
     prefix = "/" + prefix.strip("/")
     return f"""location = {prefix} {{ return 301 {prefix}/; }}
 location {prefix}/ {{
@@ -29,6 +31,7 @@ location {prefix}/ {{
     proxy_set_header X-Forwarded-Prefix {prefix};
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_set_header X-Forwarded-Proto $scheme;
+    client_max_body_size 20m;
 }}
 """
 

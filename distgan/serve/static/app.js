@@ -3,8 +3,9 @@
 // JSON (exact uint8 pixels, seeds, labels, the command) and are drawn here; downloads are the server's PNG,
 // byte for byte what the copied command writes. The view lives in the page's URL (view.js): a link reproduces it.
 //
-// The page's blocks: this file (model panel, grid, enlarged image), walk.js, nearest.js. A new block is a
-// module with its own <section> in index.html, wired up in start() below.
+// The page's blocks: this file (model panel, grid, enlarged image), walk.js, nearest.js, mixing.js, upscale.js.
+// A new block is a module with its own <section> in index.html, wired up in start() below. A server with
+// super-resolution models only has no generator blocks: the page is the upscale card alone.
 
 import {
   $, api, clearErrors, clearOnEdit, copyText, debounce, markFresh, saveBlob, setStatus, showCommand, showError,
@@ -17,6 +18,7 @@ import { readView, writeView } from "./view.js";
 const GRID_STALE = { box: "grid", note: "grid-stale" };
 import { renderMixing, showMixing } from "./mixing.js";
 import { renderStages, showStages } from "./stages.js";
+import { runUpscale, showUpscalers } from "./upscale.js";
 
 const state = {
   models: [],
@@ -25,7 +27,7 @@ const state = {
   gridUrls: [],   // blob: URLs of the shown tiles
   gridParams: null,
   walk: null,     // walk.js's current walk
-  requests: { grid: 0, walk: 0, nearest: 0 },
+  requests: { grid: 0, walk: 0, nearest: 0, upscale: 0 },
 };
 
 const className = (index) => state.model.classes[index];
@@ -294,10 +296,23 @@ function wireLightbox() {
   $("lightbox-nearest").addEventListener("click", () => showNearest(state, $("lightbox").params));
 }
 
+function wireUpscale() {
+  $("upscale-form").addEventListener("submit", (event) => { event.preventDefault(); runUpscale(state); });
+  $("upscale-file").addEventListener("change", () => runUpscale(state));
+}
+
 async function start() {
   const listing = await (await api("api/models")).json();
   state.models = listing.models;
   state.limits = listing.limits;
+  showUpscalers(listing.upscalers, listing.limits);
+  wireUpscale();
+  if (listing.models.length === 0) {  // super-resolution models only
+    document.querySelectorAll("[data-generator]").forEach((element) => { element.hidden = true; });
+    $("layout").classList.add("upscale-only");
+    document.title = "upscale · distgan-serve";
+    return;
+  }
   const view = readView(listing.models.map((m) => m.id));
   const picker = $("model");
   listing.models.forEach((m) => picker.append(new Option(`${m.id} (${m.family}, ${m.width}×${m.height})`, m.id)));

@@ -18,8 +18,9 @@ export function queryOf(params) {
   return query;
 }
 
-export async function api(path, params = {}) {
-  const response = await fetch(`${path}?${queryOf(params)}`);
+// `init`: fetch's options, for the one request with a body (POST api/upscale).
+export async function api(path, params = {}, init = undefined) {
+  const response = await fetch(`${path}?${queryOf(params)}`, init);
   if (!response.ok) {
     let body = { error: `${response.status} ${response.statusText}`, field: null };
     try { body = await response.json(); } catch (_) { /* not JSON: keep the status line */ }
