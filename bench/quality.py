@@ -59,6 +59,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import psutil  # accelerate's own dependency
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 
@@ -285,8 +287,6 @@ def train(run: Run, args: argparse.Namespace) -> dict:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process and its live descendants (ranks, loader workers), those it reaped included."""
-    import psutil
-
     total = 0.0
     try:
         root = psutil.Process(pid)
@@ -307,8 +307,13 @@ def stop_when_spent(pid: int, out: Path, minutes: float | None, cpu_minutes: flo
     the CPU budget is spent; polled each second."""
     start = time.monotonic()
     while not ended.wait(1.0):
-        if ((minutes is not None and time.monotonic() - start >= minutes * 60)
-                or (cpu_minutes is not None and tree_cpu_seconds(pid) >= cpu_minutes * 60)):
+        try:
+            spent = ((minutes is not None and time.monotonic() - start >= minutes * 60)
+                     or (cpu_minutes is not None and tree_cpu_seconds(pid) >= cpu_minutes * 60))
+        except psutil.Error as exc:  # the budget cannot be watched: stop now rather than train without one
+            print(f"[{out.name}] cannot read the run's CPU time ({exc}); stopping it", flush=True)
+            spent = True
+        if spent:
             out.mkdir(parents=True, exist_ok=True)
             (out / "STOP").touch()
             return

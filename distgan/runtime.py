@@ -51,6 +51,7 @@ REQUIRED_KEYS = (
     "output_layout", "output_dtype", "step", "dataset", "distgan_version", "config_hash", "quantization",
 )
 MAX_SEED = 2**32 - 1
+MAX_INPUT_VALUES = 2**20  # per image, of an input a client fills with its declared default (a latent, psi, ...)
 STYLE_INPUTS = ("psi", "z2", "mix_layer")  # a style-based export's inputs besides z (and labels): psi [B] float32,
 # z2 [B, nz] float32, mix_layer [B] int64; metadata distgan.num_ws says how many style layers mix_layer indexes
 PSI_RANGE = (0.0, 2.0)
@@ -240,12 +241,15 @@ def input_specs(metadata: dict[str, str], source: str) -> list[dict]:
     try:
         specs = json.loads(metadata.get(PREFIX + "input_specs", "[]"))
         for spec in specs:
-            np.dtype(spec["dtype"])
+            if np.dtype(spec["dtype"]).kind not in "biuf":
+                raise ValueError(f"dtype {spec['dtype']!r} is not a number type")
             if not isinstance(spec["name"], str) or not all(isinstance(d, int) and d >= 0 for d in spec["shape"]):
                 raise ValueError(spec)
-            if spec.get("default") is not None:
-                np.full(spec["shape"], spec["default"], dtype=spec["dtype"])
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            if math.prod(spec["shape"]) > MAX_INPUT_VALUES:  # checked before anything is allocated
+                raise ValueError(f"{spec['name']}: shape {spec['shape']} is over {MAX_INPUT_VALUES} values per image")
+            if spec.get("default") is not None and np.asarray(spec["default"], spec["dtype"]).ndim != 0:
+                raise ValueError(f"{spec['name']}: the default is not one number")
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as exc:
         raise ModelError(f"{source}: {PREFIX}input_specs is not a JSON list of {{name, dtype, shape[, default]}} "
                          f"objects ({type(exc).__name__}: {exc})") from None
     return specs

@@ -88,6 +88,8 @@ def test_images_reach_lpips_as_3x256():
     assert up.shape == (2, 3, 256, 256) and torch.equal(up[:, 0], up[:, 2])
     big = torch.rand(2, 3, 512, 512)
     assert torch.allclose(lpips_input(big), F.avg_pool2d(big, 2), atol=1e-6)  # NVlabs' area mean
+    odd = torch.rand(1, 3, 384, 320)  # larger, not a multiple: area-averaged too (not bilinear)
+    assert torch.allclose(lpips_input(odd), F.adaptive_avg_pool2d(odd, 256), atol=1e-6)
 
 
 def test_percentile_filtering_drops_the_outliers():

@@ -153,11 +153,12 @@ def evaluate(
     if space is not None:
         t = time.perf_counter()
         bar = _bar(ppl_n, "ppl", progress, unit="path")
+        ppl_batch = min(batch_size, PPL_BATCH)  # G's noise is redrawn per batch: the figure depends on it
         lengths = path_lengths(space, distance, ppl_n, latent_size(source.generator), source.info.num_classes,
-                               batch_size=min(batch_size, PPL_BATCH), seed=seed, device=source.device,
-                               progress=bar.update)
+                               batch_size=ppl_batch, seed=seed, device=source.device, progress=bar.update)
         bar.close()
-        ppl = {**PPL_SETTINGS, "n": ppl_n, "distance": distance.name, "vgg16": str(distance.path)}
+        ppl = {**PPL_SETTINGS, "n": ppl_n, "batch": ppl_batch, "distance": distance.name,
+               "vgg16": str(distance.path)}
         timings["ppl_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

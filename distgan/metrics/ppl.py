@@ -10,7 +10,8 @@ Where this differs from NVlabs, on purpose:
 - no crop: NVlabs crops FFHQ images to the face region before measuring (`crop=True` for FFHQ only); distgan's
   images are not aligned faces, so the whole image is measured;
 - size: images are brought to 256x256 before LPIPS: smaller ones bilinearly up-sampled (VGG then sees structures
-  at about the scale of its ImageNet training, as on FFHQ at 256 px), larger ones area-averaged like NVlabs'.
+  at about the scale of its ImageNet training, as on FFHQ at 256 px), larger ones area-averaged like NVlabs';
+  a non-square image is squashed to the square;
   NVlabs feeds a smaller image as it is, so a 32-px model's PPL here compares with distgan's figures only;
 - the distance: LPIPS v0.1 VGG from torchvision's VGG16 and the `lpips` package's heads (`lpips_vgg.py`); NVlabs
   uses its own TorchScript conversion of LPIPS-VGG (vgg16.pt). Same definition, not promised the same figures.
@@ -52,13 +53,12 @@ def lpips_input(images: torch.Tensor, size: int = PPL_SIZE) -> torch.Tensor:
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     h, w = images.shape[-2:]
-    if h > size and w > size and h % size == 0 and w % size == 0:
-        fh, fw = h // size, w // size
-        return images.reshape(len(images), 3, size, fh, size, fw).mean(dim=(3, 5))
-    if (h, w) != (size, size):
-        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                             antialias=h > size or w > size)
-    return images
+    if (h, w) == (size, size):
+        return images
+    if h >= size and w >= size:  # area averages (NVlabs' reshape-mean where the sizes divide)
+        return F.interpolate(images, size=(size, size), mode="area")
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=h > size or w > size)
 
 
 @torch.inference_mode()
