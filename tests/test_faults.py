@@ -301,3 +301,15 @@ def test_the_fault_injection_suite_short_mode_survives_every_fault(tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["trials"] == 3 and summary["failures"] == [], summary
     assert summary["survived"] == summary["tried"] == {"kill_rank": 1, "kill_launcher": 1, "term_group": 1}
+
+
+def test_a_start_refused_at_setup_leaves_no_empty_run_directory(shards, tmp_path):
+    """configs/small_data.yaml (64 px) on 28-px shards: one line naming the key, exit 2, and runs/NAME not left
+    behind (the lock made it; nothing else was written)."""
+    data, _ = shards
+    proc = subprocess.run([sys.executable, str(REPO / "distgan" / "train.py"), "--config",
+                           str(REPO / "configs/small_data.yaml"), f"data.path={data}", f"run_dir={tmp_path}", "name=t"],
+                          env=run_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("distgan-train: error: config: model.arch 'dcgan64' needs")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "t").exists()

@@ -116,9 +116,11 @@ class RunLock:
         self.lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._made_directory = False
 
     def acquire(self, force: bool = False) -> None:
         """Take the lock, or raise TrainingError naming its holder. Writes nothing else."""
+        self._made_directory = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(10):  # each round: a link, or one takeover; a racing start makes another round
             if self._link():
@@ -195,3 +197,5 @@ class RunLock:
             holder = read_holder(self.path)
             if holder is not None and holder.token == self.me.token:
                 self.path.unlink(missing_ok=True)
+            if self._made_directory and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()  # a start refused at setup leaves no empty run directory behind
