@@ -37,8 +37,8 @@ def level_checkpoints(run_path: Path, level: int) -> list[Path]:
 
 
 # The config key behind each spec key (the others come from the data: its image shape and classes).
-SPEC_KEYS = {"coarse_nz": "model.nz", "ngf": "model.ngf", "ndf": "model.ndf", "d_dropout": "model.d_dropout",
-             "conditional": "model.conditional", "num_classes": "data (its classes)",
+SPEC_KEYS = {"coarse_nz": "model.nz", "ngf": "model.ngf", "ndf": "model.ndf",
+             "d_dropout": "model.d_dropout", "conditional": "model.conditional", "num_classes": "data (its classes)",
              "channels": "data (its image shape)", "height": "data (its image shape)", "width": "data (its image shape)"}
 
 
