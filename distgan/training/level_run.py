@@ -7,14 +7,17 @@ latents and the dropout masks from a seed derived from them, the real batch from
 with the checkpoint. A level resumed from step N is therefore bitwise the level trained in one go.
 
 As in the main trainer, each level keeps an EMA of its G (`optim.ema_decay`): what the pyramid exports and
-samples. Stop requests are the main trainer's (`signals.py`, STOP files, `RunDirectory`'s markers), shared
-over the ranks by `ddp.Control` every `train.sync_every` rounds (a round: one step of each of a rank's
-unfinished levels); on a stop every level checkpoints at the step it has reached. Launches may share the
-run directory (a SLURM array job: a task per level), so the markers are per level as well:
+samples. Stop requests are the main trainer's (`signals.py`, STOP files, `Markers`), shared over the ranks by
+`ddp.Control` every `train.sync_every` rounds (a round: one step of each of a rank's unfinished levels); on a
+stop every level checkpoints at the step it has reached. What one rank alone learns (a level it cannot load,
+a data error, a failed checkpoint write, its level LOCK taken over) goes over the same channel, so every rank
+stops with the same error. Launches may share the run directory (a SLURM array job: a task per level), so
+the markers are per level as well, and each level has one writer:
 
     runs/NAME/STOP                      stops every launch of the run
     runs/NAME/levels/level-K/STOP       stops the launch that trains level K
     runs/NAME/levels/level-K/STOPPED    level K's launch stopped, its checkpoint written (or COMPLETED: done)
+    runs/NAME/levels/level-K/LOCK       the launch training level K now (its first rank; `run_lock.py`)
     runs/NAME/STOPPED, COMPLETED        the same for a launch that trains every level (`train.levels: all`)
 """
 
