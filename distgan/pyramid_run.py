@@ -16,6 +16,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from distgan.config import ConfigError
 from distgan.models.lapgan import LapganSpec, LaplacianGenerator, lapgan_from_spec
 
 LEVELS_DIR = "levels"
@@ -35,14 +36,38 @@ def level_checkpoints(run_path: Path, level: int) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
 
 
+# The config key behind each spec key (the others come from the data: its image shape and classes).
+SPEC_KEYS = {"coarse_nz": "model.nz", "ngf": "model.ngf", "ndf": "model.ndf",
+             "d_dropout": "model.d_dropout", "conditional": "model.conditional", "num_classes": "data (its classes)",
+             "channels": "data (its image shape)", "height": "data (its image shape)", "width": "data (its image shape)"}
+
+
+def check_spec(run_path: Path, spec: LapganSpec) -> None:
+    """A start must continue the run's pyramid: ConfigError naming each config key whose value differs from the
+    one the run's lapgan.json was built with (none yet: a new run, nothing to check)."""
+    path = run_path / LEVELS_DIR / SPEC_FILE
+    try:
+        known = json.loads(path.read_text())["spec"] if path.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if known is None:
+        return
+    new = spec.to_dict()
+    differ = {}
+    for key in sorted((set(known) | set(new)) - {"nz"}):  # nz: derived from the others
+        if known.get(key) != new.get(key):
+            differ.setdefault(SPEC_KEYS.get(key, key), []).append(f"{key} {known.get(key)!r} -> {new.get(key)!r}")
+    if differ:
+        raise ConfigError(f"{path}: this run's pyramid differs from the config's in "
+                          + "; ".join(f"{name} ({', '.join(changes)})" for name, changes in differ.items())
+                          + "; resume with the run's own model settings, or start another run name")
+
+
 def write_spec(run_path: Path, spec: LapganSpec, info: dict[str, Any]) -> None:
     """The pyramid's spec and run info, atomically (every job of an array job writes the same file)."""
+    check_spec(run_path, spec)
     path = run_path / LEVELS_DIR / SPEC_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file():
-        known = json.loads(path.read_text())["spec"]
-        if known != spec.to_dict():
-            raise ValueError(f"{path}: this run's pyramid is {known}; the config builds {spec.to_dict()}")
     tmp = path.with_name(f".{SPEC_FILE}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"spec": spec.to_dict(), **info}, indent=2))
     os.replace(tmp, path)

@@ -11,6 +11,9 @@
 #                           the run lives in $DISTGAN_RUN_DIR/$DISTGAN_NAME (not name=/run_dir= overrides:
 #                           this script must know the run directory to stop and requeue it)
 #   DISTGAN_OVERRIDES       more key=value overrides, space-separated (no quoting)
+#   DISTGAN_MARKERS         the directory under the run whose STOP / STOPPED / COMPLETED this job owns
+#                           (default: the run's own; slurm/lapgan_levels.sbatch: its level's, levels/level-K):
+#                           $RUN below is that directory, so a start clears, and a stop touches, only its own
 #   DISTGAN_CPU=1           no GPUs: gloo DDP on the CPU (ACCELERATE_USE_CPU=1, launch/cpu.yaml)
 #   DISTGAN_PROCS_PER_NODE  processes per node (default: one per GPU of the node; 2 with DISTGAN_CPU=1)
 #   DISTGAN_LAUNCH_CONFIG   the accelerate config file (default: one of launch/*.yaml, by the shape of the job)
@@ -41,7 +44,8 @@ log() { echo "distgan[$(date '+%F %T')] $*"; }
 die() { log "error: $*" >&2; exit 2; }
 
 # distgan_setup OVERRIDE...: settle the paths, build LAUNCH (the accelerate launcher and its flags, up to
-# the per-node --machine_rank) and TRAIN (the training script and its arguments), remove a stale STOP.
+# the per-node --machine_rank) and TRAIN (the training script and its arguments), remove a stale STOP
+# (of $RUN: the run directory, or DISTGAN_MARKERS under it).
 distgan_setup() {
     DISTGAN_HOME=${DISTGAN_HOME:-${SLURM_SUBMIT_DIR:?not in a SLURM job}}
     cd "$DISTGAN_HOME"
@@ -104,9 +108,10 @@ distgan_setup() {
     # SLURM's GraceTime / KillWait be the limit for one step plus a checkpoint instead.
     export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}
 
+    RUN=$RUN${DISTGAN_MARKERS:+/$DISTGAN_MARKERS}  # the trainer's STOP and outcome of this job
     mkdir -p "$RUN"
     # A STOP left by a preempted start would stop this one at its first step; a STOPPED would pass
-    # for this start's outcome.
+    # for this start's outcome. Only this job's own: a run-wide STOP meant for an array's siblings stays.
     rm -f "$RUN/STOP" "$RUN/STOPPED"
     log "job ${SLURM_JOB_ID:-?} start $(( ${SLURM_RESTART_COUNT:-0} + 1 )) on ${SLURM_JOB_NODELIST:-$(hostname)}:" \
         "$nodes node(s) x $per_node process(es), run $RUN, config $config"

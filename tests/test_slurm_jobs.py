@@ -439,3 +439,26 @@ def test_lapgan_array_task_stopped_by_usr1_is_requeued_alone(slurm_cluster, shar
         assert (levels / f"level-{level}" / "COMPLETED").read_text() == f"{steps}\n"
         assert (levels / f"level-{level}" / f"step-{steps:07d}" / "state.json").is_file()
     assert not (tmp_path / "runs" / "lap" / "STOPPED").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_lapgan_array_task_leaves_the_run_wide_stop_for_its_siblings(slurm_cluster, shards, tmp_path):
+    """runs/NAME/STOP stops every launch of the run. A task that (re)starts while it is there honours it (its
+    level stops, STOPPED, not requeued) and leaves it for its siblings; before, distgan_setup removed it and
+    the task trained on."""
+    data, _ = shards
+    env = {"DISTGAN_HOME": str(REPO), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DISTGAN_CPU": "1",
+           "DISTGAN_PROCS_PER_NODE": "1", "DISTGAN_NAME": "lap", "DISTGAN_RUN_DIR": str(tmp_path / "runs"),
+           "DISTGAN_PYTHON": sys.executable}
+    (tmp_path / "logs").mkdir()
+    stop = tmp_path / "runs" / "lap" / "STOP"
+    stop.parent.mkdir(parents=True)
+    stop.touch()
+    job = slurm_cluster.sbatch(REPO / "slurm" / "lapgan_levels.sbatch", cwd=tmp_path, env=env,
+                               args=[f"data.path={data}", "train.steps=50", "model.nz=16", *TINY],
+                               sbatch_args=["--array=1-1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10:00"])
+    assert slurm_cluster.wait(f"{job}_1", timeout=200) == "COMPLETED"
+    level = tmp_path / "runs" / "lap" / "levels" / "level-1"
+    assert stop.exists() and (level / "STOPPED").read_text() == "0\n" and not (level / "COMPLETED").exists()
+    assert "not requeued" in (tmp_path / "logs" / f"lapgan-{job}_1.out").read_text()

@@ -141,10 +141,11 @@ class ShardLoader:
             raise ValueError(f"on_corrupt must be 'raise' or 'skip', not {on_corrupt!r}")
         self.rank, self.world_size = rank, world_size
         self.control = control if control is not None else Control(world_size)
-        # Deferred (the trainer): a data error is kept in `self.error` and a stand-in batch (the last good
-        # one) is yielded, so this rank still joins its peers' collectives until the trainer's next sync
-        # (`train.sync_every`) stops every rank with the error. Else every batch ends with an error check.
-        self.defer_errors = defer_errors and self.control.active
+        # Deferred (a trainer with peers): a data error is kept in `self.error` and a stand-in batch (the last
+        # good one) is yielded, so this rank still joins its peers' collectives until the trainer's next sync
+        # (`train.sync_every`) stops every rank with the error. Else every batch ends with an error check
+        # (over `control`'s ranks; raised at once where it is inactive).
+        self.defer_errors = defer_errors
         self.error: DataError | None = None
         self.skipped = 0
         manifest, error = None, None

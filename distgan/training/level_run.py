@@ -7,14 +7,17 @@ latents and the dropout masks from a seed derived from them, the real batch from
 with the checkpoint. A level resumed from step N is therefore bitwise the level trained in one go.
 
 As in the main trainer, each level keeps an EMA of its G (`optim.ema_decay`): what the pyramid exports and
-samples. Stop requests are the main trainer's (`signals.py`, STOP files, `RunDirectory`'s markers), shared
-over the ranks by `ddp.Control` every `train.sync_every` rounds (a round: one step of each of a rank's
-unfinished levels); on a stop every level checkpoints at the step it has reached. Launches may share the
-run directory (a SLURM array job: a task per level), so the markers are per level as well:
+samples. Stop requests are the main trainer's (`signals.py`, STOP files, `Markers`), shared over the ranks by
+`ddp.Control` every `train.sync_every` rounds (a round: one step of each of a rank's unfinished levels); on a
+stop every level checkpoints at the step it has reached. What one rank alone learns (a level it cannot load,
+a data error, a failed checkpoint write, its level LOCK taken over) goes over the same channel, so every rank
+stops with the same error. Launches may share the run directory (a SLURM array job: a task per level), so
+the markers are per level as well, and each level has one writer:
 
     runs/NAME/STOP                      stops every launch of the run
     runs/NAME/levels/level-K/STOP       stops the launch that trains level K
     runs/NAME/levels/level-K/STOPPED    level K's launch stopped, its checkpoint written (or COMPLETED: done)
+    runs/NAME/levels/level-K/LOCK       the launch training level K now (its first rank; `run_lock.py`)
     runs/NAME/STOPPED, COMPLETED        the same for a launch that trains every level (`train.levels: all`)
 """
 
@@ -38,19 +41,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 import distgan
 from distgan.config import Config, ConfigError, config_hash
-from distgan.data import ShardLoader
+from distgan.data import DataError, ShardLoader
 from distgan.data.loader import read_manifest, to_device
-from distgan.ddp import Control
+from distgan.ddp import Control, is_lost_peer
 from distgan.ema import EMA
 from distgan.losses import discriminator_loss, generator_loss
 from distgan.models.lapgan import (FAMILY, LapganSpec, build_level_discriminator, build_level_generator,
                                    discriminator_input, level_real)
-from distgan.pyramid_run import EMA_FILE, LEVELS_DIR, STEP_PREFIX, level_checkpoints, level_dir, write_spec
+from distgan.pyramid_run import (EMA_FILE, LEVELS_DIR, STEP_PREFIX, check_spec, level_checkpoints, level_dir,
+                                  write_spec)
 from distgan.training.errors import TrainingError
 from distgan.training.launcher_watch import watch_launcher
 from distgan.training.level_monitor import LevelMonitor
 from distgan.training.levels import assign_ranks, level_groups, owned_levels, parse_levels
-from distgan.training.run_dir import RunDirectory
+from distgan.training.markers import Markers
+from distgan.training.run_lock import RunLock
 from distgan.training.session import resolve_precision
 from distgan.training.signals import StopSignals
 
@@ -78,7 +83,10 @@ class LevelPlace:
 class LevelTrainer:
     """One level's GAN on this rank: G_k, D_k (DDP over the level's ranks), both Adams, its loader and step."""
 
-    def __init__(self, cfg: Config, spec: LapganSpec, place: LevelPlace, device: torch.device):
+    def __init__(self, cfg: Config, spec: LapganSpec, place: LevelPlace, device: torch.device,
+                 defer_errors: bool = False):
+        """`defer_errors`: a data error is kept in `loader.error` (stand-in batches meanwhile) for the run's next
+        sync to share, so that this rank still meets its peers' collectives; else it is raised at once."""
         self.cfg, self.spec, self.place, self.device = cfg, spec, place, device
         self.level = place.level
         torch.manual_seed(step_seed(cfg.seed, self.level, 0, -1))  # the same init on every rank of the level
@@ -101,8 +109,9 @@ class LevelTrainer:
         self.loader = ShardLoader(cfg.data.path, cfg.data.split, cfg.data.batch_size, rank=place.index,
                                   world_size=len(place.ranks), seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                                   num_workers=cfg.data.num_workers, on_corrupt=cfg.data.on_corrupt,
-                                  shards=cfg.data.shards, control=Control(1))
+                                  shards=cfg.data.shards, control=Control(1), defer_errors=defer_errors)
         self._batches = None
+        self.save_error: str | None = None  # a failed checkpoint write, for the next sync to share
         self.last_images: torch.Tensor | None = None
 
     def train_step(self) -> dict[str, float]:
@@ -177,6 +186,13 @@ class LevelTrainer:
         self._prune(run_path)
         return final
 
+    def data_failed(self) -> bool:
+        """Whether any rank of this level holds a data error (its steps since ran on stand-in batches)."""
+        failed = torch.tensor([int(self.loader.error is not None)], device=self.device)
+        if self.place.group is not None:
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=self.place.group)
+        return bool(failed.item())
+
     def _prune(self, run_path: Path) -> None:
         for old in level_checkpoints(run_path, self.level)[:-max(1, self.cfg.train.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)
@@ -214,7 +230,11 @@ def train_levels(cfg: Config, spec: LapganSpec, levels: object,
                  info: dict[str, Any]) -> tuple[list[LevelTrainer], str]:
     """Train this rank's share of `levels` (`train.levels`) for cfg.train.steps steps each, resuming each level
     from its newest checkpoint; returns this rank's level trainers and how the run ended, 'completed' or
-    'stopped' (a stop request: every level checkpointed where it was, `STOPPED` written)."""
+    'stopped' (a stop request: every level checkpointed where it was, then its marker written).
+
+    Whatever fails on one rank (a level's LOCK held by another start, a checkpoint it cannot load, its data, a
+    checkpoint write) is shared with every rank through `Control`, which all raise the same TrainingError
+    (rank 0 reports it); a rank that vanished is named."""
     if cfg.loss.kind not in LOSS_KINDS:
         raise ValueError(f"loss.kind {cfg.loss.kind!r} is not supported by lapgan; valid: {', '.join(LOSS_KINDS)}")
     distributed = dist.is_available() and dist.is_initialized()
@@ -222,51 +242,113 @@ def train_levels(cfg: Config, spec: LapganSpec, levels: object,
     control = Control(world)  # before the level groups: every rank creates the groups in the same order
     assignment = assign_ranks(parse_levels(levels, spec.levels), world)
     groups = level_groups(assignment, rank) if distributed else {k: None for k in assignment}
-    device = _device()
     run_path = Path(cfg.run_dir) / cfg.name
-    whole = len(assignment) == spec.levels  # a launch of every level: the run's markers are its own
-    run_dir = RunDirectory(run_path, rank == 0)
-    if rank == 0:
-        write_spec(run_path, spec, info)
-    trainers = [LevelTrainer(cfg, spec, LevelPlace(k, assignment[k], assignment[k].index(rank), groups[k]), device)
-                for k in owned_levels(assignment, rank)]
-    # Each level's STOP and markers, read and written by the level's first rank.
-    level_dirs = [RunDirectory(level_dir(run_path, t.level), t.place.index == 0) for t in trainers]
-    markers = level_dirs + ([run_dir] if whole else [])
-    for directory in markers:
-        if directory.is_main:
-            directory.path.mkdir(parents=True, exist_ok=True)
-            directory.clear_markers()
-    for trainer in trainers:
-        found = level_checkpoints(run_path, trainer.level)
-        if found and cfg.train.resume == "auto":
-            trainer.load(found[-1])
+    places = [LevelPlace(k, assignment[k], assignment[k].index(rank), groups[k])
+              for k in owned_levels(assignment, rank)]
+    # Each level's first rank holds the level's LOCK: one writer per level directory (run_lock.py's rules).
+    locks = {p.level: RunLock(level_dir(run_path, p.level)) for p in places if p.index == 0}
+    held: list[RunLock] = []
+    try:
+        error = None
+        for lock in locks.values():
+            try:
+                lock.acquire(cfg.train.force_unlock)
+                held.append(lock)
+            except TrainingError as exc:
+                error = error or str(exc)
+        _agree(control, error)  # refused: before anything is written
+        return _train_holding_locks(cfg, spec, info, control, places, locks, run_path, rank,
+                                    whole=len(assignment) == spec.levels)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _agree(control: Control, error: str | None) -> None:
+    """Every rank learns whether any rank failed; if one did, every rank raises the same TrainingError."""
+    failed = control.failures(error)
+    if failed is not None:
+        raise TrainingError(failed if control.active else str(error))
+
+
+def _train_holding_locks(cfg: Config, spec: LapganSpec, info: dict[str, Any], control: Control,
+                         places: list[LevelPlace], locks: dict[int, RunLock], run_path: Path, rank: int,
+                         whole: bool) -> tuple[list[LevelTrainer], str]:
+    """Set up this rank's levels (one agreement on every rank's errors), train them, then write the markers
+    once every rank knows that every level's last checkpoint is on disk."""
+    device, error, trainers = _device(), None, []
+    for place in places:  # every level built, even after an error: their DDP constructors meet the peers'
+        try:
+            trainers.append(LevelTrainer(cfg, spec, place, device, defer_errors=control.active))
+        except (DataError, TrainingError) as exc:
+            error = error or str(exc)
+        except Exception as exc:  # noqa: BLE001  shared rather than leaving the peers waiting
+            error = error or f"level {place.level}: {type(exc).__name__}: {exc}"
+    run_markers = Markers(run_path, rank == 0)  # runs/NAME/STOP stops every launch of the run
+    level_markers = [Markers(level_dir(run_path, t.level), t.place.index == 0) for t in trainers]
+    markers = level_markers + ([run_markers] if whole else [])  # a launch of every level: the run's are its own
+    if error is None:
+        try:
+            if rank == 0:
+                write_spec(run_path, spec, info)
+            for directory in markers:
+                if directory.is_main:
+                    directory.path.mkdir(parents=True, exist_ok=True)
+                    directory.clear_markers()
+            for trainer in trainers:
+                found = level_checkpoints(run_path, trainer.level)
+                if found and cfg.train.resume == "auto":
+                    trainer.load(found[-1])
+        except (ConfigError, TrainingError) as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001  e.g. a checkpoint file that does not load: shared, named
+            error = f"{type(exc).__name__}: {exc}"
+    _agree(control, error)
     monitors = {t.level: LevelMonitor(cfg, run_path, t.level, t.step) for t in trainers if t.place.index == 0}
     try:
-        status = _run(cfg, trainers, monitors, run_path, control, [run_dir, *level_dirs])
+        status = _run(cfg, trainers, monitors, run_path, control, [run_markers, *level_markers],
+                      [locks[t.level] for t in trainers if t.level in locks])
+        _agree(control, next((t.save_error for t in trainers if t.save_error), None))  # every checkpoint on disk
+    except TrainingError:
+        raise
+    except RuntimeError as exc:  # a peer died: name it, rather than wait for a collective's timeout
+        if not (control.active and is_lost_peer(exc)):
+            raise
+        steps = ", ".join(f"level {t.level} at step {t.step}" for t in trainers)
+        raise TrainingError(f"lost contact with {control.lost_ranks()} ({steps}; {str(exc).splitlines()[0][:160]}); "
+                            f"resume from the last checkpoints with train.resume=auto", every_rank=False) from exc
     finally:
         for monitor in monitors.values():
             monitor.close()
-    steps = [t.step for t in trainers] + ([min((t.step for t in trainers), default=0)] if whole else [])
-    for directory, step in zip(markers, steps):  # the run's: rank 0's least advanced level
-        (directory.mark_stopped if status == "stopped" else directory.mark_completed)(step)
+    for directory, trainer in zip(level_markers, trainers):  # a level's own outcome, whatever stopped the others
+        (directory.mark_completed if trainer.step >= cfg.train.steps else directory.mark_stopped)(trainer.step)
+    if whole:  # the run's: rank 0's least advanced level
+        step = min((t.step for t in trainers), default=0)
+        (run_markers.mark_stopped if status == "stopped" else run_markers.mark_completed)(step)
     return trainers, status
 
 
 def _run(cfg: Config, trainers: list[LevelTrainer], monitors: dict[int, LevelMonitor], run_path: Path,
-         control: Control, stop_dirs: list[RunDirectory]) -> str:
+         control: Control, stop_dirs: list[Markers], locks: list[RunLock]) -> str:
     """Every level of this rank to train.steps, one step of each in turn (a round); logs and checkpoints on
     cadence. Every `train.sync_every` rounds the ranks share stop requests (a signal, a STOP file in one of
-    `stop_dirs`) and whether any level is unfinished: every rank runs the same rounds (one done early idles
-    through them), so the collectives always meet."""
+    `stop_dirs`), whether any level is unfinished, and any rank's error (data, a checkpoint write, a level LOCK
+    taken over): every rank runs the same rounds (one done early idles through them), so the collectives always
+    meet, and an error stops every rank at the same sync."""
     t = cfg.train
     stop = unfinished = False
     with StopSignals() as signals:
         rounds = 0
         while True:
             if rounds % t.sync_every == 0:
-                stop, unfinished = control.flags(any(d.stop_wanted(signals) for d in stop_dirs),
-                                                 any(trainer.step < t.steps for trainer in trainers))
+                error = _pending_error(trainers, locks)
+                stop, unfinished, failed = control.flags(any(d.stop_wanted(signals) for d in stop_dirs),
+                                                         any(trainer.step < t.steps for trainer in trainers),
+                                                         error is not None)
+                if failed:
+                    where = ", ".join(f"level {tr.level} at step {tr.step}" for tr in trainers)
+                    raise TrainingError(f"stopped ({where}) without a checkpoint: "
+                                        f"{'; '.join(control.messages(error)) if control.active else error}")
                 if stop or not unfinished:
                     break
             for trainer in trainers:
@@ -280,6 +362,19 @@ def _run(cfg: Config, trainers: list[LevelTrainer], monitors: dict[int, LevelMon
     log.info("%s: %s; checkpoints in %s", status, ", ".join(f"level {t.level} at step {t.step}" for t in trainers),
              run_path / LEVELS_DIR)
     return status
+
+
+def _pending_error(trainers: list[LevelTrainer], locks: list[RunLock]) -> str | None:
+    """This rank's first error since the last sync: a level LOCK taken over, a data error, a failed write."""
+    for lock in locks:
+        if lock.lost is not None:
+            return lock.lost
+    for trainer in trainers:
+        if trainer.loader.error is not None:
+            return f"level {trainer.level}: {trainer.loader.error}"
+        if trainer.save_error is not None:
+            return trainer.save_error
+    return None
 
 
 def _step(cfg: Config, trainer: LevelTrainer, monitor: LevelMonitor | None, run_path: Path,
@@ -296,8 +391,19 @@ def _step(cfg: Config, trainer: LevelTrainer, monitor: LevelMonitor | None, run_
 
 
 def _checkpoint(trainer: LevelTrainer, monitor: LevelMonitor | None, run_path: Path, signals: StopSignals) -> None:
+    """The level's checkpoint, unless a rank of the level trained on stand-in batches (a data error: the next
+    sync stops the run with it). A failed write is kept for the next sync (or the stop's agreement)."""
+    if trainer.data_failed():
+        return
     with signals.critical():  # a second Ctrl-C waits for the write: never a half-written checkpoint
-        trainer.save(run_path)
+        try:
+            trainer.save(run_path)
+        except Exception as exc:  # noqa: BLE001  a full disk, a lost mount (safetensors and torch wrap OSError)
+            trainer.save_error = trainer.save_error or (
+                f"writing level {trainer.level}'s checkpoint at step {trainer.step} into "
+                f"{level_dir(run_path, trainer.level)} failed ({type(exc).__name__}: {exc}); the previous one is "
+                f"intact: free space and resume with train.resume=auto")
+            return
     if monitor is not None and trainer.last_images is not None:
         monitor.images(trainer.step, trainer.last_images)
 
@@ -366,6 +472,7 @@ def train_lapgan(cfg: Config) -> str:
     spec = spec_from_config(cfg, (manifest.channels, manifest.height, manifest.width), num_classes)
     info = {"dataset": manifest.name, "classes": manifest.classes if num_classes else [],
             "distgan_version": distgan.__version__, "config_hash": config_hash(cfg)}
+    check_spec(Path(cfg.run_dir) / cfg.name, spec)  # every rank, before any process or level starts
     _start_processes()
     try:
         trainers, status = train_levels(cfg, spec, cfg.train.levels, info)

@@ -37,7 +37,8 @@ def open_data(cfg: Config, accelerator: Accelerator, control: Control) -> tuple[
     loader = ShardLoader(cfg.data.path, cfg.data.split, cfg.data.batch_size, rank=accelerator.process_index,
                          world_size=accelerator.num_processes, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                          num_workers=cfg.data.num_workers, on_corrupt=cfg.data.on_corrupt, shards=cfg.data.shards,
-                         pin_memory=accelerator.device.type == "cuda", control=control, defer_errors=True)
+                         pin_memory=accelerator.device.type == "cuda", control=control,
+                         defer_errors=control.active)
     if cfg.model.conditional and loader.manifest.num_classes < 2:
         raise TrainingError(f"model.conditional needs class labels; {cfg.data.path} has none")
     num_classes = loader.manifest.num_classes if cfg.model.conditional else 0

@@ -35,8 +35,8 @@ from distgan.artifacts import list_checkpoints, checkpoint_step
 from distgan.config import Config, to_yaml
 from distgan.ddp import Control
 from distgan.training.errors import TrainingError
+from distgan.training.markers import Markers, write_atomically
 from distgan.training.run_lock import RunLock
-from distgan.training.signals import StopSignals
 
 log = logging.getLogger("distgan")
 
@@ -75,11 +75,10 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict, dict
     return allowed, refused
 
 
-class RunDirectory:
-    def __init__(self, cfg: Config | Path, is_main: bool):
-        """The directory of a run (a Config's `run_path`), or a path: one of LAPGAN's level directories, which
-        take a STOP file and hold their level's STOPPED / COMPLETED (`training/level_run.py`)."""
-        self.path, self.is_main = (cfg.run_path if isinstance(cfg, Config) else Path(cfg)), is_main
+class RunDirectory(Markers):
+    def __init__(self, cfg: Config, is_main: bool):
+        """The directory of the run `cfg` describes (its `run_path`): its markers, LOCK, config record, resume."""
+        super().__init__(cfg.run_path, is_main)
         self.lock = RunLock(self.path) if is_main else None
 
     def acquire(self, control: Control, force: bool) -> None:
@@ -149,7 +148,7 @@ class RunDirectory:
                 f.write(json.dumps(entry, default=str) + "\n")
             log.warning("resumed at step %d with a changed config: %s", resumed_step,
                         ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
-        _write_atomically(record, to_yaml(cfg))
+        write_atomically(record, to_yaml(cfg))
         self.clear_markers()
         logged = truncate_metrics(self.path / "metrics.jsonl", resumed_step or 0)
         if resumed_step is not None:
@@ -176,27 +175,6 @@ class RunDirectory:
             moved.append(target)
         return moved
 
-    def stop_file_present(self) -> bool:
-        return (self.path / "STOP").exists()
-
-    def stop_wanted(self, signals: StopSignals) -> bool:
-        """This rank's own stop request, before the ranks share theirs: a stop signal, or (rank 0) the STOP file."""
-        return signals.requested is not None or (self.is_main and self.stop_file_present())
-
-    def clear_markers(self) -> None:
-        """A start's first write: an earlier start's COMPLETED or STOPPED no longer describes the run."""
-        if self.is_main:
-            (self.path / "COMPLETED").unlink(missing_ok=True)
-            (self.path / "STOPPED").unlink(missing_ok=True)
-
-    def mark_completed(self, step: int) -> None:
-        if self.is_main:
-            (self.path / "COMPLETED").write_text(f"{step}\n")
-
-    def mark_stopped(self, step: int) -> None:
-        if self.is_main:
-            _write_atomically(self.path / "STOPPED", f"{step}\n")
-
     def start_trackers(self, accelerator: Accelerator, cfg: Config) -> None:
         """Every option goes to the trackers. Rank 0 alone reads or writes the W&B id file, and a resumed run
         continues the same W&B run."""
@@ -204,17 +182,11 @@ class RunDirectory:
         if cfg.log.log_with == "wandb" and self.is_main:
             id_file = self.path / "wandb_id.txt"
             if not id_file.exists():
-                _write_atomically(id_file, uuid.uuid4().hex[:12])
+                write_atomically(id_file, uuid.uuid4().hex[:12])
             kwargs = {"wandb": {"id": id_file.read_text().strip(), "resume": "allow", "name": cfg.name,
                                 "dir": str(self.path)}}
         options = {k: str(v) if isinstance(v, list) else v for k, v in flat_config(cfg).items()}
         accelerator.init_trackers(cfg.log.project, config=options, init_kwargs=kwargs)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def truncate_metrics(path: Path, step: int) -> int:
@@ -239,8 +211,8 @@ def truncate_metrics(path: Path, step: int) -> int:
     if discarded:
         n = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in path.parent.glob(f"{path.name}.discarded-*")
                      if p.name.rsplit("-", 1)[1].isdigit()), default=0)
-        _write_atomically(path.with_name(f"{path.name}.discarded-{n}"), "".join(line + "\n" for line in discarded))
+        write_atomically(path.with_name(f"{path.name}.discarded-{n}"), "".join(line + "\n" for line in discarded))
         log.warning("%s: %d line(s) of steps after %d (run again now) set aside in %s.discarded-%d", path,
                     len(discarded), step, path.name, n)
-    _write_atomically(path, "".join(line + "\n" for line in kept))
+    write_atomically(path, "".join(line + "\n" for line in kept))
     return last
