@@ -148,6 +148,23 @@ def test_a_second_ctrl_c_stops_at_once_but_never_inside_a_checkpoint_write(monke
         assert stop.requested == "SIGINT"
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost StopNow, on purpose
+def test_a_second_ctrl_c_lost_in_a_finalizer_still_stops_at_the_next_step():
+    """The handler's StopNow can land where Python ignores exceptions (seen: an at-fork hook while a loader
+    forked its workers, under load): the loop's per-step check raises it again."""
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the second press arrives while a finalizer runs
+
+    with stop_signals.StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        stop.raise_if_stopped_now()  # one press: nothing to raise
+        Finalized()  # its StopNow is printed as "Exception ignored in" and lost
+        with pytest.raises(stop_signals.StopNow, match="at once"):
+            stop.raise_if_stopped_now()
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     mount = tmp_path / "disk"

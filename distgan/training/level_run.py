@@ -340,6 +340,7 @@ def _run(cfg: Config, trainers: list[LevelTrainer], monitors: dict[int, LevelMon
     with StopSignals() as signals:
         rounds = 0
         while True:
+            signals.raise_if_stopped_now()
             if rounds % t.sync_every == 0:
                 error = _pending_error(trainers, locks)
                 stop, unfinished, failed = control.flags(any(d.stop_wanted(signals) for d in stop_dirs),

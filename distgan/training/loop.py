@@ -95,6 +95,7 @@ def train_holding_the_lock(cfg: Config, accelerator: Accelerator, control: Contr
                      device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if graphed else "",
                      cfg.data.batch_size * world, len(loader), f", resumed from {resume_from}" if resume_from else "")
             while progress.step < t.steps and not stop:
+                signals.raise_if_stopped_now()
                 host = []
                 for _ in range(cfg.loss.d_steps):
                     progress.epoch, progress.batch, batch = next(batches)

@@ -48,6 +48,7 @@ class StopSignals:
         self._previous: dict[int, object] = {}
         self._critical = 0
         self._stop_now_pending = False
+        self._stopped_now = False
         self._presses_arrive_twice = _shares_launchers_process_group()
 
     def __enter__(self) -> StopSignals:
@@ -75,7 +76,15 @@ class StopSignals:
             self._stop_now_pending = True
             log.warning("second Ctrl-C: stopping once the checkpoint being written is complete")
             return
+        self._stopped_now = True
         raise StopNow("second Ctrl-C: stopped at once, without a checkpoint")
+
+    def raise_if_stopped_now(self) -> None:
+        """The second press's StopNow again, at a step boundary. Raised from the handler it stops the rank where
+        it runs, but there it can land where Python ignores exceptions (a finalizer, an at-fork hook while the
+        loader forks its workers: seen under a loaded machine) and be lost; the loop calls this every step."""
+        if self._stopped_now:
+            raise StopNow("second Ctrl-C: stopped at once, without a checkpoint")
 
     @contextmanager
     def critical(self) -> Iterator[None]:
