@@ -57,7 +57,7 @@ from distgan.training.levels import assign_ranks, level_groups, owned_levels, pa
 from distgan.training.markers import Markers
 from distgan.training.run_lock import RunLock
 from distgan.training.session import resolve_precision
-from distgan.training.signals import StopSignals
+from distgan.training.signals import StopNow, StopSignals
 
 log = logging.getLogger("distgan")
 
@@ -305,15 +305,18 @@ def _train_holding_locks(cfg: Config, spec: LapganSpec, info: dict[str, Any], co
             error = f"{type(exc).__name__}: {exc}"
     _agree(control, error)
     monitors = {t.level: LevelMonitor(cfg, run_path, t.level, t.step) for t in trainers if t.place.index == 0}
+    signals = StopSignals()
     try:
         status = _run(cfg, trainers, monitors, run_path, control, [run_markers, *level_markers],
-                      [locks[t.level] for t in trainers if t.level in locks])
+                      [locks[t.level] for t in trainers if t.level in locks], signals)
         _agree(control, next((t.save_error for t in trainers if t.save_error), None))  # every checkpoint on disk
     except TrainingError:
         raise
     except RuntimeError as exc:  # a peer died: name it, rather than wait for a collective's timeout
         if not (control.active and is_lost_peer(exc)):
             raise
+        if signals.stopped_now:  # this rank's own StopNow was lost (see signals.py); the peer stopped at once too
+            raise StopNow("second Ctrl-C: stopped at once, without a checkpoint") from exc
         steps = ", ".join(f"level {t.level} at step {t.step}" for t in trainers)
         raise TrainingError(f"lost contact with {control.lost_ranks()} ({steps}; {str(exc).splitlines()[0][:160]}); "
                             f"resume from the last checkpoints with train.resume=auto", every_rank=False) from exc
@@ -329,7 +332,7 @@ def _train_holding_locks(cfg: Config, spec: LapganSpec, info: dict[str, Any], co
 
 
 def _run(cfg: Config, trainers: list[LevelTrainer], monitors: dict[int, LevelMonitor], run_path: Path,
-         control: Control, stop_dirs: list[Markers], locks: list[RunLock]) -> str:
+         control: Control, stop_dirs: list[Markers], locks: list[RunLock], signals: StopSignals) -> str:
     """Every level of this rank to train.steps, one step of each in turn (a round); logs and checkpoints on
     cadence. Every `train.sync_every` rounds the ranks share stop requests (a signal, a STOP file in one of
     `stop_dirs`), whether any level is unfinished, and any rank's error (data, a checkpoint write, a level LOCK
@@ -337,7 +340,7 @@ def _run(cfg: Config, trainers: list[LevelTrainer], monitors: dict[int, LevelMon
     meet, and an error stops every rank at the same sync."""
     t = cfg.train
     stop = unfinished = False
-    with StopSignals() as signals:
+    with signals:
         rounds = 0
         while True:
             signals.raise_if_stopped_now()

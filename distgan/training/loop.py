@@ -25,7 +25,7 @@ from distgan.training.errors import TrainingError
 from distgan.training.graph import EagerStep, GraphedStep, capture_stream, use_step_graph, warmup_steps
 from distgan.training.run_dir import RunDirectory
 from distgan.training.session import start_process
-from distgan.training.signals import StopSignals
+from distgan.training.signals import StopNow, StopSignals
 from distgan.training.state import build_state
 from distgan.training.step import GANStep
 
@@ -88,8 +88,9 @@ def train_holding_the_lock(cfg: Config, accelerator: Accelerator, control: Contr
     actions.restore_log_interval(saved)
     batches = loader.endless(progress.epoch, progress.batch)
     t, status = cfg.train, "completed"
+    signals = StopSignals()
     try:
-        with StopSignals() as signals:
+        with signals:
             stop = actions.sync(progress.step, signals)  # after it, every rank takes stop signals as a run's
             log.info("run %s: %d rank(s) on %s, %s%s, global batch %d, %d batches/epoch/rank%s", run_dir.path, world,
                      device.type, cfg.train.mixed_precision, ", the step as one CUDA graph" if graphed else "",
@@ -134,6 +135,8 @@ def train_holding_the_lock(cfg: Config, accelerator: Accelerator, control: Contr
     except RuntimeError as exc:  # a peer died: name it, rather than wait for a collective's timeout
         if not (control.active and is_lost_peer(exc)):
             raise
+        if signals.stopped_now:  # this rank's own StopNow was lost (see signals.py); the peer stopped at once too
+            raise StopNow("second Ctrl-C: stopped at once, without a checkpoint") from exc
         raise TrainingError(f"lost contact with {control.lost_ranks()} at step {progress.step} "
                             f"({str(exc).splitlines()[0][:160]}); "
                             f"resume from the last checkpoint with train.resume=auto", every_rank=False) from exc

@@ -79,6 +79,11 @@ class StopSignals:
         self._stopped_now = True
         raise StopNow("second Ctrl-C: stopped at once, without a checkpoint")
 
+    @property
+    def stopped_now(self) -> bool:
+        """A second press came (its StopNow raised, or lost): a peer that left meanwhile did so for the same."""
+        return self._stopped_now
+
     def raise_if_stopped_now(self) -> None:
         """The second press's StopNow again, at a step boundary. Raised from the handler it stops the rank where
         it runs, but there it can land where Python ignores exceptions (a finalizer, an at-fork hook while the
