@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from PIL import Image, PngImagePlugin
 
 PREFIX = "distgan."
@@ -290,6 +291,9 @@ class OnnxGenerator:
         outputs = [o.name for o in self.session.get_outputs()]
         if outputs != ["images", *self.info.stages]:
             raise ModelError(f"{self.path}: outputs are {outputs}, expected {['images', *self.info.stages]}")
+        z_shape = next(i.shape for i in self.session.get_inputs() if i.name == "z")
+        if len(z_shape) != 2 or (isinstance(z_shape[1], int) and z_shape[1] != self.info.nz):
+            raise ModelError(f"{self.path}: the graph's z is {z_shape} but {PREFIX}nz says {self.info.nz}")
         c, h, w = self.info.channels, self.info.height, self.info.width
         declared = [c, h, w] if self.info.output_layout == "NCHW" else [h, w, c]
         graph = self.session.get_outputs()[0].shape[1:]
@@ -523,7 +527,10 @@ class OnnxGenerator:
         for name, spec in self.defaults.items():
             if name not in feeds:
                 feeds[name] = np.full((len(feeds["z"]), *spec["shape"]), spec["default"], dtype=spec["dtype"])
-        return self.session.run(list(outputs), feeds)
+        try:
+            return self.session.run(list(outputs), feeds)
+        except (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.RuntimeException) as exc:  # a graph its metadata misdescribes: one line, the file named
+            raise ModelError(f"{self.path}: onnxruntime could not run it: {str(exc).splitlines()[0]}") from exc
 
     def images(self, z: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 256, *, psi: float = 1.0,
                z2: np.ndarray | None = None, mix_layer: int | np.ndarray | None = None) -> np.ndarray:
