@@ -120,9 +120,12 @@ def peak_memory(n: int, tmp: Path) -> dict:
 
 
 def import_rss_mib() -> float:
-    """The floor: peak RSS of a process that only imports distgan-data's CLI."""
-    code = "import resource, distgan.data.cli; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+    """The floor: peak RSS of a process that only imports distgan-data's CLI. Measured as a grandchild,
+    like the prepare runs: a child's own ru_maxrss keeps the high-water mark it inherited at fork from
+    this (large) bench process across exec."""
+    wrapper = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-c', 'import distgan.data.cli'], "
+               "check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", wrapper], check=True, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     return round(int(out.stdout) / 1024, 1)
 
@@ -144,6 +147,30 @@ def correctness(tmp: Path) -> list[dict]:
     return rows
 
 
+def throughput(tmp: Path, jpegs: int, size: int, cores: int) -> dict:
+    """The PIL loop, distgan with 1 and with all cores, the PIL loop again (the load drifts); printed."""
+    make_jpegs(tmp / "jpegs", jpegs)
+    baseline, baseline_cpu_ms, reference = pil_loop(tmp / "jpegs", size)
+    runs = {}
+    for workers in sorted({1, cores}):
+        run = distgan_prepare(tmp / "jpegs", size, workers, tmp, reference)
+        runs[workers] = {**run, "scan_speedup": round(run["scan_img_s"] / baseline, 2),
+                         "prepare_speedup": round(run["prepare_img_s"] / baseline, 2)}
+    print(f"\n{jpegs} JPEGs 512x384 -> {size}: single-process PIL loop {baseline:.1f} img/s "
+          f"({baseline_cpu_ms:.2f} CPU ms/img); load average {os.getloadavg()[0]:.1f} on {cores} cores")
+    for workers, run in runs.items():
+        print(f"  distgan, {workers} worker(s): scan {run['scan_img_s']} img/s ({run['scan_speedup']}x), "
+              f"scan + shards {run['prepare_img_s']} img/s ({run['prepare_speedup']}x); CPU ms/img: "
+              f"workers {run['worker_cpu_ms']}, parent {run['parent_cpu_ms']}; pixels vs the PIL loop: "
+              f"MAD {run['mad_vs_pil_loop']}")
+    again, again_cpu_ms, _ = pil_loop(tmp / "jpegs", size)
+    print(f"  single-process PIL loop again: {again:.1f} img/s ({again_cpu_ms:.2f} CPU ms/img); "
+          f"load average {os.getloadavg()[0]:.1f}")
+    return {"jpegs": jpegs, "pil_loop_img_s": round(baseline, 1), "pil_loop_cpu_ms": round(baseline_cpu_ms, 2),
+            "pil_loop_again_img_s": round(again, 1), "pil_loop_again_cpu_ms": round(again_cpu_ms, 2),
+            "distgan": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jpegs", type=int, default=10_000)
@@ -158,33 +185,14 @@ def main() -> None:
         for row in rows:
             naive = "shape differs" if row["naive_convert_mad"] is None else f"{row['naive_convert_mad']:.2f}"
             print(f"{row['kind']:<20} {row['distgan_mad']:>12.2f} {naive:>18}")
-        make_jpegs(tmp / "jpegs", args.jpegs)
-        baseline, baseline_cpu_ms, reference = pil_loop(tmp / "jpegs", args.size)
-        runs = {}
-        for workers in sorted({1, cores}):
-            run = distgan_prepare(tmp / "jpegs", args.size, workers, tmp, reference)
-            runs[workers] = {**run, "scan_speedup": round(run["scan_img_s"] / baseline, 2),
-                             "prepare_speedup": round(run["prepare_img_s"] / baseline, 2)}
-        print(f"\n{args.jpegs} JPEGs 512x384 -> {args.size}: single-process PIL loop {baseline:.1f} img/s "
-              f"({baseline_cpu_ms:.2f} CPU ms/img); load average {os.getloadavg()[0]:.1f} on {cores} cores")
-        for workers, run in runs.items():
-            print(f"  distgan, {workers} worker(s): scan {run['scan_img_s']} img/s ({run['scan_speedup']}x), "
-                  f"scan + shards {run['prepare_img_s']} img/s ({run['prepare_speedup']}x); CPU ms/img: "
-                  f"workers {run['worker_cpu_ms']}, parent {run['parent_cpu_ms']}; pixels vs the PIL loop: "
-                  f"MAD {run['mad_vs_pil_loop']}")
-        again, again_cpu_ms, _ = pil_loop(tmp / "jpegs", args.size)  # the load drifts: the baseline again, last
-        print(f"  single-process PIL loop again: {again:.1f} img/s ({again_cpu_ms:.2f} CPU ms/img); "
-              f"load average {os.getloadavg()[0]:.1f}")
+        speed = throughput(tmp, args.jpegs, args.size, cores) if args.jpegs else {}
         memory = [peak_memory(n, tmp) for n in (args.tiny // 10, args.tiny) if n]
         floor = import_rss_mib()
         print(f"\npeak RSS: import only {floor} MiB; " + "; ".join(
             f"{m['images']:,} images {m['peak_rss_mib']} MiB ({m['seconds']} s)" for m in memory))
     print(json.dumps({"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-                      "cores": cores, "jpegs": args.jpegs, "size": args.size, "pil_loop_img_s": round(baseline, 1),
-                      "pil_loop_cpu_ms": round(baseline_cpu_ms, 2),
-                      "pil_loop_again_img_s": round(again, 1), "pil_loop_again_cpu_ms": round(again_cpu_ms, 2),
-                      "load_average_1m": os.getloadavg()[0],
-                      "distgan": runs, "peak_memory": memory, "import_rss_mib": floor, "correctness": rows}))
+                      "cores": cores, "size": args.size, **speed, "load_average_1m": os.getloadavg()[0],
+                      "peak_memory": memory, "import_rss_mib": floor, "correctness": rows}))
 
 
 if __name__ == "__main__":
