@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ class RunMonitor:
             return None
         image = to_pil(grid(to_uint8_nhwc(images.float()).cpu().numpy(), columns=8, min_side=512))
         path = self.run_path / "samples" / f"step-{step:07d}.png"
-        image.save(path)
+        save_png_atomically(image, path)
         picture = np.asarray(image.convert("RGB"))
         for tracker in self.accelerator.trackers if step > self.tracked_before else ():
             if tracker.name == "tensorboard":
@@ -91,10 +92,22 @@ class RunMonitor:
         self.bar.close()
         write_loss_plot(self.run_path / "metrics.jsonl", self.run_path / "losses.png")
         grids = sorted((self.run_path / "samples").glob("step-*.png"))
-        if grids:
-            frames = [Image.open(p).convert("P") for p in grids]
+        frames = []
+        for path in grids:
+            try:
+                frames.append(Image.open(path).convert("P"))
+            except OSError as exc:  # e.g. a grid some other program left unreadable: not worth failing the run
+                log.warning("%s: not a readable PNG (%s); left out of progress.gif", path, exc)
+        if frames:
             frames[0].save(self.run_path / "progress.gif", save_all=True, append_images=frames[1:],
                            duration=300, loop=0)
+
+
+def save_png_atomically(image: Image.Image, path: Path) -> None:
+    """Whole or not at all: a kill while a grid is written leaves a hidden .tmp, never a cut-short step-N.png."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def write_loss_plot(metrics: Path, out: Path) -> None:

@@ -381,6 +381,33 @@ def test_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(shards, tmp_p
     assert [r["step"] for r in metrics(run)] == [2, 4, 6, 8]
 
 
+def test_a_resume_sets_aside_the_grids_of_steps_run_again_and_skips_an_unreadable_one(shards, tmp_path, caplog):
+    """Found by the SIGKILL digest test: a kill while step 8's grid was written left a cut-short PNG, and the
+    resumed run (to step 6) crashed at its very end building progress.gif from it."""
+    data, _ = shards
+    caplog.set_level("INFO", logger="distgan")
+    run = tmp_path / "t"
+    assert trainer.train(tiny(data, tmp_path, "train.steps=12")) == "completed"  # grids at 4, 8, 12
+    samples = run / "samples"
+    (samples / "step-0000016.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # cut short by a kill
+    (samples / ".step-0000020.png.tmp").write_bytes(b"\x89PNG")  # what a kill leaves now
+    (samples / "step-0000004.png").write_bytes(b"not a png")  # damaged by something else
+    older = run / "checkpoints" / "step-0000004"
+    assert trainer.train(tiny(data, tmp_path, "train.steps=6", f"train.resume={older}")) == "completed"
+    assert "4 sample grid(s) of steps after 4 (run again now) moved to" in caplog.text
+    assert sorted(p.name for p in (run / "samples-set-aside").iterdir()) == [
+        ".step-0000020.png.tmp", "step-0000008.png", "step-0000012.png", "step-0000016.png"]
+    assert sorted(p.name for p in samples.iterdir()) == ["step-0000004.png", "step-0000006.png"]  # 6: the last step's
+    assert "step-0000004.png: not a readable PNG" in caplog.text
+    assert Image.open(run / "progress.gif").n_frames == 1  # step 6's; step 4's cannot be read
+    assert trainer.train(tiny(data, tmp_path, "train.steps=8")) == "completed"  # step 8's grid drawn again
+    assert sorted(p.name for p in samples.iterdir()) == ["step-0000004.png", "step-0000006.png", "step-0000008.png"]
+    assert Image.open(run / "progress.gif").n_frames == 2
+    # set aside again under a name of its own: nothing is lost
+    assert trainer.train(tiny(data, tmp_path, "train.steps=6", f"train.resume={older}")) == "completed"
+    assert "step-0000008.1.png" in {p.name for p in (run / "samples-set-aside").iterdir()}
+
+
 def test_resume_after_a_metrics_line_cut_short(shards, tmp_path, caplog):
     data, _ = shards
     assert trainer.train(tiny(data, tmp_path, "train.steps=6")) == "completed"

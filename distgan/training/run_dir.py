@@ -4,6 +4,9 @@
     config-history/      each earlier config.yaml, with the changes made at a resume (changes.jsonl)
     checkpoints/         complete checkpoints (distgan/training/checkpoint.py)
     checkpoints-set-aside/  newer checkpoints abandoned by a resume from an older one (kept, out of the way)
+    samples/             fixed-noise grids, step-N.png (distgan/monitor.py; progress.gif made of them at the end)
+    samples-set-aside/   grids of steps past the checkpoint a start resumed from (or of a start that crashed
+                         before its first checkpoint): those steps run again
     metrics.jsonl        one line per log step: one unbroken step counter across resumes
     COMPLETED            written when the run reached train.steps
     STOPPED              written when a start stopped cleanly before the end, its checkpoint written (torchrun's
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -41,6 +45,7 @@ from distgan.training.run_lock import RunLock
 log = logging.getLogger("distgan")
 
 SET_ASIDE_DIR = "checkpoints-set-aside"
+SAMPLES_SET_ASIDE_DIR = "samples-set-aside"
 HISTORY_DIR = "config-history"
 # Keys a resume may change: they decide how a run is observed, how long it runs and how fast, not what it learns.
 MAY_CHANGE = ("run_dir", "data.path", "data.shards", "data.num_workers", "train.steps", "train.log_every",
@@ -151,6 +156,10 @@ class RunDirectory(Markers):
         write_atomically(record, to_yaml(cfg))
         self.clear_markers()
         logged = truncate_metrics(self.path / "metrics.jsonl", resumed_step or 0)
+        grids = self.set_aside_samples_after(resumed_step or 0)
+        if grids:
+            log.warning("%d sample grid(s) of steps after %d (run again now) moved to %s", len(grids),
+                        resumed_step or 0, grids[0].parent)
         if resumed_step is not None:
             moved = self.set_aside_checkpoints_after(resumed_step)
             if moved:
@@ -171,6 +180,26 @@ class RunDirectory(Markers):
             target, n = aside / path.name, 1
             while target.exists():  # set aside before, by an earlier resume
                 target, n = aside / f"{path.name}.{n}", n + 1
+            os.replace(path, target)
+            moved.append(target)
+        return moved
+
+    def set_aside_samples_after(self, step: int) -> list[Path]:
+        """Move samples/step-N.png with N > `step`, and grids a kill left half-written, to samples-set-aside/.
+
+        Those steps run again and draw their grids again; left in place, a grid of a step the new start never
+        reaches (or one cut short by the kill) would end up in progress.gif."""
+        samples, aside, moved = self.path / "samples", self.path / SAMPLES_SET_ASIDE_DIR, []
+        if not samples.is_dir():
+            return moved
+        for path in sorted(samples.iterdir()):
+            match = re.fullmatch(r"step-(\d+)\.png", path.name)
+            if not (path.name.endswith(".tmp") or (match and int(match.group(1)) > step)):
+                continue
+            aside.mkdir(exist_ok=True)
+            target, n = aside / path.name, 1
+            while target.exists():  # set aside before, by an earlier start
+                target, n = aside / f"{path.stem}.{n}{path.suffix}", n + 1
             os.replace(path, target)
             moved.append(target)
         return moved
