@@ -174,35 +174,22 @@ class RunDirectory(Markers):
         next resume=auto (every SLURM requeue) picks, and the keep-last rule would delete the
         checkpoint resumed from first. Moved, not deleted: nothing is lost.
         """
-        aside, moved = self.path / SET_ASIDE_DIR, []
-        for path in [p for p in list_checkpoints(self.path) if checkpoint_step(p) > step]:
-            aside.mkdir(exist_ok=True)
-            target, n = aside / path.name, 1
-            while target.exists():  # set aside before, by an earlier resume
-                target, n = aside / f"{path.name}.{n}", n + 1
-            os.replace(path, target)
-            moved.append(target)
-        return moved
+        return move_aside([p for p in list_checkpoints(self.path) if checkpoint_step(p) > step],
+                          self.path / SET_ASIDE_DIR)
 
     def set_aside_samples_after(self, step: int) -> list[Path]:
         """Move samples/step-N.png with N > `step`, and grids a kill left half-written, to samples-set-aside/.
 
         Those steps run again and draw their grids again; left in place, a grid of a step the new start never
         reaches (or one cut short by the kill) would end up in progress.gif."""
-        samples, aside, moved = self.path / "samples", self.path / SAMPLES_SET_ASIDE_DIR, []
-        if not samples.is_dir():
-            return moved
-        for path in sorted(samples.iterdir()):
+        samples = self.path / "samples"
+
+        def run_again(path: Path) -> bool:
             match = re.fullmatch(r"step-(\d+)\.png", path.name)
-            if not (path.name.endswith(".tmp") or (match and int(match.group(1)) > step)):
-                continue
-            aside.mkdir(exist_ok=True)
-            target, n = aside / path.name, 1
-            while target.exists():  # set aside before, by an earlier start
-                target, n = aside / f"{path.stem}.{n}{path.suffix}", n + 1
-            os.replace(path, target)
-            moved.append(target)
-        return moved
+            return path.name.endswith(".tmp") or bool(match and int(match.group(1)) > step)
+
+        return move_aside(sorted(filter(run_again, samples.iterdir())) if samples.is_dir() else [],
+                          self.path / SAMPLES_SET_ASIDE_DIR)
 
     def start_trackers(self, accelerator: Accelerator, cfg: Config) -> None:
         """Every option goes to the trackers. Rank 0 alone reads or writes the W&B id file, and a resumed run
@@ -216,6 +203,20 @@ class RunDirectory(Markers):
                                 "dir": str(self.path)}}
         options = {k: str(v) if isinstance(v, list) else v for k, v in flat_config(cfg).items()}
         accelerator.init_trackers(cfg.log.project, config=options, init_kwargs=kwargs)
+
+
+def move_aside(paths: list[Path], aside: Path) -> list[Path]:
+    """Move `paths` into `aside` (made if needed), each under a name of its own there: a name set aside before,
+    by an earlier start, gets .1, .2, ... before its suffix. Returns the new paths."""
+    moved = []
+    for path in paths:
+        aside.mkdir(exist_ok=True)
+        target, n = aside / path.name, 1
+        while target.exists():
+            target, n = aside / f"{path.stem}.{n}{path.suffix}", n + 1
+        os.replace(path, target)
+        moved.append(target)
+    return moved
 
 
 def truncate_metrics(path: Path, step: int) -> int:
