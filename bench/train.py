@@ -135,8 +135,8 @@ def plain_loop(arch: str, batch: int, steps: int, warmup: int, device: torch.dev
 def plain_run(arch: str, batch: int, steps: int, warmup: int, device: torch.device,
               compile_mode: str | None = None) -> float:
     """`plain_loop` in a fresh process, as the trainer's turn is: neither turn runs in a process the other has
-    used. (Run in this process, the plain loop left ~2.4 GB of ResNet-128 activations in its heap and the
-    trainer's next turn ran 12% slower than before it.)"""
+    used. (Run in this process, the plain loop left gigabytes of ResNet-128 activations in its heap, and the
+    trainer's next turn ran slower than before it.)"""
     code = ("import importlib.util, sys, torch; "
             f"spec = importlib.util.spec_from_file_location('bench_train', {str(Path(__file__).resolve())!r}); "
             "bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench); "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from distgan.config import Config
-from distgan.runtime import grid, to_pil, to_uint8_nhwc
+from distgan.runtime import encode_png, grid, to_pil, to_uint8_nhwc, write_atomically
 
 log = logging.getLogger("distgan")
 
@@ -62,10 +61,10 @@ class RunMonitor:
         """Save a fixed-noise grid (float [-1, 1] NCHW) as PNG and send it to the trackers."""
         if not self.active:
             return None
-        image = to_pil(grid(to_uint8_nhwc(images.float()).cpu().numpy(), columns=8, min_side=512))
+        picture = grid(to_uint8_nhwc(images.float()).cpu().numpy(), columns=8, min_side=512)
         path = self.run_path / "samples" / f"step-{step:07d}.png"
-        save_png_atomically(image, path)
-        picture = np.asarray(image.convert("RGB"))
+        write_atomically(path, encode_png(picture, {"step": str(step)}))  # a kill never leaves a cut-short grid
+        picture = np.asarray(to_pil(picture).convert("RGB"))
         for tracker in self.accelerator.trackers if step > self.tracked_before else ():
             if tracker.name == "tensorboard":
                 self._to_trackers(lambda: tracker.log_images({"samples": picture[None]}, step=step, dataformats="NHWC"))
@@ -101,13 +100,6 @@ class RunMonitor:
         if frames:
             frames[0].save(self.run_path / "progress.gif", save_all=True, append_images=frames[1:],
                            duration=300, loop=0)
-
-
-def save_png_atomically(image: Image.Image, path: Path) -> None:
-    """Whole or not at all: a kill while a grid is written leaves a hidden .tmp, never a cut-short step-N.png."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def write_loss_plot(metrics: Path, out: Path) -> None:

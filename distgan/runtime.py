@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +218,14 @@ def encode_png(image: np.ndarray, text: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
     to_pil(image).save(buffer, format="PNG", pnginfo=info, compress_level=1)
     return buffer.getvalue()
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write beside the target, then rename: a kill or a full disk never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,7 @@ import numpy as np
 
 from PIL import Image, UnidentifiedImageError
 
-from distgan.runtime import ALL_CLASSES, PREFIX, Drawing, ModelError, OnnxGenerator, grid, to_pil
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the target, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+from distgan.runtime import ALL_CLASSES, PREFIX, Drawing, ModelError, OnnxGenerator, grid, to_pil, write_atomically
 
 
 def write_gif(drawing: Drawing, rows: int, path: Path) -> None:
@@ -160,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"distgan-sample: error: {exc}", file=sys.stderr)
             return 2
         out = args.grid or Path(drawing.name)
-        write_atomic(out, drawing.png())
+        write_atomically(out, drawing.png())
         print(f"wrote {out} ({len(drawing.images)} images, drawn again from {args.from_png})")
         return 0
     try:
@@ -179,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     what = f"{len(drawing.images)} images, seed {args.seed}"
     if args.grid:
-        write_atomic(args.grid, drawing.png())
+        write_atomically(args.grid, drawing.png())
         print(f"wrote {args.grid} ({what})")
     if args.outdir:
         every = (args.class_name or "").lower() == ALL_CLASSES  # one file per (seed, class)
@@ -188,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             mix_seed = None if args.mix_seed is None else args.mix_seed + seed - args.seed
             single = model.sample(seed, 1, str(label) if every else args.class_name, args.psi, mix_seed,
                                   args.mix_layer)
-            write_atomic(args.outdir / single.name, single.png())
+            write_atomically(args.outdir / single.name, single.png())
         print(f"wrote {len(drawing.images)} images to {args.outdir}/ ({what})")
     if args.npz:
         extra = {"labels": drawing.labels} if drawing.labels is not None else {}

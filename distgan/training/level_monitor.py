@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from distgan.config import Config
-from distgan.monitor import save_png_atomically
 from distgan.pyramid_run import level_dir
-from distgan.runtime import grid, to_uint8_nhwc
+from distgan.runtime import encode_png, grid, to_uint8_nhwc, write_atomically
 
 GRID_IMAGES = 16
 
@@ -54,8 +52,7 @@ class LevelMonitor:
         """A grid of `images` (in [-1, 1]) as samples/step-N.png, and to W&B."""
         picture = grid(to_uint8_nhwc(images[:GRID_IMAGES].detach().float().cpu().numpy()), min_side=256)
         (self.directory / "samples").mkdir(exist_ok=True)
-        save_png_atomically(Image.fromarray(picture.squeeze(-1) if picture.shape[-1] == 1 else picture),
-                            self.directory / "samples" / f"step-{step:07d}.png")
+        write_atomically(self.directory / "samples" / f"step-{step:07d}.png", encode_png(picture, {"step": str(step)}))
         if self.wandb is not None:
             import wandb
             self.wandb.log({"samples": wandb.Image(np.ascontiguousarray(picture))}, step=step)

@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from distgan.runtime import write_atomically
 from distgan.training.signals import StopSignals
 
 
@@ -40,9 +40,3 @@ class Markers:
     def mark_stopped(self, step: int) -> None:
         if self.is_main:
             write_atomically(self.path / "STOPPED", f"{step}\n")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

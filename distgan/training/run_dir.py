@@ -39,7 +39,8 @@ from distgan.artifacts import list_checkpoints, checkpoint_step
 from distgan.config import Config, to_yaml
 from distgan.ddp import Control
 from distgan.training.errors import TrainingError
-from distgan.training.markers import Markers, write_atomically
+from distgan.runtime import write_atomically
+from distgan.training.markers import Markers
 from distgan.training.run_lock import RunLock
 
 log = logging.getLogger("distgan")
